@@ -1,0 +1,1 @@
+//! Criterion benchmarks for tally and its peers live in `benches/`.

@@ -1,0 +1,3 @@
+//! tally SDK (under construction).
+pub mod conventions;
+pub mod wire;

@@ -1,0 +1,366 @@
+use hdrhistogram::Histogram;
+use proptest::prelude::*;
+
+use super::*;
+
+fn payload(frame: &[u8]) -> &[u8] {
+    let header = FrameHeader::parse(frame[..HEADER_LEN].try_into().unwrap(), &Limits::default())
+        .expect("valid header");
+    assert_eq!(header.len as usize, frame.len() - HEADER_LEN);
+    &frame[HEADER_LEN..]
+}
+
+fn hist(values: &[u64]) -> Histogram<u64> {
+    let mut h = Histogram::<u64>::new(3).unwrap();
+    for &v in values {
+        h.record(v).unwrap();
+    }
+    h
+}
+
+fn sample_batch() -> Batch {
+    Batch {
+        process: ProcessIdentity {
+            instance_id: 0xdead_beef_0123_4567,
+            pid: 4242,
+            service: "checkout".into(),
+            environment: "prod".into(),
+            host: "ip-10-0-0-1".into(),
+        },
+        sequence: 7,
+        start_unix_ms: 1_700_000_000_000,
+        end_unix_ms: 1_700_000_010_000,
+        drops: DropReport {
+            dropped_samples: 3,
+            dropped_batches: 1,
+            label_overflows: 9,
+        },
+        series: vec![
+            Series {
+                name: "requests".into(),
+                unit: Unit::Count,
+                labels: vec![("Route".into(), "/orders/{id}".into())],
+                value: SeriesValue::Counter(12),
+            },
+            Series {
+                name: "queue_depth".into(),
+                unit: Unit::None,
+                labels: vec![],
+                value: SeriesValue::Gauge {
+                    last: 3.5,
+                    min: -1.0,
+                    max: 10.0,
+                    updates: 4,
+                },
+            },
+            Series {
+                name: "latency".into(),
+                unit: Unit::Nanoseconds,
+                labels: vec![
+                    ("Route".into(), "/".into()),
+                    ("Method".into(), "GET".into()),
+                ],
+                value: SeriesValue::Histogram {
+                    scale: 1.0,
+                    histogram: hist(&[1, 1000, 1_000_000, 5_000_000_000]),
+                },
+            },
+            Series {
+                name: "checkout".into(),
+                unit: Unit::None,
+                labels: vec![],
+                value: SeriesValue::Event {
+                    count: 2,
+                    values: Some((100.0, hist(&[1999, 4550]))),
+                },
+            },
+            Series {
+                name: "login".into(),
+                unit: Unit::Count,
+                labels: vec![],
+                value: SeriesValue::Event {
+                    count: 5,
+                    values: None,
+                },
+            },
+        ],
+    }
+}
+
+#[test]
+fn a_batch_survives_encode_and_decode_unchanged() {
+    let batch = sample_batch();
+    let mut frame = Vec::new();
+    encode_batch(&batch, &mut frame).unwrap();
+    let decoded = decode_batch(payload(&frame), &Limits::default()).unwrap();
+    assert_eq!(decoded, batch);
+    assert_eq!(decoded.samples(), 12 + 4 + 4 + 2 + 5);
+}
+
+#[test]
+fn an_ack_survives_encode_and_decode_unchanged() {
+    for status in [
+        AckStatus::Accepted,
+        AckStatus::Duplicate,
+        AckStatus::Rejected,
+    ] {
+        let ack = Ack {
+            sequence: u64::MAX,
+            status,
+        };
+        let mut frame = Vec::new();
+        encode_ack(&ack, &mut frame);
+        assert_eq!(decode_ack(payload(&frame)).unwrap(), ack);
+    }
+}
+
+#[test]
+fn every_truncation_of_a_valid_batch_is_refused_without_panicking() {
+    let mut frame = Vec::new();
+    encode_batch(&sample_batch(), &mut frame).unwrap();
+    let p = payload(&frame);
+    for cut in 0..p.len() {
+        let err = decode_batch(&p[..cut], &Limits::default()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DecodeError::Truncated { .. } | DecodeError::BadHistogram { .. }
+            ),
+            "cut at {cut}: {err:?}"
+        );
+    }
+}
+
+#[test]
+fn a_header_with_foreign_magic_wrong_version_or_oversized_length_is_refused() {
+    let limits = Limits {
+        max_frame_len: 100,
+        ..Limits::default()
+    };
+    let good = FrameHeader {
+        kind: FrameKind::Batch,
+        len: 100,
+    }
+    .to_bytes();
+    assert!(FrameHeader::parse(&good, &limits).is_ok());
+
+    let mut bad = good;
+    bad[0] = b'G';
+    assert!(matches!(
+        FrameHeader::parse(&bad, &limits),
+        Err(DecodeError::BadMagic { .. })
+    ));
+
+    let mut bad = good;
+    bad[4] = 2;
+    let err = FrameHeader::parse(&bad, &limits).unwrap_err();
+    assert_eq!(
+        err,
+        DecodeError::UnsupportedVersion {
+            found: 2,
+            supported: 1
+        }
+    );
+    assert!(err.to_string().contains("upgrade"));
+
+    let big = FrameHeader {
+        kind: FrameKind::Batch,
+        len: 101,
+    }
+    .to_bytes();
+    assert_eq!(
+        FrameHeader::parse(&big, &limits),
+        Err(DecodeError::FrameTooLarge { len: 101, max: 100 })
+    );
+
+    let mut bad = good;
+    bad[6] = 9;
+    assert_eq!(
+        FrameHeader::parse(&bad, &limits),
+        Err(DecodeError::UnknownFrameKind(9))
+    );
+}
+
+#[test]
+fn a_series_count_beyond_the_limit_is_refused_before_allocating() {
+    let mut batch = sample_batch();
+    batch.series.truncate(1);
+    let mut frame = Vec::new();
+    encode_batch(&batch, &mut frame).unwrap();
+    let limits = Limits {
+        max_series_per_batch: 0,
+        ..Limits::default()
+    };
+    assert!(matches!(
+        decode_batch(payload(&frame), &limits),
+        Err(DecodeError::TooManySeries { count: 1, max: 0 })
+    ));
+}
+
+#[test]
+fn a_histogram_whose_range_needs_more_counters_than_the_budget_is_refused() {
+    let mut batch = sample_batch();
+    batch.series.retain(|s| s.name == "latency");
+    let mut frame = Vec::new();
+    encode_batch(&batch, &mut frame).unwrap();
+    let limits = Limits {
+        max_histogram_counts_per_batch: 1000,
+        ..Limits::default()
+    };
+    let err = decode_batch(payload(&frame), &limits).unwrap_err();
+    assert!(matches!(err, DecodeError::BadHistogram { .. }), "{err:?}");
+    assert!(err.to_string().contains("budget"), "{err}");
+}
+
+#[test]
+fn names_over_255_bytes_and_empty_names_are_refused() {
+    let mut batch = sample_batch();
+    batch.series[0].name = "n".repeat(256);
+    let mut frame = Vec::new();
+    encode_batch(&batch, &mut frame).unwrap();
+    assert!(matches!(
+        decode_batch(payload(&frame), &Limits::default()),
+        Err(DecodeError::StringTooLong {
+            len: 256,
+            max: 255,
+            ..
+        })
+    ));
+
+    batch.series[0].name = String::new();
+    frame.clear();
+    encode_batch(&batch, &mut frame).unwrap();
+    assert!(matches!(
+        decode_batch(payload(&frame), &Limits::default()),
+        Err(DecodeError::EmptyString { .. })
+    ));
+}
+
+fn arb_hist() -> impl Strategy<Value = Histogram<u64>> {
+    prop::collection::vec(1u64..10_000_000_000, 0..50).prop_map(|v| hist(&v))
+}
+
+fn arb_value() -> impl Strategy<Value = SeriesValue> {
+    prop_oneof![
+        any::<u64>().prop_map(SeriesValue::Counter),
+        (any::<f64>(), any::<f64>(), any::<f64>(), any::<u64>()).prop_map(
+            |(last, min, max, updates)| SeriesValue::Gauge {
+                last,
+                min,
+                max,
+                updates
+            }
+        ),
+        (1.0f64..1e6, arb_hist())
+            .prop_map(|(scale, histogram)| SeriesValue::Histogram { scale, histogram }),
+        (any::<u64>(), prop::option::of((1.0f64..1e6, arb_hist())))
+            .prop_map(|(count, values)| SeriesValue::Event { count, values }),
+    ]
+}
+
+fn arb_series() -> impl Strategy<Value = Series> {
+    (
+        "[a-zA-Z_.]{1,40}",
+        0u8..8,
+        prop::collection::vec(("[A-Za-z]{1,20}", "\\PC{0,30}"), 0..5),
+        arb_value(),
+    )
+        .prop_map(|(name, unit, labels, value)| Series {
+            name,
+            unit: Unit::from_u8(unit).unwrap(),
+            labels,
+            value,
+        })
+}
+
+fn arb_batch() -> impl Strategy<Value = Batch> {
+    (
+        any::<u64>(),
+        any::<u32>(),
+        "\\PC{0,40}",
+        any::<u64>(),
+        any::<(u64, u64, u64)>(),
+        prop::collection::vec(arb_series(), 0..12),
+    )
+        .prop_map(|(id, pid, service, seq, drops, series)| Batch {
+            process: ProcessIdentity {
+                instance_id: id,
+                pid,
+                service: service.clone(),
+                environment: "test".into(),
+                host: service,
+            },
+            sequence: seq,
+            start_unix_ms: seq / 3,
+            end_unix_ms: seq / 2,
+            drops: DropReport {
+                dropped_samples: drops.0,
+                dropped_batches: drops.1,
+                label_overflows: drops.2,
+            },
+            series,
+        })
+}
+
+/// Compares batches value by value: gauges bit for bit (NaN is not equal to itself) and
+/// histograms by their counts (`auto_resize` is not part of the wire format).
+fn same(a: &Batch, b: &Batch) -> bool {
+    fn bits(v: &SeriesValue) -> Option<[u64; 4]> {
+        match v {
+            SeriesValue::Gauge {
+                last,
+                min,
+                max,
+                updates,
+            } => Some([last.to_bits(), min.to_bits(), max.to_bits(), *updates]),
+            _ => None,
+        }
+    }
+    a.process == b.process
+        && (a.sequence, a.start_unix_ms, a.end_unix_ms)
+            == (b.sequence, b.start_unix_ms, b.end_unix_ms)
+        && a.drops == b.drops
+        && a.series.len() == b.series.len()
+        && a.series.iter().zip(&b.series).all(|(x, y)| {
+            x.name == y.name
+                && x.unit == y.unit
+                && x.labels == y.labels
+                && match (bits(&x.value), bits(&y.value)) {
+                    (Some(p), Some(q)) => p == q,
+                    _ => x.value == y.value,
+                }
+        })
+}
+
+proptest! {
+    #[test]
+    fn any_valid_batch_round_trips(batch in arb_batch()) {
+        let mut frame = Vec::new();
+        encode_batch(&batch, &mut frame).unwrap();
+        let decoded = decode_batch(payload(&frame), &Limits::default()).unwrap();
+        prop_assert!(same(&decoded, &batch), "{:?} != {:?}", decoded, batch);
+    }
+
+    #[test]
+    fn random_bytes_never_panic_the_decoder(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        let _ = decode_batch(&bytes, &Limits::default());
+        let _ = decode_ack(&bytes);
+        if bytes.len() >= HEADER_LEN {
+            let _ = FrameHeader::parse(bytes[..HEADER_LEN].try_into().unwrap(), &Limits::default());
+        }
+    }
+
+    #[test]
+    fn corrupting_one_byte_of_a_valid_batch_never_panics(
+        batch in arb_batch(), at in any::<prop::sample::Index>(), byte in any::<u8>()
+    ) {
+        let mut frame = Vec::new();
+        encode_batch(&batch, &mut frame).unwrap();
+        let mut p = payload(&frame).to_vec();
+        if !p.is_empty() {
+            let i = at.index(p.len());
+            p[i] = byte;
+        }
+        let _ = decode_batch(&p, &Limits::default());
+    }
+}
