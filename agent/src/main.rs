@@ -1,1 +1,2 @@
+//! The tally-agent binary (CLI under construction).
 fn main() {}

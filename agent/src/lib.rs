@@ -1,0 +1,5 @@
+//! tally-agent (under construction): see the module list.
+
+pub mod catalog;
+pub mod model;
+pub mod stats;
