@@ -35,9 +35,14 @@ pub fn install(tally: &Tally) -> Result<(), metrics::SetRecorderError<TallyRecor
     metrics::set_global_recorder(TallyRecorder::new(tally))
 }
 
-/// A `metrics::Recorder` that records into a [`Tally`].
-#[derive(Debug)]
+/// A `metrics::Recorder` that records into a [`Tally`]. Cheap to clone.
+#[derive(Debug, Clone)]
 pub struct TallyRecorder {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     tally: Tally,
     units: Mutex<HashMap<String, metrics::Unit>>,
     counters: RwLock<HashMap<Key, metrics::Counter>>,
@@ -117,11 +122,13 @@ impl TallyRecorder {
     /// A recorder for `tally` (not installed: see [`install`]).
     pub fn new(tally: &Tally) -> Self {
         TallyRecorder {
-            tally: tally.clone(),
-            units: Mutex::new(HashMap::new()),
-            counters: RwLock::new(HashMap::new()),
-            gauges: RwLock::new(HashMap::new()),
-            histograms: RwLock::new(HashMap::new()),
+            inner: Arc::new(Inner {
+                tally: tally.clone(),
+                units: Mutex::new(HashMap::new()),
+                counters: RwLock::new(HashMap::new()),
+                gauges: RwLock::new(HashMap::new()),
+                histograms: RwLock::new(HashMap::new()),
+            }),
         }
     }
 
@@ -140,13 +147,13 @@ impl metrics::Recorder for TallyRecorder {
 
     fn describe_histogram(&self, key: KeyName, unit: Option<metrics::Unit>, _: SharedString) {
         if let Some(u) = unit {
-            self.units.lock().insert(key.as_str().to_owned(), u);
+            self.inner.units.lock().insert(key.as_str().to_owned(), u);
         }
     }
 
     fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> metrics::Counter {
-        Self::cached(&self.counters, key, || {
-            let cell = self.tally.counter(key.name(), &labels(key)).cell;
+        Self::cached(&self.inner.counters, key, || {
+            let cell = self.inner.tally.counter(key.name(), &labels(key)).cell;
             metrics::Counter::from_arc(Arc::new(FacadeCounter {
                 cell,
                 absolute: AtomicU64::new(0),
@@ -155,17 +162,17 @@ impl metrics::Recorder for TallyRecorder {
     }
 
     fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> metrics::Gauge {
-        Self::cached(&self.gauges, key, || {
-            let cell = self.tally.gauge(key.name(), &labels(key)).cell;
+        Self::cached(&self.inner.gauges, key, || {
+            let cell = self.inner.tally.gauge(key.name(), &labels(key)).cell;
             metrics::Gauge::from_arc(Arc::new(FacadeGauge(cell)))
         })
     }
 
     fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> metrics::Histogram {
-        Self::cached(&self.histograms, key, || {
-            let described = self.units.lock().get(key.name()).copied();
+        Self::cached(&self.inner.histograms, key, || {
+            let described = self.inner.units.lock().get(key.name()).copied();
             let (unit, factor, scale) = histogram_unit(described);
-            let registry = self.tally.registry();
+            let registry = self.inner.tally.registry();
             let cell: Arc<HistogramCell> =
                 registry.cell_with(key.name(), unit, &labels(key), || {
                     let mut h = HistogramCell::new(registry.config.shards, registry.config.layout);

@@ -145,6 +145,8 @@ impl Flusher {
                 }
                 recv(ctl) -> msg => match msg {
                     Ok(Ctl::Flush { deadline, reply }) => {
+                        // An explicit flush is worth a connection attempt now.
+                        self.next_attempt = Instant::now();
                         self.tick(true);
                         self.waiters.push((deadline, reply));
                     }
@@ -309,6 +311,7 @@ impl Flusher {
     /// Final flush: everything recorded so far is sealed and sent; acks are awaited until
     /// `deadline`. What is still unacknowledged then is counted as lost at shutdown.
     fn shutdown(&mut self, deadline: Instant) {
+        self.next_attempt = Instant::now();
         self.tick(true);
         loop {
             let now = Instant::now();

@@ -34,6 +34,9 @@ struct Slow<C> {
     canon: HashTable<Entry<C>>,
 }
 
+/// One shard's lookup cache.
+type Cache<C> = Padded<RwLock<HashTable<Entry<C>>>>;
+
 /// The untyped machinery of a family of cells of type `C`.
 pub(crate) struct FamilyCore<C> {
     registry: Arc<Registry>,
@@ -41,7 +44,7 @@ pub(crate) struct FamilyCore<C> {
     unit: Unit,
     keys: Vec<String>,
     hasher: DefaultHashBuilder,
-    caches: Box<[Padded<RwLock<HashTable<Entry<C>>>>]>,
+    caches: Box<[Cache<C>]>,
     slow: Mutex<Slow<C>>,
 }
 
