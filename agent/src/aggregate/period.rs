@@ -50,7 +50,7 @@ mod tests {
 
     #[test]
     fn periods_start_on_multiples_of_their_length() {
-        assert_eq!(align(1_700_000_059, 60), 1_699_999_980);
+        assert_eq!(align(1_700_000_059, 60), 1_700_000_040);
         assert_eq!(align(1_700_000_000, 60), 1_700_000_000 - 1_700_000_000 % 60);
         assert_eq!(align(125, 10), 120);
         assert_eq!(align(125, 30), 120);

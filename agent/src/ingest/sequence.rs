@@ -238,9 +238,11 @@ mod tests {
         }
         assert_eq!(lost, 2);
         assert_eq!(s.check(1, 2), Verdict::Stale);
-        // A jump far ahead loses the skipped sequences.
+        // A jump far ahead loses the skipped sequences: those below the new window now, the
+        // WINDOW - 1 inside it once they leave it.
         let c = s.commit(1, 4 + WINDOW + 1000, DropReport::default(), now);
-        assert_eq!(c.lost_batches, 999);
+        assert_eq!(c.lost_batches, 999 - (WINDOW - 1));
+        assert_eq!(s.missing_in_windows(), WINDOW - 1);
     }
 
     #[test]
