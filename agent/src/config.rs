@@ -420,7 +420,7 @@ pub enum ConfigError {
         message: String,
     },
     /// A key is unknown or has the wrong type.
-    #[error("invalid configuration: {0} (see docs/configuration.md)")]
+    #[error("invalid configuration (after overrides; see docs/configuration.md):\n{0}")]
     Shape(String),
     /// Values break the rules; one line per problem.
     #[error("invalid configuration:\n{}", .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
@@ -525,9 +525,11 @@ impl Config {
     /// Builds a config from a TOML tree with overrides applied, then validates it.
     pub fn from_tree(mut tree: toml::Table, overrides: &[Override]) -> Result<Config, ConfigError> {
         apply_overrides(&mut tree, overrides)?;
-        let cfg: Config = toml::Value::Table(tree)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Shape(e.message().to_owned()))?;
+        // Deserialize from text so a type error points at the offending key and line.
+        let text = toml::to_string(&tree).map_err(|e| ConfigError::Shape(e.to_string()))?;
+        let cfg: Config = toml::from_str(&text).map_err(|e: toml::de::Error| {
+            ConfigError::Shape(e.to_string().trim_end().to_owned())
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
