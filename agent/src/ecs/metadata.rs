@@ -64,7 +64,7 @@ pub enum MetadataError {
         reason: String,
     },
     /// No answer within the per-attempt timeout.
-    #[error("GET {uri} got no complete answer within {timeout:?} on any of {attempts} attempts")]
+    #[error("GET {uri} got no complete answer within {timeout:?} in {}", attempts_text(*attempts))]
     Timeout {
         /// The URI asked.
         uri: String,
@@ -74,7 +74,7 @@ pub enum MetadataError {
         attempts: u32,
     },
     /// Connection or protocol failure on the last attempt.
-    #[error("GET {uri} failed on all {attempts} attempts, last: {source}")]
+    #[error("GET {uri} failed in {}, last: {source}", attempts_text(*attempts))]
     Request {
         /// The URI asked.
         uri: String,
@@ -85,7 +85,7 @@ pub enum MetadataError {
         source: hyper_util::client::legacy::Error,
     },
     /// The endpoint answered a status other than 200.
-    #[error("GET {uri} answered HTTP {status} (after {attempts} attempts)")]
+    #[error("GET {uri} answered HTTP {status} (after {})", attempts_text(*attempts))]
     Status {
         /// The URI asked.
         uri: String,
@@ -95,7 +95,7 @@ pub enum MetadataError {
         attempts: u32,
     },
     /// The body could not be read, or exceeded [`MAX_METADATA_BYTES`].
-    #[error("GET {uri}: reading the answer failed (after {attempts} attempts): {reason}")]
+    #[error("GET {uri}: reading the answer failed (after {}): {reason}", attempts_text(*attempts))]
     Body {
         /// The URI asked.
         uri: String,
@@ -113,6 +113,14 @@ pub enum MetadataError {
         #[source]
         source: serde_json::Error,
     },
+}
+
+fn attempts_text(n: u32) -> String {
+    if n == 1 {
+        "1 attempt".to_owned()
+    } else {
+        format!("{n} attempts")
+    }
 }
 
 /// One attempt's outcome, before it is known whether another attempt follows.
