@@ -37,6 +37,7 @@ pub mod admin;
 pub mod aggregate;
 pub mod catalog;
 pub mod config;
+pub mod ecs;
 pub mod ingest;
 pub mod model;
 pub mod runtime;
