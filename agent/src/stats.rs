@@ -49,6 +49,9 @@ impl Gauge {
 
 type Key = (String, Vec<(String, String)>);
 
+/// One self-metric in a [`Stats::snapshot`]: name, labels, value.
+pub type SnapshotEntry = (String, Vec<(String, String)>, f64);
+
 #[derive(Debug, Default)]
 struct Inner {
     help: BTreeMap<String, (&'static str, &'static str)>,
@@ -119,7 +122,7 @@ impl Stats {
     }
 
     /// Every counter and gauge as (name, labels, value), for publishing self-metrics.
-    pub fn snapshot(&self) -> Vec<(String, Vec<(String, String)>, f64)> {
+    pub fn snapshot(&self) -> Vec<SnapshotEntry> {
         let g = self.0.lock();
         let c = g
             .counters

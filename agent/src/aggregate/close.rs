@@ -70,7 +70,7 @@ pub fn finish(
         for (key, value) in &base {
             let mut targets: BTreeSet<Vec<(String, String)>> = BTreeSet::new();
             for r in &settings.rollups {
-                if !r.metrics.is_empty() && !r.metrics.iter().any(|m| *m == key.name) {
+                if !r.metrics.is_empty() && !r.metrics.contains(&key.name) {
                     continue;
                 }
                 if !key.dimensions.iter().any(|(d, _)| r.drop.contains(d)) {
