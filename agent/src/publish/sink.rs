@@ -1,0 +1,497 @@
+//! The CloudWatch sink: closed periods in, PutMetricData out, nothing lost silently.
+//!
+//! ```text
+//! PeriodData ─ build_datums ─▶ PendingQueue ─ take ─▶ up to N requests in flight
+//!                 │ refused: counted      ▲  │           │ ok: counted as published
+//!                 ▼                       │  │           │ 4xx: bisect, drop the bad datum (counted)
+//!           dropped{reason}     unsent ◀──┘  └ too old / over the bound: dropped{reason}
+//!                               (throttled, 5xx, timeouts, network after max_attempts)
+//! ```
+//!
+//! [`CloudWatchSink::run`] owns the loop: each period is queued and a drain starts; when a
+//! drain gives up (CloudWatch does not answer after `max_attempts` per request) the queue waits
+//! a jittered, growing pause (up to `backoff_max_ms`) before the next try, while new periods
+//! keep queueing within `max_pending_bytes`. When the channel closes it flushes with a deadline
+//! and counts whatever is still unpublished as `shutdown_deadline`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use super::batch::RequestLimits;
+use super::client::{build_client, ClientError, ClientOverrides, SdkTransport, Transport};
+use super::config::PublishConfig;
+use super::datum::{build_datums, Datum};
+use super::queue::{Dropped, InFlightDone, PendingQueue};
+use super::retry::{backoff_ceiling, full_jitter, ErrorKind, SendError};
+use super::stats::{DropReason, PublishStats};
+use crate::model::PeriodData;
+use crate::stats::Stats;
+
+/// What one drain of the pending queue achieved.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DrainReport {
+    /// Requests CloudWatch accepted.
+    pub requests: u64,
+    /// Datums CloudWatch accepted.
+    pub published_datums: u64,
+    /// Samples CloudWatch accepted.
+    pub published_samples: u64,
+    /// Samples dropped because CloudWatch refused their datum.
+    pub rejected_samples: u64,
+    /// Samples still waiting (queued) after the drain.
+    pub pending_samples: u64,
+    /// Why the drain stopped early: the last error of a request whose attempts ran out.
+    pub gave_up: Option<SendError>,
+}
+
+/// Publishes closed periods to CloudWatch. Cloning shares the sink.
+#[derive(Clone)]
+pub struct CloudWatchSink {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for CloudWatchSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CloudWatchSink")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    transport: Arc<dyn Transport>,
+    config: PublishConfig,
+    stats: PublishStats,
+    queue: Mutex<PendingQueue>,
+    drain_lock: tokio::sync::Mutex<()>,
+    deadline: watch::Sender<Option<Instant>>,
+}
+
+impl CloudWatchSink {
+    /// Builds the CloudWatch client from `config` (aws-config default chain) and registers the
+    /// publisher's self-metrics in `stats`.
+    pub async fn new(config: PublishConfig, stats: &Stats) -> Result<Self, ClientError> {
+        Self::with_overrides(config, stats, ClientOverrides::default()).await
+    }
+
+    /// Like [`CloudWatchSink::new`], with settings that do not belong in a file (credentials).
+    pub async fn with_overrides(
+        config: PublishConfig,
+        stats: &Stats,
+        overrides: ClientOverrides,
+    ) -> Result<Self, ClientError> {
+        let publish_stats = PublishStats::register(stats);
+        let client = build_client(&config, overrides, publish_stats.clone()).await?;
+        Ok(Self::from_parts(
+            config,
+            publish_stats,
+            Arc::new(SdkTransport::new(client)),
+        ))
+    }
+
+    /// A sink over any [`Transport`] (unit tests script CloudWatch's answers with it).
+    pub fn with_transport(
+        config: PublishConfig,
+        stats: &Stats,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Self, ClientError> {
+        config.validate()?;
+        Ok(Self::from_parts(
+            config,
+            PublishStats::register(stats),
+            transport,
+        ))
+    }
+
+    fn from_parts(
+        config: PublishConfig,
+        stats: PublishStats,
+        transport: Arc<dyn Transport>,
+    ) -> Self {
+        stats
+            .queue_max_bytes
+            .set(i64::try_from(config.max_pending_bytes).unwrap_or(i64::MAX));
+        stats.available.set(1);
+        Self {
+            inner: Arc::new(Inner {
+                transport,
+                queue: Mutex::new(PendingQueue::new(config.max_pending_bytes)),
+                config,
+                stats,
+                drain_lock: tokio::sync::Mutex::new(()),
+                deadline: watch::channel(None).0,
+            }),
+        }
+    }
+
+    /// The publisher's self-metrics.
+    pub fn stats(&self) -> &PublishStats {
+        &self.inner.stats
+    }
+
+    /// Queues one closed period and drains the queue (retrying within `max_attempts` per
+    /// request). Data CloudWatch cannot take right now stays queued for the next call.
+    pub async fn publish(&self, period: PeriodData) -> DrainReport {
+        self.inner.enqueue(period);
+        self.inner.clone().drain().await
+    }
+
+    /// Sends everything queued, retrying until `deadline`; whatever is still unpublished then
+    /// is dropped and counted as `shutdown_deadline`. Call once, at shutdown: attempts after
+    /// the deadline fail at once.
+    pub async fn flush(&self, deadline: Instant) -> DrainReport {
+        self.inner.deadline.send_replace(Some(deadline));
+        let mut total = DrainReport::default();
+        let mut round = 0;
+        loop {
+            let report = self.inner.clone().drain().await;
+            total.add(&report);
+            let empty = self.inner.queue.lock().is_empty();
+            if empty || Instant::now() >= deadline {
+                break;
+            }
+            round += 1;
+            let pause = self.inner.round_pause(round);
+            if self
+                .inner
+                .until_deadline(tokio::time::sleep(pause))
+                .await
+                .is_none()
+            {
+                break;
+            }
+        }
+        let dropped = {
+            let mut q = self.inner.queue.lock();
+            let d = q.clear();
+            self.inner.update_gauges(&q);
+            d
+        };
+        if dropped.samples > 0 || dropped.datums > 0 {
+            tracing::error!(
+                datums = dropped.datums,
+                samples = dropped.samples,
+                "shutdown deadline passed with data CloudWatch has not accepted; raise the shutdown timeout or check CloudWatch connectivity"
+            );
+            self.inner.stats.drop(
+                DropReason::ShutdownDeadline,
+                dropped.datums,
+                dropped.samples,
+            );
+        }
+        total.pending_samples = 0;
+        total
+    }
+
+    /// Publishes every period received on `periods` until the channel closes, then flushes for
+    /// at most `shutdown_timeout` and returns the final flush's report.
+    pub async fn run(
+        self,
+        mut periods: mpsc::Receiver<PeriodData>,
+        shutdown_timeout: Duration,
+    ) -> DrainReport {
+        let mut draining: Option<tokio::task::JoinHandle<DrainReport>> = None;
+        let mut next_try: Option<tokio::time::Instant> = None;
+        let mut failed_rounds = 0u32;
+        loop {
+            tokio::select! {
+                period = periods.recv() => match period {
+                    Some(period) => {
+                        self.inner.enqueue(period);
+                        let due = next_try.is_none_or(|t| t <= tokio::time::Instant::now());
+                        if draining.is_none() && due {
+                            next_try = None;
+                            draining = Some(tokio::spawn(self.inner.clone().drain()));
+                        }
+                    }
+                    None => break,
+                },
+                done = async { draining.as_mut().expect("guarded").await }, if draining.is_some() => {
+                    draining = None;
+                    let report = done.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+                    if let Some(err) = &report.gave_up {
+                        failed_rounds += 1;
+                        let pause = self.inner.round_pause(failed_rounds);
+                        tracing::warn!(
+                            error = %err,
+                            pending_samples = report.pending_samples,
+                            retry_in_ms = pause.as_millis() as u64,
+                            "CloudWatch did not take the pending data; it stays queued"
+                        );
+                        next_try = Some(tokio::time::Instant::now() + pause);
+                    } else {
+                        failed_rounds = 0;
+                        if !self.inner.queue.lock().is_empty() {
+                            draining = Some(tokio::spawn(self.inner.clone().drain()));
+                        }
+                    }
+                },
+                () = async { tokio::time::sleep_until(next_try.expect("guarded")).await },
+                    if draining.is_none() && next_try.is_some() => {
+                    next_try = None;
+                    draining = Some(tokio::spawn(self.inner.clone().drain()));
+                },
+            }
+        }
+        let deadline = Instant::now() + shutdown_timeout;
+        self.inner.deadline.send_replace(Some(deadline));
+        if let Some(h) = draining {
+            // The drain observes the deadline; its report is folded into the flush below.
+            if let Err(e) = h.await {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
+        self.flush(deadline).await
+    }
+}
+
+impl DrainReport {
+    fn add(&mut self, o: &DrainReport) {
+        self.requests += o.requests;
+        self.published_datums += o.published_datums;
+        self.published_samples += o.published_samples;
+        self.rejected_samples += o.rejected_samples;
+        self.pending_samples = o.pending_samples;
+        if o.gave_up.is_some() {
+            self.gave_up.clone_from(&o.gave_up);
+        }
+    }
+}
+
+/// What happened to one request's datums.
+struct BatchOutcome {
+    done: InFlightDone,
+    report: DrainReport,
+    unsent: Vec<Datum>,
+}
+
+impl Inner {
+    fn limits(&self) -> RequestLimits {
+        RequestLimits {
+            max_datums: self.config.max_datums_per_request,
+            max_bytes: self.config.max_request_bytes,
+        }
+    }
+
+    /// The pause between drains while CloudWatch does not answer: equal jitter over the
+    /// exponential ceiling (never shorter than half of it, so a dead endpoint is not hammered).
+    fn round_pause(&self, round: u32) -> Duration {
+        let ceiling = backoff_ceiling(self.config.backoff_base(), self.config.backoff_max(), round);
+        ceiling / 2 + full_jitter(ceiling / 2, ceiling / 2, 1)
+    }
+
+    fn update_gauges(&self, q: &PendingQueue) {
+        let s = &self.stats;
+        s.queue_bytes
+            .set(i64::try_from(q.bytes()).unwrap_or(i64::MAX));
+        s.queue_datums
+            .set(i64::try_from(q.datums()).unwrap_or(i64::MAX));
+        s.queue_samples
+            .set(i64::try_from(q.samples()).unwrap_or(i64::MAX));
+    }
+
+    fn count_queue_drop(&self, reason: DropReason, dropped: Dropped) {
+        if dropped.datums == 0 {
+            return;
+        }
+        tracing::warn!(
+            reason = reason.as_str(),
+            datums = dropped.datums,
+            samples = dropped.samples,
+            max_pending_bytes = self.config.max_pending_bytes,
+            "dropped unpublished data (oldest first); raise [publish] max_pending_bytes to keep more while CloudWatch is unreachable"
+        );
+        self.stats.drop(reason, dropped.datums, dropped.samples);
+    }
+
+    fn enqueue(&self, period: PeriodData) {
+        let (datums, rejections) =
+            build_datums(&period, SystemTime::now(), self.config.max_values_per_datum);
+        for r in &rejections {
+            tracing::warn!(
+                metric = %r.name,
+                namespace = %period.namespace,
+                reason = r.reason.as_str(),
+                samples = r.samples,
+                "not publishing a metric CloudWatch would refuse: {}",
+                r.detail
+            );
+            self.stats.drop(r.reason, r.datums, r.samples);
+        }
+        let dropped = {
+            let mut q = self.queue.lock();
+            let d = q.push(datums);
+            self.update_gauges(&q);
+            d
+        };
+        self.count_queue_drop(DropReason::QueueFull, dropped);
+    }
+
+    /// Runs `fut` unless the shutdown deadline passes first (`None` then).
+    async fn until_deadline<F: Future>(&self, fut: F) -> Option<F::Output> {
+        let mut rx = self.deadline.subscribe();
+        tokio::pin!(fut);
+        loop {
+            let deadline = *rx.borrow_and_update();
+            let expiry = async move {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                out = &mut fut => return Some(out),
+                () = expiry => return None,
+                changed = rx.changed() => if changed.is_err() {
+                    return Some(fut.await);
+                },
+            }
+        }
+    }
+
+    /// Sends queued requests, up to `max_concurrent_requests` at a time, until the queue is
+    /// empty or a request's attempts run out.
+    async fn drain(self: Arc<Self>) -> DrainReport {
+        let _one_drain_at_a_time = self.drain_lock.lock().await;
+        let expired = {
+            let mut q = self.queue.lock();
+            let d = q.expire(SystemTime::now());
+            self.update_gauges(&q);
+            d
+        };
+        self.count_queue_drop(DropReason::Expired, expired);
+        let mut report = DrainReport::default();
+        let mut tasks: JoinSet<BatchOutcome> = JoinSet::new();
+        loop {
+            while report.gave_up.is_none() && tasks.len() < self.config.max_concurrent_requests {
+                let Some(in_flight) = self.queue.lock().take(self.limits()) else {
+                    break;
+                };
+                let (batch, done) = in_flight.into_parts();
+                tasks.spawn(self.clone().send_batch(batch.datums, done));
+            }
+            let Some(joined) = tasks.join_next().await else {
+                break;
+            };
+            let outcome = joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            report.add(&outcome.report);
+            let dropped = {
+                let mut q = self.queue.lock();
+                let d = q.finish(outcome.done, outcome.unsent);
+                self.update_gauges(&q);
+                d
+            };
+            self.count_queue_drop(DropReason::QueueFull, dropped);
+        }
+        report.pending_samples = self.queue.lock().samples();
+        report
+    }
+
+    /// Sends one request; bisects it when CloudWatch refuses its payload.
+    async fn send_batch(self: Arc<Self>, datums: Vec<Datum>, done: InFlightDone) -> BatchOutcome {
+        let mut report = DrainReport::default();
+        let mut work = vec![datums];
+        let mut unsent = Vec::new();
+        while let Some(mut datums) = work.pop() {
+            match self.send_with_retry(&datums).await {
+                Ok(()) => {
+                    let samples: u64 = datums.iter().map(|d| d.samples).sum();
+                    report.requests += 1;
+                    report.published_datums += datums.len() as u64;
+                    report.published_samples += samples;
+                    self.stats.datums.add(datums.len() as u64);
+                    self.stats.samples.add(samples);
+                    self.stats.available.set(1);
+                }
+                Err(e) if !e.kind.is_transient() => {
+                    if datums.len() == 1 {
+                        let d = &datums[0];
+                        tracing::error!(
+                            metric = %d.series.name,
+                            dimensions = ?d.series.dimensions,
+                            samples = d.samples,
+                            error = %e,
+                            "CloudWatch refused a datum; dropped it and published the rest"
+                        );
+                        self.stats.drop(DropReason::Rejected, 1, d.samples);
+                        report.rejected_samples += d.samples;
+                    } else {
+                        self.stats.bisections.inc();
+                        let second = datums.split_off(datums.len() / 2);
+                        work.push(second);
+                        work.push(datums);
+                    }
+                }
+                Err(e) => {
+                    self.stats.available.set(0);
+                    unsent.extend(datums);
+                    for rest in work.drain(..).rev() {
+                        unsent.extend(rest);
+                    }
+                    report.gave_up = Some(e);
+                }
+            }
+        }
+        BatchOutcome {
+            done,
+            report,
+            unsent,
+        }
+    }
+
+    /// One request, with up to `max_attempts` attempts for transient failures.
+    async fn send_with_retry(&self, datums: &[Datum]) -> Result<(), SendError> {
+        let namespace = datums[0].namespace.clone();
+        let mut attempt = 1;
+        loop {
+            if attempt > 1 {
+                self.stats.retries.inc();
+            }
+            let result = self
+                .until_deadline(self.transport.put(&namespace, datums))
+                .await
+                .unwrap_or_else(|| {
+                    Err(SendError {
+                        kind: ErrorKind::Timeout,
+                        message: "the shutdown deadline passed during the attempt".into(),
+                    })
+                });
+            match result {
+                Ok(()) => {
+                    self.stats.calls[ErrorKind::COUNT].inc();
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.stats.calls[e.kind as usize].inc();
+                    if !e.kind.is_transient() || attempt >= self.config.max_attempts {
+                        return Err(e);
+                    }
+                    let pause = full_jitter(
+                        self.config.backoff_base(),
+                        self.config.backoff_max(),
+                        attempt,
+                    );
+                    tracing::debug!(
+                        error = %e,
+                        attempt,
+                        pause_ms = pause.as_millis() as u64,
+                        "PutMetricData failed; retrying"
+                    );
+                    if self
+                        .until_deadline(tokio::time::sleep(pause))
+                        .await
+                        .is_none()
+                    {
+                        return Err(e);
+                    }
+                    attempt += 1;
+                }
+            }
+        }
+    }
+}
