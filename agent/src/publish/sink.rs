@@ -495,3 +495,242 @@ impl Inner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::AggregateValue;
+    use crate::publish::client::BoxFuture;
+    use crate::publish::datum::tests::{key, period};
+    use hdrhistogram::Histogram;
+    use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use tally::wire::Unit;
+
+    /// CloudWatch as a script: answers queued errors first, refuses any request holding a
+    /// metric named `Poison`, fails with a connection error while `down`, else accepts.
+    #[derive(Default)]
+    struct Scripted {
+        answers: Mutex<VecDeque<ErrorKind>>,
+        down: AtomicBool,
+        requests: Mutex<Vec<usize>>,
+        in_flight: AtomicUsize,
+        max_in_flight: AtomicUsize,
+    }
+
+    impl Transport for Scripted {
+        fn put<'a>(
+            &'a self,
+            _namespace: &'a str,
+            datums: &'a [Datum],
+        ) -> BoxFuture<'a, Result<(), SendError>> {
+            Box::pin(async move {
+                let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                self.in_flight.fetch_sub(1, Ordering::SeqCst);
+                let fail = |kind| {
+                    Err(SendError {
+                        kind,
+                        message: format!("scripted {kind:?}"),
+                    })
+                };
+                if let Some(kind) = self.answers.lock().pop_front() {
+                    return fail(kind);
+                }
+                if self.down.load(Ordering::SeqCst) {
+                    return fail(ErrorKind::Network);
+                }
+                if datums.iter().any(|d| d.series.name == "Poison") {
+                    return fail(ErrorKind::Invalid);
+                }
+                self.requests.lock().push(datums.len());
+                Ok(())
+            })
+        }
+    }
+
+    fn fast() -> PublishConfig {
+        PublishConfig {
+            max_attempts: 3,
+            backoff_base_ms: 1,
+            backoff_max_ms: 5,
+            ..PublishConfig::default()
+        }
+    }
+
+    fn sink(config: PublishConfig) -> (CloudWatchSink, Arc<Scripted>, Stats) {
+        let stats = Stats::new();
+        let t = Arc::new(Scripted::default());
+        let s = CloudWatchSink::with_transport(config, &stats, t.clone()).unwrap();
+        (s, t, stats)
+    }
+
+    fn counters(n: usize, each: f64) -> PeriodData {
+        period(
+            SystemTime::now(),
+            (0..n)
+                .map(|i| {
+                    (
+                        key(&format!("M{i}"), &[("Route", "/x")], Unit::Count),
+                        AggregateValue::Counter(each),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    fn histograms(n: usize, buckets: u64) -> PeriodData {
+        let mut h = Histogram::<u64>::new(3).unwrap();
+        for v in 1..=buckets {
+            h.record(v).unwrap();
+        }
+        period(
+            SystemTime::now(),
+            (0..n)
+                .map(|i| {
+                    (
+                        key(&format!("H{i}"), &[], Unit::Milliseconds),
+                        AggregateValue::Distribution {
+                            scale: 1.0,
+                            histogram: h.clone(),
+                        },
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    async fn bounded<F: Future>(f: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(30), f)
+            .await
+            .expect("the publisher must not hang")
+    }
+
+    #[tokio::test]
+    async fn throttling_and_server_errors_are_retried_until_cloudwatch_accepts() {
+        let (s, t, stats) = sink(fast());
+        t.answers
+            .lock()
+            .extend([ErrorKind::Throttled, ErrorKind::Server]);
+        let r = bounded(s.publish(counters(10, 3.0))).await;
+        assert_eq!(r.published_samples, 30);
+        assert_eq!(r.gave_up, None);
+        assert_eq!(s.stats().retries(), 2);
+        assert_eq!(s.stats().failed_requests(ErrorKind::Throttled), 1);
+        assert_eq!(s.stats().failed_requests(ErrorKind::Server), 1);
+        assert_eq!(s.stats().successful_requests(), 1);
+        assert_eq!(
+            stats.counter_value("tally_publish_calls_total", &[("outcome", "ok")]),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn an_invalid_datum_is_isolated_counted_and_the_rest_published() {
+        let (s, t, _) = sink(fast());
+        let mut p = counters(100, 2.0);
+        p.metrics[37].0.name = "Poison".into();
+        let r = bounded(s.publish(p)).await;
+        assert_eq!(r.published_samples, 198);
+        assert_eq!(r.rejected_samples, 2);
+        assert_eq!(s.stats().dropped_samples(DropReason::Rejected), 2);
+        assert_eq!(t.requests.lock().iter().sum::<usize>(), 99);
+        // Bisection costs O(log n) requests, not one per datum.
+        assert!(
+            s.stats().bisections.get() <= 2 * 7,
+            "{}",
+            s.stats().bisections.get()
+        );
+        assert_eq!(
+            s.stats().retries(),
+            0,
+            "a refused payload is not retried as it is"
+        );
+    }
+
+    #[tokio::test]
+    async fn data_waits_while_cloudwatch_is_down_and_goes_out_when_it_answers() {
+        let (s, t, _) = sink(fast());
+        t.down.store(true, Ordering::SeqCst);
+        for _ in 0..3 {
+            let r = bounded(s.publish(counters(50, 1.0))).await;
+            assert!(r.gave_up.is_some());
+            assert_eq!(r.published_samples, 0);
+        }
+        assert_eq!(s.stats().queue_samples.get(), 150);
+        assert_eq!(s.stats().available.get(), 0);
+        t.down.store(false, Ordering::SeqCst);
+        let r = bounded(s.publish(counters(50, 1.0))).await;
+        assert_eq!(r.published_samples, 200);
+        assert_eq!(r.pending_samples, 0);
+        assert_eq!(s.stats().dropped_samples_total(), 0);
+        assert_eq!(s.stats().queue_bytes(), 0);
+        assert_eq!(s.stats().available.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn past_the_memory_bound_the_oldest_data_is_dropped_and_counted() {
+        let config = PublishConfig {
+            max_pending_bytes: 1024 * 1024,
+            ..fast()
+        };
+        let (s, t, _) = sink(config);
+        t.down.store(true, Ordering::SeqCst);
+        let mut sent = 0;
+        for _ in 0..6 {
+            let p = histograms(100, 150);
+            sent += p.metrics.iter().map(|m| m.1.samples()).sum::<u64>();
+            bounded(s.publish(p)).await;
+            assert!(s.stats().queue_bytes() <= 1024 * 1024);
+        }
+        let dropped = s.stats().dropped_samples(DropReason::QueueFull);
+        assert!(dropped > 0);
+        t.down.store(false, Ordering::SeqCst);
+        let r = bounded(s.flush(Instant::now() + Duration::from_secs(20))).await;
+        assert_eq!(r.published_samples + dropped, sent);
+        assert_eq!(
+            s.stats().published_samples() + s.stats().dropped_samples_total(),
+            sent
+        );
+    }
+
+    #[tokio::test]
+    async fn what_is_unpublished_at_the_shutdown_deadline_is_counted() {
+        let (s, t, _) = sink(PublishConfig {
+            max_attempts: 20,
+            backoff_base_ms: 50,
+            backoff_max_ms: 1000,
+            ..PublishConfig::default()
+        });
+        t.down.store(true, Ordering::SeqCst);
+        s.inner.enqueue(counters(10, 4.0));
+        let r = bounded(s.flush(Instant::now() + Duration::from_millis(300))).await;
+        assert_eq!(r.published_samples, 0);
+        assert_eq!(s.stats().dropped_samples(DropReason::ShutdownDeadline), 40);
+        assert_eq!(s.stats().queue_samples.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_run_loop_publishes_every_period_within_the_concurrency_bound() {
+        let config = PublishConfig {
+            max_concurrent_requests: 2,
+            max_datums_per_request: 10,
+            ..fast()
+        };
+        let (s, t, _) = sink(config);
+        t.answers.lock().extend([ErrorKind::Timeout; 3]);
+        let (tx, rx) = mpsc::channel(4);
+        let run = tokio::spawn(s.clone().run(rx, Duration::from_secs(10)));
+        for _ in 0..5 {
+            tx.send(counters(95, 1.0)).await.unwrap();
+        }
+        drop(tx);
+        bounded(run).await.unwrap();
+        assert_eq!(s.stats().published_samples(), 475);
+        assert_eq!(s.stats().dropped_samples_total(), 0);
+        assert!(t.max_in_flight.load(Ordering::SeqCst) <= 2);
+        assert!(t.requests.lock().iter().all(|&n| n <= 10));
+    }
+}
