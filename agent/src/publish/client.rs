@@ -230,3 +230,118 @@ where
     };
     SendError { kind, message }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::publish::batch::{datum_bytes, request_overhead};
+    use crate::publish::datum::{DatumValue, Series};
+    use aws_sdk_cloudwatch::config::Credentials;
+    use aws_sdk_cloudwatch::types::StandardUnit;
+    use proptest::prelude::*;
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+
+    /// A client pointed at a closed loopback port: every request is serialized (and measured)
+    /// and then fails to connect.
+    async fn closed_port_client(stats: PublishStats) -> Client {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let config = PublishConfig {
+            region: Some("us-east-1".into()),
+            endpoint_url: Some(format!("http://127.0.0.1:{port}")),
+            ..PublishConfig::default()
+        };
+        let creds =
+            SharedCredentialsProvider::new(Credentials::new("test", "test", None, None, "test"));
+        build_client(
+            &config,
+            ClientOverrides {
+                credentials: Some(creds),
+            },
+            stats,
+        )
+        .await
+        .unwrap()
+    }
+
+    fn datum(name_len: usize, dims: &[(usize, usize)], value: DatumValue) -> Datum {
+        Datum {
+            namespace: Arc::from("Tally/Estimate"),
+            series: Arc::new(Series {
+                name: "m".repeat(name_len),
+                unit: StandardUnit::CountSecond,
+                dimensions: dims
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &(k, v))| (format!("{i:0>k$}"), "v".repeat(v)))
+                    .collect(),
+            }),
+            timestamp: SystemTime::UNIX_EPOCH + Duration::from_millis(1_754_000_000_123),
+            storage_resolution: 1,
+            value,
+            samples: 1,
+        }
+    }
+
+    fn value_strategy() -> impl Strategy<Value = DatumValue> {
+        prop_oneof![
+            any::<f64>().prop_map(DatumValue::Value),
+            (1.0f64..1e9, -1e9f64..1e9).prop_map(|(n, s)| DatumValue::StatisticSet {
+                sample_count: n,
+                sum: s,
+                minimum: s,
+                maximum: s
+            }),
+            (0usize..=150).prop_map(|n| DatumValue::Values {
+                values: (0..n).map(|i| i as f64 * 1.37).collect(),
+                counts: (0..n).map(|i| (i + 1) as f64).collect(),
+            }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// The request-size estimate is an upper bound of what the SDK serializes, and close to
+        /// it, so requests are packed tight but never over CloudWatch's limit.
+        #[test]
+        fn the_size_estimate_bounds_the_real_serialized_body_within_ten_percent(
+            shapes in proptest::collection::vec(
+                (1usize..255, proptest::collection::vec((1usize..64, 1usize..300), 0..30), value_strategy()),
+                1..40,
+            ),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let datums: Vec<Datum> =
+                shapes.into_iter().map(|(n, d, v)| datum(n, &d, v)).collect();
+            let estimate = request_overhead("Tally/Estimate", 1000)
+                + datums.iter().map(datum_bytes).sum::<usize>();
+            let stats = PublishStats::register(&crate::stats::Stats::new());
+            let actual = rt.block_on(async {
+                let t = SdkTransport::new(closed_port_client(stats.clone()).await);
+                let err = t.put("Tally/Estimate", &datums).await.unwrap_err();
+                assert!(err.kind.is_transient(), "{err:?}");
+                stats.max_uncompressed_request_bytes() as usize
+            });
+            prop_assert!(actual > 0);
+            prop_assert!(estimate >= actual, "estimate {estimate} < actual {actual}");
+            prop_assert!(estimate * 10 <= actual * 11, "estimate {estimate} vs actual {actual}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_a_transient_network_error() {
+        let stats = PublishStats::register(&crate::stats::Stats::new());
+        let t = SdkTransport::new(closed_port_client(stats.clone()).await);
+        let d = datum(3, &[], DatumValue::Value(1.0));
+        let err = t
+            .put("Tally/Estimate", std::slice::from_ref(&d))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Network, "{err:?}");
+        assert!(stats.request_bytes().0 > 0);
+    }
+}
