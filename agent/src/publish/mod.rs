@@ -15,7 +15,8 @@
 //! 6. [`client`]: the aws-sdk-cloudwatch client (default credential chain, gzip, timeouts)
 //!    behind a small [`client::Transport`] trait.
 //! 7. [`sink`]: [`CloudWatchSink`] ties them together: `publish`, `run` over a channel, and
-//!    `flush` with a deadline at shutdown.
+//!    `flush` with a deadline at shutdown; [`CloudWatchSink::start`] gives the
+//!    [`Sink`](crate::sinks::Sink) the agent's runtime drives.
 //!
 //! Every sample that is not published is counted in
 //! `tally_publish_dropped_samples_total{reason}` (see [`stats`]).
@@ -32,5 +33,5 @@ pub mod stats;
 
 pub use client::ClientOverrides;
 pub use config::PublishConfig;
-pub use sink::{CloudWatchSink, DrainReport};
+pub use sink::{CloudWatchSink, DrainReport, RunningSink};
 pub use stats::{DropReason, PublishStats};

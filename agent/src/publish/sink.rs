@@ -30,6 +30,7 @@ use super::queue::{Dropped, InFlightDone, PendingQueue};
 use super::retry::{backoff_ceiling, full_jitter, ErrorKind, SendError};
 use super::stats::{DropReason, PublishStats};
 use crate::model::PeriodData;
+use crate::sinks::{Sink, SinkError, SinkFuture};
 use crate::stats::Stats;
 
 /// What one drain of the pending queue achieved.
@@ -238,7 +239,12 @@ impl CloudWatchSink {
                 },
             }
         }
-        let deadline = Instant::now() + shutdown_timeout;
+        // A deadline set by `RunningSink::shutdown` wins over `shutdown_timeout`.
+        let deadline = self
+            .inner
+            .deadline
+            .borrow()
+            .unwrap_or_else(|| Instant::now() + shutdown_timeout);
         self.inner.deadline.send_replace(Some(deadline));
         if let Some(h) = draining {
             // The drain observes the deadline; its report is folded into the flush below.
@@ -247,6 +253,96 @@ impl CloudWatchSink {
             }
         }
         self.flush(deadline).await
+    }
+
+    /// Starts [`CloudWatchSink::run`] in a task and returns the handle the agent's runtime
+    /// drives through the [`Sink`] trait: `send` only queues (it never waits for CloudWatch,
+    /// so an outage back-pressures nothing upstream; the pending queue's bound applies), and
+    /// `shutdown` flushes until its deadline.
+    pub fn start(self) -> RunningSink {
+        let (tx, rx) = mpsc::channel(4);
+        let inner = self.inner.clone();
+        let task = tokio::spawn(self.run(rx, Duration::from_secs(20)));
+        RunningSink {
+            tx: Some(tx),
+            task: Some(task),
+            inner,
+        }
+    }
+}
+
+/// A [`CloudWatchSink`] running in its own task, as a [`Sink`].
+pub struct RunningSink {
+    tx: Option<mpsc::Sender<PeriodData>>,
+    task: Option<tokio::task::JoinHandle<DrainReport>>,
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RunningSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningSink").finish_non_exhaustive()
+    }
+}
+
+impl RunningSink {
+    /// The publisher's self-metrics.
+    pub fn stats(&self) -> &PublishStats {
+        &self.inner.stats
+    }
+}
+
+impl Sink for RunningSink {
+    fn name(&self) -> &'static str {
+        "cloudwatch"
+    }
+
+    fn send(&mut self, period: PeriodData) -> SinkFuture<'_> {
+        Box::pin(async move {
+            let samples: u64 = period.metrics.iter().map(|m| m.1.samples()).sum();
+            let Some(tx) = &self.tx else {
+                self.inner.stats.drop(
+                    DropReason::ShutdownDeadline,
+                    period.metrics.len() as u64,
+                    samples,
+                );
+                return Err(SinkError::Failed {
+                    sink: "cloudwatch",
+                    message: "a period arrived after shutdown; it was counted as dropped".into(),
+                });
+            };
+            if let Err(mpsc::error::SendError(period)) = tx.send(period).await {
+                self.inner.stats.drop(
+                    DropReason::ShutdownDeadline,
+                    period.metrics.len() as u64,
+                    samples,
+                );
+                return Err(SinkError::Failed {
+                    sink: "cloudwatch",
+                    message:
+                        "the CloudWatch publisher task ended; see the previous error in the log"
+                            .into(),
+                });
+            }
+            Ok(())
+        })
+    }
+
+    fn shutdown(&mut self, deadline: tokio::time::Instant) -> SinkFuture<'_> {
+        Box::pin(async move {
+            self.inner.deadline.send_replace(Some(deadline.into_std()));
+            self.tx = None;
+            if let Some(task) = self.task.take() {
+                let report = task
+                    .await
+                    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+                tracing::info!(
+                    published_samples = report.published_samples,
+                    requests = report.requests,
+                    "CloudWatch publisher flushed"
+                );
+            }
+            Ok(())
+        })
     }
 }
 
@@ -732,5 +828,29 @@ mod tests {
         assert_eq!(s.stats().dropped_samples_total(), 0);
         assert!(t.max_in_flight.load(Ordering::SeqCst) <= 2);
         assert!(t.requests.lock().iter().all(|&n| n <= 10));
+    }
+
+    #[tokio::test]
+    async fn as_a_sink_send_only_queues_and_shutdown_delivers_before_the_deadline() {
+        let (s, t, stats) = sink(fast());
+        t.down.store(true, Ordering::SeqCst);
+        let mut running: Box<dyn Sink> = Box::new(s.clone().start());
+        for _ in 0..3 {
+            // Returns at once although CloudWatch is down.
+            bounded(running.send(counters(20, 1.0))).await.unwrap();
+        }
+        t.down.store(false, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        bounded(running.shutdown(deadline)).await.unwrap();
+        assert_eq!(s.stats().published_samples(), 60);
+        assert_eq!(s.stats().dropped_samples_total(), 0);
+        assert!(running.send(counters(1, 5.0)).await.is_err());
+        assert_eq!(
+            stats.counter_value(
+                crate::aggregate::DROPPED_SAMPLES,
+                &[("reason", "cloudwatch_shutdown_deadline")]
+            ),
+            5
+        );
     }
 }

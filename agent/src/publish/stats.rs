@@ -9,6 +9,7 @@
 //! | `tally_publish_samples_total` | counter | samples CloudWatch accepted |
 //! | `tally_publish_dropped_samples_total{reason}` | counter | samples never published, by [`DropReason`] |
 //! | `tally_publish_dropped_datums_total{reason}` | counter | datums never published, by [`DropReason`] |
+//! | `tally_agent_dropped_samples_total{reason="cloudwatch_*"}` | counter | the same samples in the agent-wide drop counter |
 //! | `tally_publish_request_duration_microseconds_{sum,count}` | counter | attempt latency |
 //! | `tally_publish_request_duration_microseconds_max` | gauge | slowest attempt so far |
 //! | `tally_publish_request_bytes_total{encoding}` | counter | body bytes, `uncompressed` and `sent` |
@@ -76,6 +77,23 @@ impl DropReason {
             DropReason::ShutdownDeadline => "shutdown_deadline",
         }
     }
+
+    /// The label value in the agent-wide `tally_agent_dropped_samples_total{reason}`, where
+    /// every stage's drops add up: `cloudwatch_` + [`DropReason::as_str`].
+    pub fn agent_reason(self) -> &'static str {
+        match self {
+            DropReason::InvalidNamespace => "cloudwatch_invalid_namespace",
+            DropReason::InvalidName => "cloudwatch_invalid_name",
+            DropReason::InvalidDimension => "cloudwatch_invalid_dimension",
+            DropReason::NonFinite => "cloudwatch_non_finite",
+            DropReason::OutOfRange => "cloudwatch_out_of_range",
+            DropReason::Expired => "cloudwatch_expired",
+            DropReason::FutureTimestamp => "cloudwatch_future_timestamp",
+            DropReason::Rejected => "cloudwatch_rejected",
+            DropReason::QueueFull => "cloudwatch_queue_full",
+            DropReason::ShutdownDeadline => "cloudwatch_shutdown_deadline",
+        }
+    }
 }
 
 /// Handles to every publisher self-metric.
@@ -88,6 +106,7 @@ pub struct PublishStats {
     pub(crate) samples: Counter,
     dropped_samples: [Counter; DropReason::ALL.len()],
     dropped_datums: [Counter; DropReason::ALL.len()],
+    agent_dropped: [Counter; DropReason::ALL.len()],
     pub(crate) latency_sum_us: Counter,
     pub(crate) latency_count: Counter,
     pub(crate) latency_max_us: Gauge,
@@ -135,6 +154,13 @@ impl PublishStats {
                 &[("reason", DropReason::ALL[i].as_str())],
             )
         });
+        let agent_dropped = std::array::from_fn(|i| {
+            stats.counter(
+                crate::aggregate::DROPPED_SAMPLES,
+                "Samples not published, by reason.",
+                &[("reason", DropReason::ALL[i].agent_reason())],
+            )
+        });
         let bytes = |encoding| {
             stats.counter(
                 "tally_publish_request_bytes_total",
@@ -173,6 +199,7 @@ impl PublishStats {
             ),
             dropped_samples,
             dropped_datums,
+            agent_dropped,
             latency_sum_us: stats.counter(
                 "tally_publish_request_duration_microseconds_sum",
                 "Total duration of PutMetricData attempts.",
@@ -234,6 +261,7 @@ impl PublishStats {
             .unwrap_or_default();
         self.dropped_samples[i].add(samples);
         self.dropped_datums[i].add(datums);
+        self.agent_dropped[i].add(samples);
     }
 
     /// Samples dropped for `reason` so far.
