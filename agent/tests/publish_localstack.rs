@@ -323,7 +323,7 @@ async fn more_than_2500_series_go_out_in_several_requests_none_over_a_limit() {
         })
         .collect();
     let r = tokio::time::timeout(
-        Duration::from_secs(120),
+        Duration::from_secs(400),
         sink.publish(period(&ns, ts, metrics)),
     )
     .await
@@ -375,7 +375,7 @@ async fn more_than_2500_series_go_out_in_several_requests_none_over_a_limit() {
         })
         .collect();
     let r = tokio::time::timeout(
-        Duration::from_secs(120),
+        Duration::from_secs(400),
         sink.publish(period(&ns, ts, metrics)),
     )
     .await
