@@ -41,10 +41,12 @@ start() {
     return
   fi
   install
-  mkdir -p "$STATE/volume"
+  mkdir -p "$STATE/volume" "$STATE/tmp"
   echo "localstack.sh: starting LocalStack on 127.0.0.1:$PORT (log: $LOG)"
+  # TMPDIR: LocalStack keeps its CloudWatch database under $TMPDIR/localstack and deletes that
+  # folder when it stops; a private TMPDIR keeps one instance from deleting another's data.
   GATEWAY_LISTEN="127.0.0.1:$PORT" SERVICES=cloudwatch DISABLE_EVENTS=1 \
-    LOCALSTACK_VOLUME_DIR="$STATE/volume" \
+    LOCALSTACK_VOLUME_DIR="$STATE/volume" TMPDIR="$STATE/tmp" \
     nohup "$VENV/bin/python" -m localstack.runtime.main >"$LOG" 2>&1 &
   echo $! >"$PIDFILE"
   for _ in $(seq 1 120); do
