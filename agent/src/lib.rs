@@ -40,6 +40,7 @@ pub mod config;
 pub mod ecs;
 pub mod ingest;
 pub mod model;
+pub mod publish;
 pub mod runtime;
 pub mod sinks;
 pub mod stats;
