@@ -15,7 +15,7 @@ use super::config::AlarmManagement;
 use super::plan::{AlarmAction, Plan};
 use super::AlarmsError;
 
-/// Tag every alarm tally creates carries (CloudWatch ignores tags on updates).
+/// Tag alarms tally creates carry with `[alarm_management] tag_alarms = true`.
 pub const MANAGED_TAG: &str = "tally:managed-by";
 /// DeleteAlarms takes at most this many names per call.
 pub const DELETE_BATCH: usize = 100;
@@ -53,18 +53,30 @@ impl Pacer {
     }
 }
 
-/// Whether an error means "slow down".
-pub trait IsThrottling {
-    /// True for CloudWatch's `Throttling` (and the SDK's other throttling codes).
-    fn is_throttling(&self) -> bool;
+/// Whether a failed call is worth repeating.
+pub trait Retryable {
+    /// True for CloudWatch's `Throttling` (and the SDK's other throttling codes) and for
+    /// transient server faults (`InternalServiceError`, ...). Every call tally retries is
+    /// idempotent: PutMetricAlarm and PutDashboard overwrite by name, DeleteAlarms of an
+    /// absent alarm succeeds.
+    fn is_retryable(&self) -> bool;
 }
 
-impl<E: ProvideErrorMetadata, R> IsThrottling for SdkError<E, R> {
-    fn is_throttling(&self) -> bool {
+impl<E: ProvideErrorMetadata, R> Retryable for SdkError<E, R> {
+    fn is_retryable(&self) -> bool {
         matches!(
             self.code(),
-            Some("Throttling" | "ThrottlingException" | "TooManyRequestsException")
-                | Some("RequestLimitExceeded")
+            Some(
+                "Throttling"
+                    | "ThrottlingException"
+                    | "TooManyRequestsException"
+                    | "RequestLimitExceeded"
+                    | "InternalServiceError"
+                    | "InternalServiceFault"
+                    | "InternalFailure"
+                    | "InternalError"
+                    | "ServiceUnavailable"
+            )
         )
     }
 }
@@ -94,15 +106,15 @@ impl RetryPolicy {
     }
 }
 
-/// Runs `call` in a paced slot, retrying throttled attempts. Returns the result and how many
-/// attempts were throttled.
+/// Runs `call` in a paced slot, retrying throttled (and transiently failed) attempts with
+/// backoff. Returns the result and how many attempts failed retryably.
 pub async fn paced<T, E, F, Fut>(
     pacer: &mut Pacer,
     policy: RetryPolicy,
     mut call: F,
 ) -> (Result<T, E>, u32)
 where
-    E: IsThrottling,
+    E: Retryable,
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
@@ -110,12 +122,12 @@ where
     loop {
         pacer.wait().await;
         match call().await {
-            Err(e) if e.is_throttling() && throttled + 1 < policy.max_attempts => {
+            Err(e) if e.is_retryable() && throttled + 1 < policy.max_attempts => {
                 tokio::time::sleep(policy.backoff(throttled)).await;
                 throttled += 1;
             }
             Err(e) => {
-                let t = throttled + u32::from(e.is_throttling());
+                let t = throttled + u32::from(e.is_retryable());
                 return (Err(e), t);
             }
             Ok(v) => return (Ok(v), throttled),
@@ -181,12 +193,12 @@ pub struct ApplyReport {
     pub dashboard_written: bool,
     /// PutMetricAlarm, DeleteAlarms and PutDashboard calls that succeeded.
     pub write_calls: usize,
-    /// Attempts CloudWatch throttled (each retried with backoff).
-    pub throttled: u32,
+    /// Attempts CloudWatch throttled or failed transiently (each retried with backoff).
+    pub retried: u32,
 }
 
-/// Writes the alarm changes of `plan`. Stops at the first error that is not throttling, after
-/// reporting what it already did in the error.
+/// Writes the alarm changes of `plan`. Stops at the first error that retries do not clear,
+/// reporting in the error what was already done.
 pub async fn apply_alarms(
     client: &Client,
     plan: &Plan,
@@ -195,7 +207,11 @@ pub async fn apply_alarms(
 ) -> Result<(), AlarmsError> {
     let policy = RetryPolicy::from_config(m);
     let mut put_pacer = Pacer::new(m.put_alarm_tps);
-    let tags = vec![(MANAGED_TAG.to_owned(), "tally-agent".to_owned())];
+    let tags = if m.tag_alarms {
+        vec![(MANAGED_TAG.to_owned(), "tally-agent".to_owned())]
+    } else {
+        Vec::new()
+    };
     let mut to_delete = Vec::new();
     for c in &plan.alarms {
         let create = match &c.action {
@@ -222,7 +238,7 @@ pub async fn apply_alarms(
             def.put_request(client, tags).send()
         })
         .await;
-        report.throttled += throttled;
+        report.retried += throttled;
         res.map_err(|e| AlarmsError::Write {
             call: "PutMetricAlarm",
             target: c.name.clone(),
@@ -245,7 +261,7 @@ pub async fn apply_alarms(
                 .send()
         })
         .await;
-        report.throttled += throttled;
+        report.retried += throttled;
         res.map_err(|e| AlarmsError::Write {
             call: "DeleteAlarms",
             target: batch.join(", "),
@@ -265,8 +281,8 @@ mod tests {
 
     #[derive(Debug, PartialEq)]
     struct FakeError(bool);
-    impl IsThrottling for FakeError {
-        fn is_throttling(&self) -> bool {
+    impl Retryable for FakeError {
+        fn is_retryable(&self) -> bool {
             self.0
         }
     }

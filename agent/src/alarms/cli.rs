@@ -54,7 +54,7 @@ pub async fn run(
                 writeln!(
                     out,
                     "Applied: {} created, {} updated, {} deleted, {} unchanged, {} kept \
-                     (prune off); dashboard {}; {} write call(s), {} throttled attempt(s).",
+                     (prune off); dashboard {}; {} write call(s), {} retried attempt(s).",
                     r.created.len(),
                     r.updated.len(),
                     r.deleted.len(),
@@ -66,7 +66,7 @@ pub async fn run(
                         "unchanged"
                     },
                     r.write_calls,
-                    r.throttled
+                    r.retried
                 )?;
                 for (what, names) in [
                     ("created", &r.created),

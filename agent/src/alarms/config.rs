@@ -94,6 +94,11 @@ pub struct AlarmManagement {
     pub prune: bool,
     /// Run `alarms apply` when the agent starts (default false).
     pub apply_on_start: bool,
+    /// Tag created alarms `tally:managed-by = tally-agent` (default false). Ownership never
+    /// depends on tags (CloudWatch ignores tags on updates); off by default because LocalStack
+    /// 4.13 answers every DescribeAlarms that would list a tagged alarm with a 500 over the
+    /// CBOR protocol. Turn it on against real CloudWatch to find tally's alarms by tag.
+    pub tag_alarms: bool,
     /// PutMetricAlarm calls per second (CloudWatch's default quota: 3).
     pub put_alarm_tps: f64,
     /// DeleteAlarms calls per second (CloudWatch's default quota: 3).
@@ -110,6 +115,7 @@ impl Default for AlarmManagement {
             name_prefix: "tally-".to_owned(),
             prune: false,
             apply_on_start: false,
+            tag_alarms: false,
             put_alarm_tps: 3.0,
             delete_alarms_tps: 3.0,
             max_attempts: 5,

@@ -17,8 +17,9 @@
 //! ```
 //!
 //! Alarms are recognised as managed by a name prefix (`[alarm_management] name_prefix`,
-//! default `tally-`); tally also tags what it creates (`tally:managed-by`), but CloudWatch
-//! emulators do not keep tags, so ownership never depends on them. Everything is compared in a
+//! default `tally-`); with `tag_alarms = true` tally also tags what it creates
+//! (`tally:managed-by`), but ownership never depends on tags (CloudWatch ignores tags on
+//! updates, and emulators do not keep them). Everything is compared in a
 //! normal form ([`AlarmDefinition`]) so that a second `apply` makes no write call and one
 //! changed field makes exactly one PutMetricAlarm.
 //!
@@ -133,12 +134,38 @@ async fn get_dashboard(
         {
             Ok(None)
         }
+        // LocalStack answers InvalidParameterValue for a missing dashboard: confirm with
+        // ListDashboards rather than by parsing the message.
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|se| se.is_invalid_parameter_value_exception())
+                && !dashboard_exists(client, name).await? =>
+        {
+            Ok(None)
+        }
         Err(e) => Err(AlarmsError::Dashboard {
             call: "GetDashboard",
             name: name.to_owned(),
             message: DisplayErrorContext(&e).to_string(),
         }),
     }
+}
+
+async fn dashboard_exists(client: &Client, name: &str) -> Result<bool, AlarmsError> {
+    let out = client
+        .list_dashboards()
+        .dashboard_name_prefix(name)
+        .send()
+        .await
+        .map_err(|e| AlarmsError::Dashboard {
+            call: "ListDashboards",
+            name: name.to_owned(),
+            message: DisplayErrorContext(&e).to_string(),
+        })?;
+    Ok(out
+        .dashboard_entries()
+        .iter()
+        .any(|d| d.dashboard_name() == Some(name)))
 }
 
 fn dashboard_change(
@@ -287,7 +314,7 @@ pub async fn apply(
             },
         )
         .await;
-        report.throttled += throttled;
+        report.retried += throttled;
         let out = res.map_err(|e| AlarmsError::Dashboard {
             call: "PutDashboard",
             name: dash.name.clone(),

@@ -179,15 +179,7 @@ pub fn shape(spec: &AlarmSpec, defaults: &AlarmDefaults) -> Result<Shape, Vec<St
     let evaluation_periods = spec
         .evaluation_periods
         .unwrap_or(defaults.evaluation_periods);
-    let description = spec.description.clone().unwrap_or_else(|| {
-        describe(
-            &watch,
-            threshold,
-            comparison,
-            period_secs,
-            evaluation_periods,
-        )
-    });
+    let description = spec.description.clone().unwrap_or_else(|| describe(&watch));
     Ok(Shape {
         watch,
         threshold,
@@ -212,21 +204,16 @@ pub fn shape(spec: &AlarmSpec, defaults: &AlarmDefaults) -> Result<Shape, Vec<St
     })
 }
 
-fn describe(
-    watch: &Watch,
-    threshold: f64,
-    comparison: Comparison,
-    period: u32,
-    evaluation: u32,
-) -> String {
+/// The generated description names what is watched but no value that can be edited, so that
+/// changing a threshold changes one field, not two.
+fn describe(watch: &Watch) -> String {
     let what = match watch {
         Watch::Metric { metric, statistic } => format!("{statistic} of {metric}"),
         Watch::ErrorRateMath => format!("100 * {ERROR_COUNT} / {REQUEST_COUNT}"),
     };
     format!(
-        "{what} {} {threshold} for {evaluation} x {period} s. Managed by tally-agent \
-         (`tally-agent alarms apply`); edit the agent config, not this alarm.",
-        comparison.as_str()
+        "Watches {what} as published by tally-agent. Managed by `tally-agent alarms apply`: \
+         edit the agent configuration, not this alarm."
     )
 }
 
