@@ -35,6 +35,7 @@
 
 pub mod admin;
 pub mod aggregate;
+pub mod alarms;
 pub mod catalog;
 pub mod config;
 pub mod ecs;
