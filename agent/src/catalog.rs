@@ -55,16 +55,23 @@ impl Catalog {
     /// `aggregate.standard_metrics = false`), the declared `[[aggregate.metrics]]`, each with
     /// its rollups, and the derived metrics on every dimension set of their denominator.
     pub fn from_config(config: &crate::config::Config) -> Catalog {
+        Self::from_config_with(config, &[])
+    }
+
+    /// Like [`Catalog::from_config`], with the fixed dimensions the agent adds to every metric
+    /// besides ServiceName and Environment (the `[ecs]` task-metadata dimensions it resolved).
+    pub fn from_config_with(config: &crate::config::Config, extra: &[(String, String)]) -> Catalog {
         use crate::config::parse_unit;
         use crate::model::cloudwatch_unit;
         use tally::conventions as c;
         use tally::wire::Unit;
 
         let fixed = |v: &str| (!v.is_empty()).then(|| v.to_owned());
-        let globals = [
+        let mut globals = vec![
             (c::SERVICE_NAME.to_owned(), fixed(&config.service)),
             (c::ENVIRONMENT.to_owned(), fixed(&config.environment)),
         ];
+        globals.extend(extra.iter().map(|(k, v)| (k.clone(), Some(v.clone()))));
         let publish_unit = |u: Unit| {
             if u == Unit::Nanoseconds {
                 config.time_unit.unit()
@@ -92,7 +99,7 @@ impl Catalog {
 
         let mut metrics: Vec<CatalogMetric> = Vec::new();
         for (name, unit, labels) in recorded {
-            let mut base: Vec<(String, Option<String>)> = globals.to_vec();
+            let mut base: Vec<(String, Option<String>)> = globals.clone();
             base.extend(labels.iter().map(|l| (l.clone(), None)));
             base.sort();
             let mut sets = vec![base.clone()];

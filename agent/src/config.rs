@@ -25,6 +25,10 @@ use serde::Deserialize;
 use tally::wire::{Limits, Unit};
 use thiserror::Error;
 
+use crate::alarms::config::{AlarmDefaults, AlarmManagement};
+use crate::alarms::{AlarmSpec, AlarmsConfig, DashboardConfig};
+use crate::ecs::EcsConfig;
+use crate::publish::PublishConfig;
 use crate::sinks::stdout::StdoutFormat;
 
 /// Top-level keys that environment variables may override (`TALLY_<KEY>...`).
@@ -42,6 +46,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "publish",
     "alarms",
     "alarm_defaults",
+    "alarm_management",
     "dashboard",
     "ecs",
 ];
@@ -75,6 +80,18 @@ pub struct Config {
     pub sink: SinkConfig,
     /// Logging.
     pub log: LogConfig,
+    /// `[publish]`: the CloudWatch publisher (region, endpoint, retries, bounds).
+    pub publish: PublishConfig,
+    /// `[ecs]`: task-metadata dimensions added to every published metric.
+    pub ecs: EcsConfig,
+    /// `[[alarms]]`: alarms provisioned by `tally-agent alarms apply`.
+    pub alarms: Vec<AlarmSpec>,
+    /// `[alarm_defaults]`: values every alarm inherits.
+    pub alarm_defaults: AlarmDefaults,
+    /// `[alarm_management]`: name prefix, pruning, pacing, apply at start.
+    pub alarm_management: AlarmManagement,
+    /// `[dashboard]`: the per-service CloudWatch dashboard.
+    pub dashboard: DashboardConfig,
 }
 
 impl Default for Config {
@@ -90,6 +107,12 @@ impl Default for Config {
             aggregate: AggregateConfig::default(),
             sink: SinkConfig::default(),
             log: LogConfig::default(),
+            publish: PublishConfig::default(),
+            ecs: EcsConfig::default(),
+            alarms: Vec::new(),
+            alarm_defaults: AlarmDefaults::default(),
+            alarm_management: AlarmManagement::default(),
+            dashboard: DashboardConfig::default(),
         }
     }
 }
@@ -724,10 +747,25 @@ impl Config {
                 self.log.level
             ));
         }
+        if let Err(e) = self.publish.validate() {
+            errs.push(e.to_string());
+        }
+        errs.extend(crate::alarms::validate::check_management(
+            &self.alarm_management,
+        ));
         if errs.is_empty() {
             Ok(())
         } else {
             Err(ConfigError::Invalid(errs))
+        }
+    }
+
+    /// The alarm sections (`[[alarms]]`, `[alarm_defaults]`, `[alarm_management]`) together.
+    pub fn alarms_config(&self) -> AlarmsConfig {
+        AlarmsConfig {
+            alarms: self.alarms.clone(),
+            alarm_defaults: self.alarm_defaults.clone(),
+            alarm_management: self.alarm_management.clone(),
         }
     }
 

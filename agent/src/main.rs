@@ -1,12 +1,16 @@
-//! The `tally-agent` command line: `run` (default), `validate`, `health`.
+//! The `tally-agent` command line: `run` (default), `validate`, `health`, `alarms plan|apply`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use tally_agent::alarms::cli::AlarmsCommand;
+use tally_agent::alarms::Target;
 use tally_agent::catalog::Catalog;
 use tally_agent::config::{Config, LogFormat, SinkKind};
+use tally_agent::publish::stats::PublishStats;
+use tally_agent::publish::CloudWatchSink;
 use tally_agent::sinks::stdout::StdoutSink;
 use tally_agent::sinks::Sink;
 use tally_agent::stats::Stats;
@@ -49,6 +53,12 @@ enum Command {
         /// How long to wait for the answer, in milliseconds.
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
+    },
+    /// Provision the alarms and dashboard declared in the configuration.
+    Alarms {
+        /// `plan` (dry run) or `apply`.
+        #[command(subcommand)]
+        command: AlarmsCommand,
     },
 }
 
@@ -96,17 +106,92 @@ fn resolve_sink(config: &Config) -> SinkKind {
     }
 }
 
-fn build_sink(config: &Config, _stats: &Stats) -> Result<Box<dyn Sink>, String> {
+async fn build_sink(config: &Config, stats: &Stats) -> Result<Box<dyn Sink>, String> {
     match resolve_sink(config) {
         SinkKind::Stdout | SinkKind::Auto => {
             Ok(Box::new(StdoutSink::new(config.sink.stdout_format)))
         }
-        // The CloudWatch sink lives in the `publish` module, built in parallel; it is wired
-        // here when that module lands.
         SinkKind::Cloudwatch => {
-            Err("the CloudWatch sink is not available in this build: run with --sink stdout".into())
+            let sink = CloudWatchSink::new(config.publish.clone(), stats)
+                .await
+                .map_err(|e| format!("cannot build the CloudWatch publisher: {e}"))?;
+            Ok(Box::new(sink.start()))
         }
     }
+}
+
+/// The service and environment values alarms and dashboards are built for: they must be fixed
+/// in the configuration, since an alarm watches one dimension value.
+fn alarm_identity(config: &Config) -> Result<(&str, &str), String> {
+    if config.service.is_empty() || config.environment.is_empty() {
+        return Err(
+            "alarms and dashboards watch one ServiceName and Environment: set `service` and \
+             `environment` in the agent configuration (or TALLY_SERVICE / TALLY_ENVIRONMENT)"
+                .into(),
+        );
+    }
+    Ok((&config.service, &config.environment))
+}
+
+/// Checks the alarm and dashboard sections against the catalogue of what `config` publishes.
+fn check_alarms(config: &Config, catalog: &Catalog) -> Result<(), String> {
+    let unnamed = config.service.is_empty() || config.environment.is_empty();
+    if config.alarms.is_empty() && (unnamed || !config.dashboard.enabled) {
+        return Ok(());
+    }
+    let (service, environment) = alarm_identity(config)?;
+    let target = Target {
+        namespace: &config.namespace,
+        service,
+        environment,
+        period_secs: config.period_secs,
+        catalog,
+    };
+    tally_agent::alarms::validate::validate(&config.alarms_config(), &config.dashboard, &target)
+        .map_err(|e| e.to_string())
+}
+
+/// Resolves the `[ecs]` dimensions (nothing is fetched when none are configured).
+async fn ecs_dimensions(config: &Config) -> Vec<(String, String)> {
+    if config.ecs.dimensions.is_empty() {
+        return Vec::new();
+    }
+    let d = tally_agent::ecs::task_dimensions(&config.ecs).await;
+    tracing::info!(dimensions = ?d.dimensions, "ECS task metadata dimensions");
+    d.dimensions
+}
+
+/// Plans or applies the alarms against the configured CloudWatch endpoint.
+async fn alarms_run(config: &Config, command: &AlarmsCommand) -> Result<(), String> {
+    let extra = ecs_dimensions(config).await;
+    let catalog = Catalog::from_config_with(config, &extra);
+    check_alarms(config, &catalog)?;
+    let (service, environment) = alarm_identity(config)?;
+    let target = Target {
+        namespace: &config.namespace,
+        service,
+        environment,
+        period_secs: config.period_secs,
+        catalog: &catalog,
+    };
+    let client = tally_agent::publish::client::build_client(
+        &config.publish,
+        tally_agent::publish::ClientOverrides::default(),
+        PublishStats::register(&Stats::new()),
+    )
+    .await
+    .map_err(|e| format!("cannot build the CloudWatch client: {e}"))?;
+    let mut out = std::io::stdout();
+    tally_agent::alarms::cli::run(
+        command,
+        &client,
+        &config.alarms_config(),
+        &config.dashboard,
+        &target,
+        &mut out,
+    )
+    .await
+    .map_err(|e| e.to_string())
 }
 
 async fn shutdown_signal() {
@@ -119,6 +204,14 @@ async fn shutdown_signal() {
     }
 }
 
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
 fn run(common: &Common) -> ExitCode {
     let config = match load(common) {
         Ok(c) => c,
@@ -128,33 +221,33 @@ fn run(common: &Common) -> ExitCode {
         }
     };
     init_logs(&config);
-    let stats = Stats::new();
-    let sink = match build_sink(&config, &stats) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("tally-agent: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    tracing::info!(sink = sink.name(), "sink selected");
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("tally-agent: cannot start the async runtime: {e}");
+            eprintln!("tally-agent: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let result = rt.block_on(tally_agent::runtime::run(
-        config,
-        sink,
-        stats,
-        shutdown_signal(),
-        |_| {},
-    ));
+    let stats = Stats::new();
+    let result = rt.block_on(async {
+        let extra = ecs_dimensions(&config).await;
+        if config.alarm_management.apply_on_start {
+            // Its own thread and runtime: pacing PutMetricAlarm at 3 TPS must not delay ingest.
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let command = AlarmsCommand::Apply { json: false };
+                match runtime().and_then(|rt| rt.block_on(alarms_run(&config, &command))) {
+                    Ok(()) => tracing::info!("alarms applied at start"),
+                    Err(e) => tracing::error!("alarms not applied at start: {e}"),
+                }
+            });
+        }
+        let sink = build_sink(&config, &stats).await?;
+        tracing::info!(sink = sink.name(), "sink selected");
+        tally_agent::runtime::run(config, extra, sink, stats, shutdown_signal(), |_| {})
+            .await
+            .map_err(|e| e.to_string())
+    });
     rt.shutdown_timeout(Duration::from_secs(1));
     match result {
         Ok(s) if s.dropped_samples == 0 => ExitCode::SUCCESS,
@@ -170,6 +263,10 @@ fn validate(common: &Common) -> ExitCode {
     match load(common) {
         Ok(c) => {
             let cat = Catalog::from_config(&c);
+            if let Err(e) = check_alarms(&c, &cat) {
+                eprintln!("tally-agent: {e}");
+                return ExitCode::FAILURE;
+            }
             println!(
                 "configuration is valid: namespace {:?}, period {} s, {} metrics catalogued, sink {:?}",
                 c.namespace,
@@ -225,6 +322,25 @@ fn health(common: &Common, addr: Option<&str>, timeout_ms: u64) -> ExitCode {
     }
 }
 
+fn alarms(common: &Common, command: &AlarmsCommand) -> ExitCode {
+    let config = match load(common) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tally-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logs(&config);
+    let result = runtime().and_then(|rt| rt.block_on(alarms_run(&config, command)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tally-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
@@ -233,5 +349,6 @@ fn main() -> ExitCode {
         Some(Command::Health { addr, timeout_ms }) => {
             health(&cli.common, addr.as_deref(), *timeout_ms)
         }
+        Some(Command::Alarms { command }) => alarms(&cli.common, command),
     }
 }

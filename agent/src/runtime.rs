@@ -71,8 +71,10 @@ pub struct Running {
 
 /// Runs the agent until `shutdown` completes, then drains within the configured deadline.
 /// `on_ready` is called once listeners are bound (with their real addresses).
+/// `extra_dimensions` are added to every metric (the `[ecs]` task-metadata dimensions).
 pub async fn run(
     config: Config,
+    extra_dimensions: Vec<(String, String)>,
     sink: Box<dyn Sink>,
     stats: Stats,
     shutdown: impl Future<Output = ()>,
@@ -96,7 +98,10 @@ pub async fn run(
         admin_addr: admin_listener.as_ref().and_then(|l| l.local_addr().ok()),
     };
 
-    let aggregator = Aggregator::new(Settings::from_config(&config), &stats, SystemTime::now());
+    let mut settings = Settings::from_config(&config);
+    settings.extra_dimensions = extra_dimensions;
+    settings.extra_dimensions.sort();
+    let aggregator = Aggregator::new(settings, &stats, SystemTime::now());
     let sequences = Sequences::new(
         config.aggregate.max_processes,
         Duration::from_secs(config.aggregate.process_ttl_secs),

@@ -3,10 +3,14 @@
 
 mod alarms_support;
 
-use alarms_support::{http_service_catalog, localstack_client, unique};
+use std::path::Path;
+
+use alarms_support::{localstack_client, unique};
 use aws_sdk_cloudwatch::types::AlarmType;
 use tally_agent::alarms::desired::{desired_alarms, AlarmStat, AlarmTarget};
 use tally_agent::alarms::{self, AlarmsConfig, DashboardConfig, Target};
+use tally_agent::catalog::Catalog;
+use tally_agent::config::Config;
 
 const SNS: &str = "arn:aws:sns:us-east-1:123456789012:web-app-alerts";
 
@@ -17,38 +21,35 @@ struct Example {
     period_secs: u32,
     alarms: AlarmsConfig,
     dashboard: DashboardConfig,
+    /// What the agent publishes under this very configuration.
+    catalog: Catalog,
 }
 
+/// Loads the example exactly as `tally-agent --config examples/agent-playbook.toml` does, and
+/// builds the catalogue from it, so these tests prove the published metrics and the alarms
+/// agree rather than assuming a hand-written catalogue.
 fn load_example() -> Example {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../examples/agent-playbook.toml"
     );
-    let text = std::fs::read_to_string(path).expect("examples/agent-playbook.toml");
-    let mut table: toml::Table = toml::from_str(&text).expect("valid TOML");
-    let s = |t: &mut toml::Table, k: &str| t.remove(k).unwrap().as_str().unwrap().to_owned();
-    let namespace = s(&mut table, "namespace");
-    let service = s(&mut table, "service");
-    let environment = s(&mut table, "environment");
-    let period_secs = table.remove("period_secs").unwrap().as_integer().unwrap() as u32;
-    let dashboard: DashboardConfig = table.remove("dashboard").unwrap().try_into().unwrap();
-    let alarms: AlarmsConfig = toml::Value::Table(table)
-        .try_into()
-        .expect("alarm sections");
+    let config =
+        Config::load(Some(Path::new(path)), Vec::new(), &[]).expect("the example is valid");
     Example {
-        namespace,
-        service,
-        environment,
-        period_secs,
-        alarms,
-        dashboard,
+        catalog: Catalog::from_config(&config),
+        alarms: config.alarms_config(),
+        namespace: config.namespace,
+        service: config.service,
+        environment: config.environment,
+        period_secs: config.period_secs,
+        dashboard: config.dashboard,
     }
 }
 
 #[test]
 fn the_example_config_declares_the_playbook_alarms_exactly_with_published_dimensions() {
     let ex = load_example();
-    let catalog = http_service_catalog(&ex.namespace, &ex.service, &ex.environment);
+    let catalog = ex.catalog.clone();
     let target = Target {
         namespace: &ex.namespace,
         service: &ex.service,
@@ -129,7 +130,7 @@ async fn the_playbook_alarms_are_stored_in_cloudwatch_as_declared() {
     ex.alarms.alarm_management.name_prefix = prefix.clone();
     ex.alarms.alarm_management.put_alarm_tps = 20.0;
     ex.dashboard.enabled = false;
-    let catalog = http_service_catalog(&ex.namespace, &ex.service, &ex.environment);
+    let catalog = ex.catalog.clone();
     let target = Target {
         namespace: &ex.namespace,
         service: &ex.service,

@@ -35,6 +35,7 @@ pub fn finish(
         let mut dimensions: Vec<(String, String)> = Vec::with_capacity(k.labels.len() + 2);
         dimensions.push((SERVICE_NAME.into(), k.service.into()));
         dimensions.push((ENVIRONMENT.into(), k.environment.into()));
+        dimensions.extend(settings.extra_dimensions.iter().cloned());
         dimensions.extend(k.labels.iter().map(|(a, b)| (a.to_string(), b.to_string())));
         dimensions.sort();
         let f = if is_ns { ns } else { 1.0 };

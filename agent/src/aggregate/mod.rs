@@ -53,6 +53,9 @@ pub struct Settings {
     pub rollups: Vec<RollupConfig>,
     /// Derived metrics.
     pub derived: Vec<DerivedConfig>,
+    /// Fixed dimensions added to every metric besides ServiceName and Environment (the
+    /// `[ecs]` task-metadata dimensions), sorted by name.
+    pub extra_dimensions: Vec<(String, String)>,
 }
 
 impl Settings {
@@ -68,6 +71,7 @@ impl Settings {
             grace: c.grace(),
             rollups: c.aggregate.rollups.clone(),
             derived: c.aggregate.derived.clone(),
+            extra_dimensions: Vec::new(),
         }
     }
 }
@@ -330,6 +334,7 @@ impl Aggregator {
                 &service,
                 &environment,
                 max_series,
+                &self.settings.extra_dimensions,
                 &mut scratch,
             ) {
                 Ok(()) => report.merged += n,
@@ -453,10 +458,18 @@ fn to_agg(name: &str, value: SeriesValue) -> Result<Agg, Refusal> {
     })
 }
 
-fn check_new(key: &SeriesRef<'_>) -> Result<(), rules::RuleError> {
+fn check_new(key: &SeriesRef<'_>, extra: &[(String, String)]) -> Result<(), rules::RuleError> {
     rules::check_metric_name(key.name)?;
+    if key.labels.len() + 2 + extra.len() > rules::MAX_DIMENSIONS {
+        return Err(rules::RuleError::TooManyDimensions(
+            key.labels.len() + 2 + extra.len(),
+        ));
+    }
     for (k, v) in key.labels {
-        if k == tally::conventions::SERVICE_NAME || k == tally::conventions::ENVIRONMENT {
+        if k == tally::conventions::SERVICE_NAME
+            || k == tally::conventions::ENVIRONMENT
+            || extra.iter().any(|(e, _)| e == k)
+        {
             return Err(rules::RuleError::ReservedDimension(k.clone()));
         }
         rules::check_dimension_name(k)?;
@@ -471,6 +484,7 @@ fn merge_series(
     service: &str,
     environment: &str,
     max_series: usize,
+    extra: &[(String, String)],
     scratch: &mut Vec<(String, String)>,
 ) -> Result<(), Refusal> {
     let Series {
@@ -511,7 +525,7 @@ fn merge_series(
             ),
         ));
     }
-    check_new(&key).map_err(|e| (e.reason(), format!("series {name:?} refused: {e}")))?;
+    check_new(&key, extra).map_err(|e| (e.reason(), format!("series {name:?} refused: {e}")))?;
     let agg = to_agg(&name, value)?;
     map.insert(key.to_owned_key(), agg);
     Ok(())

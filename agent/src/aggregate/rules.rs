@@ -59,8 +59,11 @@ pub enum RuleError {
     #[error("namespace {0:?} starts with \"AWS/\", which is reserved for AWS services: pick your own, e.g. \"MyCompany/Shop\"")]
     ReservedNamespace(String),
     /// A label named like a global dimension.
-    #[error("label {0:?} collides with a dimension the agent sets itself (ServiceName, Environment): rename the label")]
+    #[error("label {0:?} collides with a dimension the agent sets itself (ServiceName, Environment or an [ecs] dimension): rename the label")]
     ReservedDimension(String),
+    /// More dimensions than CloudWatch allows once the agent's own are added.
+    #[error("{0} dimensions with ServiceName, Environment and the [ecs] dimensions: CloudWatch allows {MAX_DIMENSIONS}; drop labels or [ecs].dimensions")]
+    TooManyDimensions(usize),
 }
 
 impl RuleError {
@@ -74,6 +77,7 @@ impl RuleError {
             RuleError::LeadingColon { .. } => "leading_colon",
             RuleError::ReservedNamespace(_) => "reserved_namespace",
             RuleError::ReservedDimension(_) => "reserved_dimension",
+            RuleError::TooManyDimensions(_) => "too_many_dimensions",
         }
     }
 }

@@ -25,6 +25,7 @@ fn settings() -> Settings {
         grace: Duration::from_secs(2),
         rollups: vec![],
         derived: vec![DerivedConfig::error_rate()],
+        extra_dimensions: vec![],
     }
 }
 
@@ -549,4 +550,55 @@ proptest! {
             prop_assert_eq!(histogram.value_at_quantile(q), reference.value_at_quantile(q));
         }
     }
+}
+
+#[test]
+fn ecs_dimensions_are_added_to_every_metric_and_a_label_that_collides_is_refused() {
+    let stats = Stats::new();
+    let mut s = settings();
+    s.extra_dimensions = vec![("ClusterName".into(), "prod-cluster".into())];
+    let mut a = Aggregator::new(s, &stats, at(T0));
+    let mut clash = http("RequestCount", "/b", "2xx", SeriesValue::Counter(4));
+    clash.labels.push(("ClusterName".into(), "spoofed".into()));
+    clash.labels.sort();
+    a.merge(
+        batch(
+            1,
+            1,
+            T0,
+            vec![
+                http("RequestCount", "/a", "2xx", SeriesValue::Counter(7)),
+                clash,
+            ],
+        ),
+        at(T0),
+    )
+    .unwrap();
+    let out = a.close_due(at(T0 + 60));
+    let p = &out[0].data;
+    let rc = find(
+        p,
+        "RequestCount",
+        &with_g(&[
+            ("Route", "/a"),
+            ("Method", "GET"),
+            ("StatusClass", "2xx"),
+            ("ClusterName", "prod-cluster"),
+        ]),
+    );
+    assert!(
+        matches!(rc, Some(AggregateValue::Counter(c)) if *c == 7.0),
+        "{rc:?}"
+    );
+    assert!(
+        p.metrics.iter().all(|(k, _)| k
+            .dimensions
+            .contains(&("ClusterName".to_owned(), "prod-cluster".to_owned()))),
+        "every metric carries the ECS dimension"
+    );
+    assert_eq!(
+        stats.counter_value(DROPPED_SAMPLES, &[("reason", "reserved_dimension")]),
+        4,
+        "the colliding series is refused and counted"
+    );
 }
