@@ -48,7 +48,14 @@ impl<B: Body, C: ClassifyResponse> Body for ResponseBody<B, C> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
+        if let Some(guard) = this.guard.as_mut() {
+            guard.set_in_poll(true);
+        }
+        let frame = this.inner.poll_frame(cx);
+        if let Some(guard) = this.guard.as_mut() {
+            guard.set_in_poll(false);
+        }
+        let frame = ready!(frame);
         match &frame {
             None => {
                 if let Some(guard) = this.guard.take() {

@@ -40,7 +40,14 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = ready!(this.inner.poll(cx));
+        if let Some(guard) = this.guard.as_mut() {
+            guard.set_in_poll(true);
+        }
+        let result = this.inner.poll(cx);
+        if let Some(guard) = this.guard.as_mut() {
+            guard.set_in_poll(false);
+        }
+        let result = ready!(result);
         let mut guard = this
             .guard
             .take()

@@ -3,7 +3,7 @@
 //!
 //! Because recording happens in `Drop`, every path ends in exactly one sample: a body that
 //! ends, a body the client abandons mid-stream, a service error, a future dropped before the
-//! response (the client went away), or a panic unwinding through the middleware.
+//! response (the client went away), or a panic in the inner service or body.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -69,6 +69,9 @@ pub(crate) struct RequestGuard<C: ClassifyResponse> {
     method: &'static str,
     start: Instant,
     progress: Progress,
+    /// Set while the inner future or body is being polled: if the guard drops with it set, the
+    /// poll never returned, i.e. it panicked (whoever catches the panic drops us later).
+    in_poll: bool,
 }
 
 impl<C: ClassifyResponse> RequestGuard<C> {
@@ -86,7 +89,13 @@ impl<C: ClassifyResponse> RequestGuard<C> {
             method,
             start: Instant::now(),
             progress: Progress::Started,
+            in_poll: false,
         }
+    }
+
+    /// Mark the start (`true`) and the end (`false`) of a poll of the inner future or body.
+    pub(crate) fn set_in_poll(&mut self, in_poll: bool) {
+        self.in_poll = in_poll;
     }
 
     /// The response head is ready.
@@ -119,8 +128,8 @@ impl<C: ClassifyResponse> Drop for RequestGuard<C> {
         let elapsed = self.start.elapsed();
         let class = match self.progress {
             Progress::Finished(class) => class,
-            // Unwinding from a panic in the service or the body: the server failed.
-            _ if std::thread::panicking() => StatusClass::Failed,
+            // A poll of the service or the body panicked: the server failed.
+            _ if self.in_poll => StatusClass::Failed,
             // The response future was dropped before the head: the client went away (499).
             Progress::Started => StatusClass::ClientError,
             // The body was dropped after the head: the client saw this status.
