@@ -1,0 +1,337 @@
+//! Data waiting for the agent: deltas still being merged ("open"), and sealed batches that
+//! carry a sequence number and wait for their ack. Bounded in bytes; past the bound the oldest
+//! data goes first and every sample of it is counted.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use super::collect::merge_value;
+use crate::registry::SeriesEntry;
+use crate::wire::{encode_batch, Batch, DropReport, ProcessIdentity, Series, SeriesValue};
+
+/// Most series in one batch (the decoder accepts 100,000; smaller frames keep a resend cheap).
+const MAX_SERIES_PER_BATCH: usize = 5_000;
+/// Most estimated bytes in one batch (frames stay far below the decoder's 16 MiB).
+const MAX_BATCH_BYTES: usize = 4 << 20;
+
+/// A batch with its sequence number, encoded once and sent (again) as is until acked.
+#[derive(Debug)]
+pub(crate) struct Sealed {
+    pub(crate) sequence: u64,
+    pub(crate) frame: Vec<u8>,
+    pub(crate) samples: u64,
+    pub(crate) sent: bool,
+}
+
+#[derive(Debug, Default)]
+struct Open {
+    series: HashMap<usize, (Arc<SeriesEntry>, SeriesValue, usize)>,
+    start_ms: Option<u64>,
+    end_ms: u64,
+    est_bytes: usize,
+    samples: u64,
+}
+
+/// Everything not yet acknowledged by the agent.
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    identity: ProcessIdentity,
+    next_sequence: u64,
+    open: Open,
+    queue: VecDeque<Sealed>,
+    queued_bytes: usize,
+    max_bytes: usize,
+    drops: DropReport,
+    last_sealed_drops: Option<DropReport>,
+}
+
+/// Estimated encoded size of one series (exact sizes are known once sealed).
+fn estimate(e: &SeriesEntry, v: &SeriesValue) -> usize {
+    let key = e.name.len()
+        + e.labels
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 2)
+            .sum::<usize>();
+    let hist = |h: &hdrhistogram::Histogram<u64>| 48 + 2 * h.len().min(4096) as usize;
+    key + 8
+        + match v {
+            SeriesValue::Counter(_) => 10,
+            SeriesValue::Gauge { .. } => 34,
+            SeriesValue::Histogram { histogram, .. } => 8 + hist(histogram),
+            SeriesValue::Event { values, .. } => 10 + values.as_ref().map_or(0, |(_, h)| hist(h)),
+        }
+}
+
+impl Outbox {
+    pub(crate) fn new(identity: ProcessIdentity, max_bytes: usize) -> Self {
+        Outbox {
+            identity,
+            next_sequence: 1,
+            open: Open::default(),
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            max_bytes,
+            drops: DropReport::default(),
+            last_sealed_drops: None,
+        }
+    }
+
+    /// Merges one interval's deltas into the open data.
+    pub(crate) fn merge(
+        &mut self,
+        deltas: Vec<(Arc<SeriesEntry>, SeriesValue)>,
+        start_ms: u64,
+        end_ms: u64,
+    ) {
+        if deltas.is_empty() {
+            return;
+        }
+        let open = &mut self.open;
+        open.start_ms.get_or_insert(start_ms);
+        open.end_ms = end_ms;
+        for (entry, value) in deltas {
+            open.samples += value.samples();
+            let key = Arc::as_ptr(&entry) as usize;
+            match open.series.get_mut(&key) {
+                Some((e, v, est)) => {
+                    merge_value(v, value);
+                    let new = estimate(e, v);
+                    open.est_bytes = open.est_bytes + new - *est;
+                    *est = new;
+                }
+                None => {
+                    let est = estimate(&entry, &value);
+                    open.est_bytes += est;
+                    open.series.insert(key, (entry, value, est));
+                }
+            }
+        }
+    }
+
+    /// Estimated bytes of the open data.
+    pub(crate) fn open_bytes(&self) -> usize {
+        self.open.est_bytes
+    }
+
+    /// Bytes kept in total: sealed frames plus the open estimate.
+    pub(crate) fn total_bytes(&self) -> usize {
+        self.queued_bytes + self.open.est_bytes
+    }
+
+    /// Sealed batches not yet acknowledged.
+    pub(crate) fn unacked(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Nothing left to send or to wait for.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.is_empty() && self.open.series.is_empty()
+    }
+
+    /// Samples in everything not yet acknowledged.
+    pub(crate) fn pending_samples(&self) -> u64 {
+        self.open.samples + self.queue.iter().map(|s| s.samples).sum::<u64>()
+    }
+
+    /// Cumulative drops so far (without label overflows, which the registry counts).
+    pub(crate) fn drops(&self) -> DropReport {
+        self.drops
+    }
+
+    /// Seals the open data into batches with the next sequence numbers. Also seals an empty
+    /// batch when the drop report changed since the last batch, so the agent always learns
+    /// about drops. Returns how many batches were sealed.
+    pub(crate) fn seal(&mut self, label_overflows: u64, now_ms: u64) -> usize {
+        let drops = DropReport {
+            label_overflows,
+            ..self.drops
+        };
+        let open = std::mem::take(&mut self.open);
+        if open.series.is_empty() && self.last_sealed_drops == Some(drops) {
+            return 0;
+        }
+        let start = open.start_ms.unwrap_or(now_ms);
+        let end = if open.start_ms.is_some() {
+            open.end_ms
+        } else {
+            now_ms
+        };
+        let mut sealed = 0;
+        let mut current: Vec<Series> = Vec::new();
+        let mut current_bytes = 0;
+        let mut entries = open.series.into_values().peekable();
+        while entries.peek().is_some() || sealed == 0 {
+            while let Some((e, v, est)) = entries.peek() {
+                if !current.is_empty()
+                    && (current.len() >= MAX_SERIES_PER_BATCH
+                        || current_bytes + est > MAX_BATCH_BYTES)
+                {
+                    break;
+                }
+                current_bytes += *est;
+                current.push(Series {
+                    name: e.name.clone(),
+                    unit: e.unit,
+                    labels: e.labels.clone(),
+                    value: v.clone(),
+                });
+                entries.next();
+            }
+            self.seal_one(std::mem::take(&mut current), start, end, drops);
+            current_bytes = 0;
+            sealed += 1;
+        }
+        self.last_sealed_drops = Some(drops);
+        sealed
+    }
+
+    fn seal_one(&mut self, series: Vec<Series>, start: u64, end: u64, drops: DropReport) {
+        let batch = Batch {
+            process: self.identity.clone(),
+            sequence: self.next_sequence,
+            start_unix_ms: start,
+            end_unix_ms: end,
+            drops,
+            series,
+        };
+        let samples = batch.samples();
+        let mut frame = Vec::new();
+        match encode_batch(&batch, &mut frame) {
+            Ok(()) => {
+                self.next_sequence += 1;
+                self.queued_bytes += frame.len();
+                self.queue.push_back(Sealed {
+                    sequence: batch.sequence,
+                    frame,
+                    samples,
+                    sent: false,
+                });
+            }
+            // Encoding only fails on a histogram serializer fault or a payload past 4 GiB
+            // (impossible with the per-batch caps); the samples are counted, not lost silently.
+            Err(_) => {
+                self.drops.dropped_samples += samples;
+                self.drops.dropped_batches += 1;
+            }
+        }
+    }
+
+    /// Drops the oldest data until the total fits `max_bytes`: sealed batches first (oldest
+    /// first), then, if one interval alone exceeds the bound, the open data. Every sample
+    /// dropped is counted in the cumulative drop report.
+    pub(crate) fn enforce_bound(&mut self) {
+        while self.total_bytes() > self.max_bytes {
+            if let Some(old) = self.queue.pop_front() {
+                self.queued_bytes -= old.frame.len();
+                self.drops.dropped_samples += old.samples;
+                self.drops.dropped_batches += 1;
+            } else {
+                let open = std::mem::take(&mut self.open);
+                self.drops.dropped_samples += open.samples;
+                break;
+            }
+        }
+    }
+
+    /// Forgets the batch with `sequence`; returns its samples, or `None` if it is not held
+    /// (a late ack for a batch already dropped, or a duplicate ack).
+    pub(crate) fn ack(&mut self, sequence: u64) -> Option<u64> {
+        let i = self.queue.iter().position(|s| s.sequence == sequence)?;
+        let s = self.queue.remove(i)?;
+        self.queued_bytes -= s.frame.len();
+        Some(s.samples)
+    }
+
+    /// After a disconnect every unacknowledged batch must be sent again.
+    pub(crate) fn mark_all_unsent(&mut self) {
+        for s in &mut self.queue {
+            s.sent = false;
+        }
+    }
+
+    /// Sealed batches not sent on the current connection, oldest first.
+    pub(crate) fn unsent(&mut self) -> impl Iterator<Item = &mut Sealed> {
+        self.queue.iter_mut().filter(|s| !s.sent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{CounterCell, ShardCount};
+    use crate::registry::CellRef;
+    use crate::wire::{decode_batch, Limits, Unit, HEADER_LEN};
+
+    fn entry(name: &str) -> Arc<SeriesEntry> {
+        Arc::new(SeriesEntry {
+            name: name.into(),
+            unit: Unit::Count,
+            labels: vec![],
+            cell: CellRef::Counter(Arc::new(CounterCell::new(ShardCount::new(1)))),
+        })
+    }
+
+    fn decode(s: &Sealed) -> Batch {
+        decode_batch(&s.frame[HEADER_LEN..], &Limits::default()).expect("valid frame")
+    }
+
+    #[test]
+    fn deltas_of_one_series_merge_until_sealed() {
+        let mut o = Outbox::new(ProcessIdentity::default(), 1 << 20);
+        let e = entry("c");
+        o.merge(vec![(e.clone(), SeriesValue::Counter(2))], 10, 20);
+        o.merge(vec![(e, SeriesValue::Counter(3))], 20, 30);
+        assert_eq!(o.seal(0, 30), 1);
+        let b = decode(o.unsent().next().expect("sealed"));
+        assert_eq!((b.sequence, b.start_unix_ms, b.end_unix_ms), (1, 10, 30));
+        assert_eq!(b.series[0].value, SeriesValue::Counter(5));
+        assert_eq!(o.ack(1), Some(5));
+        assert!(o.is_empty());
+        assert_eq!(o.ack(1), None);
+    }
+
+    #[test]
+    fn past_the_bound_the_oldest_batches_go_and_are_counted() {
+        let mut o = Outbox::new(ProcessIdentity::default(), 400);
+        let mut recorded = 0;
+        for i in 0..20u64 {
+            o.merge(
+                vec![(entry(&format!("series-{i}")), SeriesValue::Counter(i + 1))],
+                i,
+                i + 1,
+            );
+            recorded += i + 1;
+            o.seal(0, i + 1);
+            o.enforce_bound();
+            assert!(o.total_bytes() <= 400);
+        }
+        let kept: u64 = o.pending_samples();
+        assert!(o.drops().dropped_batches > 0);
+        assert_eq!(kept + o.drops().dropped_samples, recorded);
+        // The newest batch survives and carries the cumulative report of what went before.
+        let newest = o.queue.back().expect("kept");
+        assert_eq!(decode(newest).sequence, 20);
+    }
+
+    #[test]
+    fn a_changed_drop_report_is_sealed_even_without_data() {
+        let mut o = Outbox::new(ProcessIdentity::default(), 1 << 20);
+        assert_eq!(o.seal(0, 1), 1, "the first batch announces the process");
+        assert_eq!(o.seal(0, 2), 0);
+        assert_eq!(o.seal(3, 3), 1);
+        let last = o.queue.back().expect("sealed");
+        assert_eq!(decode(last).drops.label_overflows, 3);
+    }
+
+    #[test]
+    fn large_intervals_split_into_several_batches() {
+        let mut o = Outbox::new(ProcessIdentity::default(), 1 << 30);
+        let deltas = (0..MAX_SERIES_PER_BATCH + 10)
+            .map(|i| (entry(&format!("s{i}")), SeriesValue::Counter(1)))
+            .collect();
+        o.merge(deltas, 0, 1);
+        assert_eq!(o.seal(0, 1), 2);
+        let total: usize = o.unsent().map(|s| decode(s).series.len()).sum();
+        assert_eq!(total, MAX_SERIES_PER_BATCH + 10);
+    }
+}
