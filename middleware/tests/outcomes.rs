@@ -1,7 +1,7 @@
 //! Outcomes that a well-behaved HTTP server rarely produces, driven through the layer with
 //! tower directly: service errors, a request abandoned before its response, panics that unwind
 //! through the middleware, gRPC statuses in headers and trailers, 4xx configured as errors,
-//! and a route classifier for routers other than axum. Counted by the SDK's `CaptureAgent`.
+//! a route classifier for routers other than axum, and the route cardinality limit. Counted by the SDK's `CaptureAgent`.
 
 mod support;
 
@@ -14,7 +14,8 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use tally::conventions::{
-    CLIENT_ERROR_COUNT, ERROR_COUNT, IN_FLIGHT, REQUEST_COUNT, RESPONSE_TIME, UNMATCHED_ROUTE,
+    CLIENT_ERROR_COUNT, ERROR_COUNT, IN_FLIGHT, OVERFLOW_VALUE, REQUEST_COUNT, RESPONSE_TIME,
+    UNMATCHED_ROUTE,
 };
 use tally_tower::{GrpcClassifier, Route, RoutePatterns, TallyLayer};
 use tower::{service_fn, Layer, ServiceBuilder, ServiceExt};
@@ -163,12 +164,26 @@ async fn every_way_a_request_can_end_is_counted_once_with_its_outcome() {
         .await
         .unwrap();
 
+    // A careless classifier that labels by raw path: the route limit caps the series.
+    let careless = TallyLayer::new(&tally)
+        .route_classifier(|uri: &http::Uri, _: &http::Extensions| {
+            Route::from(std::sync::Arc::<str>::from(uri.path()))
+        })
+        .route_limit(2)
+        .layer(service_fn(|_: Request<Empty<Bytes>>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+        }));
+    for path in ["/raw/a", "/raw/b", "/raw/c", "/raw/d", "/raw/e"] {
+        let response = careless.clone().oneshot(request(path)).await.unwrap();
+        response.into_body().collect().await.unwrap();
+    }
+
     tally.shutdown();
-    let k = 2 + 3 + 1 + 5 + 1 + 1 + 1;
+    let k = 2 + 3 + 1 + 5 + 1 + 1 + 1 + 5;
     let totals = Captured::wait_for(&agent, REQUEST_COUNT, k, WAIT);
 
     // (route, method, class, requests, errors, client errors)
-    let expected: [(&str, &str, &str, u64, u64, u64); 8] = [
+    let expected: [(&str, &str, &str, u64, u64, u64); 11] = [
         ("/failing", "GET", "error", 2, 2, 0),
         ("/never", "GET", "4xx", 3, 0, 3),
         ("/panicking", "GET", "error", 1, 1, 0),
@@ -177,6 +192,9 @@ async fn every_way_a_request_can_end_is_counted_once_with_its_outcome() {
         ("/shop.Orders/Get", "POST", "4xx", 2, 0, 2),
         (UNMATCHED_ROUTE, "POST", "2xx", 1, 0, 0),
         ("/strict", "GET", "4xx", 1, 1, 1),
+        ("/raw/a", "GET", "2xx", 1, 0, 0),
+        ("/raw/b", "GET", "2xx", 1, 0, 0),
+        (OVERFLOW_VALUE, "GET", "2xx", 3, 0, 0),
     ];
     for (route, method, class, requests, errors, client_errors) in expected {
         let l = labels(route, method, class);
@@ -200,4 +218,6 @@ async fn every_way_a_request_can_end_is_counted_once_with_its_outcome() {
     assert_eq!(totals.counter_total(REQUEST_COUNT), k);
     assert_eq!(totals.histogram_total(RESPONSE_TIME), k);
     assert_eq!(totals.gauge_last(IN_FLIGHT, &[]), 0.0);
+    // Each family the careless layer records into overflowed on /raw/c, /raw/d and /raw/e.
+    assert!(totals.0.label_overflows() >= 3);
 }

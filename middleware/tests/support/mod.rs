@@ -3,7 +3,7 @@
 #![allow(dead_code)] // reason: each test binary uses a different part of this module
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -92,17 +92,8 @@ impl Client {
     }
 }
 
-/// What the capture agent received, summed per (name, label set).
-pub struct Captured(tally::testing::Totals);
-
-fn key(labels: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut key: Vec<(String, String)> = labels
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    key.sort();
-    key
-}
+/// What the capture agent received, with sums across label sets.
+pub struct Captured(pub tally::testing::Totals);
 
 impl Captured {
     /// Wait (at most `wait`) until `counter` sums to `expected` across all label sets.
@@ -112,57 +103,58 @@ impl Captured {
         expected: u64,
         wait: Duration,
     ) -> Self {
-        let deadline = Instant::now() + wait;
-        loop {
-            let captured = Captured(agent.totals());
-            let total = captured.counter_total(counter);
-            if total >= expected || Instant::now() >= deadline {
-                return captured;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        agent.wait_for(wait, |t| Captured::sum_counters(t, counter) >= expected);
+        Captured(agent.totals())
     }
 
-    pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
-        let k = (name.to_string(), key(labels));
-        self.0.counters.get(&k).copied().unwrap_or(0)
-    }
-
-    pub fn counter_total(&self, name: &str) -> u64 {
-        self.0
-            .counters
+    fn sum_counters(totals: &tally::testing::Totals, name: &str) -> u64 {
+        totals
+            .series
             .iter()
-            .filter(|((n, _), _)| n == name)
-            .map(|(_, v)| v)
+            .filter(|(key, _)| key.name == name)
+            .map(|(_, (_, value))| match value {
+                tally::wire::SeriesValue::Counter(n) => *n,
+                _ => 0,
+            })
             .sum()
     }
 
+    pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        self.0.counter(name, labels)
+    }
+
+    pub fn counter_total(&self, name: &str) -> u64 {
+        Captured::sum_counters(&self.0, name)
+    }
+
     pub fn histogram_count(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
-        let k = (name.to_string(), key(labels));
-        self.0.hists.get(&k).map_or(0, |h| h.len())
+        self.0.histogram(name, labels).map_or(0, |h| h.len())
     }
 
     pub fn histogram_min(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
-        let k = (name.to_string(), key(labels));
-        self.0.hists.get(&k).expect("histogram recorded").min()
+        self.0
+            .histogram(name, labels)
+            .expect("histogram recorded")
+            .min()
     }
 
     pub fn histogram_total(&self, name: &str) -> u64 {
         self.0
-            .hists
+            .series
             .iter()
-            .filter(|((n, _), _)| n == name)
-            .map(|(_, h)| h.len())
+            .filter(|(key, _)| key.name == name)
+            .map(|(_, (_, value))| match value {
+                tally::wire::SeriesValue::Histogram { histogram, .. } => histogram.len(),
+                _ => 0,
+            })
             .sum()
     }
 
     pub fn gauge_last(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let k = (name.to_string(), key(labels));
-        *self.0.gauges.get(&k).expect("gauge recorded")
+        self.0.gauge(name, labels).expect("gauge recorded")
     }
 
     pub fn event_count(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
-        let k = (name.to_string(), key(labels));
-        self.0.events.get(&k).map_or(0, |e| e.0)
+        self.0.event_count(name, labels)
     }
 }
