@@ -49,3 +49,195 @@ impl Catalog {
         })
     }
 }
+
+impl Catalog {
+    /// Everything a configuration publishes: tally-tower's standard metrics (unless
+    /// `aggregate.standard_metrics = false`), the declared `[[aggregate.metrics]]`, each with
+    /// its rollups, and the derived metrics on every dimension set of their denominator.
+    pub fn from_config(config: &crate::config::Config) -> Catalog {
+        use crate::config::parse_unit;
+        use crate::model::cloudwatch_unit;
+        use tally::conventions as c;
+        use tally::wire::Unit;
+
+        let fixed = |v: &str| (!v.is_empty()).then(|| v.to_owned());
+        let globals = [
+            (c::SERVICE_NAME.to_owned(), fixed(&config.service)),
+            (c::ENVIRONMENT.to_owned(), fixed(&config.environment)),
+        ];
+        let publish_unit = |u: Unit| {
+            if u == Unit::Nanoseconds {
+                config.time_unit.unit()
+            } else {
+                u
+            }
+        };
+        let http_labels = [c::ROUTE, c::METHOD, c::STATUS_CLASS].map(str::to_owned);
+        let mut recorded: Vec<(String, Unit, Vec<String>)> = Vec::new();
+        if config.aggregate.standard_metrics {
+            for name in [c::REQUEST_COUNT, c::ERROR_COUNT, c::CLIENT_ERROR_COUNT] {
+                recorded.push((name.into(), Unit::Count, http_labels.to_vec()));
+            }
+            recorded.push((
+                c::RESPONSE_TIME.into(),
+                Unit::Nanoseconds,
+                http_labels.to_vec(),
+            ));
+            recorded.push((c::IN_FLIGHT.into(), Unit::Count, Vec::new()));
+        }
+        for m in &config.aggregate.metrics {
+            let unit = parse_unit(&m.unit).unwrap_or(Unit::None);
+            recorded.push((m.name.clone(), unit, m.labels.clone()));
+        }
+
+        let mut metrics: Vec<CatalogMetric> = Vec::new();
+        for (name, unit, labels) in recorded {
+            let mut base: Vec<(String, Option<String>)> = globals.to_vec();
+            base.extend(labels.iter().map(|l| (l.clone(), None)));
+            base.sort();
+            let mut sets = vec![base.clone()];
+            for r in &config.aggregate.rollups {
+                if !r.metrics.is_empty() && !r.metrics.contains(&name) {
+                    continue;
+                }
+                if !labels.iter().any(|l| r.drop.contains(l)) {
+                    continue;
+                }
+                let set: Vec<_> = base
+                    .iter()
+                    .filter(|(k, _)| !r.drop.contains(k))
+                    .cloned()
+                    .collect();
+                if !sets.contains(&set) {
+                    sets.push(set);
+                }
+            }
+            let unit = cloudwatch_unit(publish_unit(unit)).to_owned();
+            match metrics.iter_mut().find(|m| m.name == name) {
+                Some(m) => {
+                    for s in sets {
+                        if !m.dimension_sets.contains(&s) {
+                            m.dimension_sets.push(s);
+                        }
+                    }
+                }
+                None => metrics.push(CatalogMetric {
+                    name,
+                    unit,
+                    dimension_sets: sets,
+                }),
+            }
+        }
+        let mut derived = Vec::new();
+        for d in &config.aggregate.derived {
+            let Some(den) = metrics.iter().find(|m| m.name == d.denominator) else {
+                continue;
+            };
+            let sets: Vec<_> = den
+                .dimension_sets
+                .iter()
+                .filter(|s| !s.iter().any(|(k, _)| d.exclude_dimensions.contains(k)))
+                .cloned()
+                .collect();
+            if sets.is_empty() {
+                continue;
+            }
+            derived.push(CatalogMetric {
+                name: d.name.clone(),
+                unit: d.unit.clone(),
+                dimension_sets: sets,
+            });
+        }
+        metrics.extend(derived);
+        Catalog {
+            namespace: config.namespace.clone(),
+            metrics,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, RollupConfig};
+
+    fn dims(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn error_rate_is_catalogued_only_on_dimension_sets_without_status_class() {
+        let mut c = Config {
+            namespace: "ECS/WebApp".into(),
+            service: "web-app".into(),
+            environment: "prod".into(),
+            ..Config::default()
+        };
+        let cat = Catalog::from_config(&c);
+        assert!(
+            cat.metric("ErrorRate").is_none(),
+            "no rollup drops StatusClass"
+        );
+        c.aggregate.rollups = vec![
+            RollupConfig {
+                drop: vec!["StatusClass".into()],
+                metrics: vec![],
+            },
+            RollupConfig {
+                drop: vec!["Route".into(), "Method".into(), "StatusClass".into()],
+                metrics: vec![],
+            },
+        ];
+        let cat = Catalog::from_config(&c);
+        assert_eq!(cat.namespace, "ECS/WebApp");
+        let er = cat.metric("ErrorRate").unwrap();
+        assert_eq!(er.unit, "Percent");
+        assert_eq!(er.dimension_sets.len(), 2);
+        assert!(cat.publishes(
+            "ErrorRate",
+            &dims(&[("ServiceName", "web-app"), ("Environment", "prod")])
+        ));
+        assert!(!cat.publishes(
+            "ErrorRate",
+            &dims(&[("ServiceName", "other"), ("Environment", "prod")])
+        ));
+        assert!(cat.publishes(
+            "ResponseTime",
+            &dims(&[
+                ("ServiceName", "web-app"),
+                ("Environment", "prod"),
+                ("Route", "/x"),
+                ("Method", "GET"),
+                ("StatusClass", "2xx")
+            ])
+        ));
+        assert_eq!(cat.metric("ResponseTime").unwrap().unit, "Milliseconds");
+        assert_eq!(
+            cat.metric("InFlightRequests").unwrap().dimension_sets.len(),
+            1
+        );
+    }
+
+    #[test]
+    fn declared_metrics_appear_with_their_labels_and_unit() {
+        let c: Config = toml::from_str(
+            "[[aggregate.metrics]]\nname = \"OrdersPlaced\"\nlabels = [\"Region\"]\n[[aggregate.metrics]]\nname = \"CheckoutTime\"\nunit = \"Nanoseconds\"\n",
+        )
+        .unwrap();
+        let cat = Catalog::from_config(&c);
+        let o = cat.metric("OrdersPlaced").unwrap();
+        assert_eq!(o.unit, "Count");
+        assert_eq!(
+            o.dimension_sets,
+            vec![vec![
+                ("Environment".to_owned(), None),
+                ("Region".to_owned(), None),
+                ("ServiceName".to_owned(), None)
+            ]]
+        );
+        assert_eq!(cat.metric("CheckoutTime").unwrap().unit, "Milliseconds");
+    }
+}

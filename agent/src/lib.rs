@@ -1,5 +1,48 @@
-//! tally-agent (under construction): see the module list.
+//! # tally-agent: the sidecar that merges SDK batches and publishes them
+//!
+//! The agent runs next to a service in the same ECS task. Every process of the service links
+//! the tally SDK, which sends compact, sequence-numbered batches of counters, gauges and HDR
+//! histograms to the agent over loopback TCP or a Unix socket. The agent merges them across
+//! processes into wall-clock periods and hands each closed period to a sink: CloudWatch
+//! (`publish`) or standard output (the local default).
+//!
+//! ```text
+//!  SDK processes ──frames──▶ ingest/ ──Batch──▶ aggregate/ ──PeriodData──▶ sinks/ (stdout)
+//!   (tally::wire)   listen, session,   periods, merge,     bounded        publish/ (CloudWatch)
+//!                   sequence, acks     rollups, derived    queue
+//!                          │                  │
+//!                          └──── stats ───────┴──▶ admin/ (/health, /metrics, /cost)
+//! ```
+//!
+//! - [`ingest`]: listeners (loopback only unless allowed), one session per connection with a
+//!   shared byte budget, frame checks, per-process sequence tracking (duplicates answered
+//!   `Duplicate`, gaps counted as loss), and an `Accepted` ack only after the merge.
+//! - [`aggregate`]: the merge. Keys are namespace + name + unit + full dimension set; periods
+//!   are aligned to the wall clock; histograms merge exactly; rollups and derived metrics
+//!   (`ErrorRate`) are computed when a period closes; CloudWatch's naming rules and the
+//!   series bound are enforced with counted, explained refusals.
+//! - [`sinks`]: the [`sinks::Sink`] trait and the stdout sink.
+//! - [`runtime`]: wiring and the ordered shutdown (stop accepting, drain sessions, close the
+//!   open period early, deliver within the deadline).
+//! - [`admin`]: health, Prometheus self-metrics, monthly cost estimate.
+//! - [`config`]: the TOML configuration with env-var and flag overrides for every key.
+//! - [`catalog`]: every metric identity a configuration publishes (alarms are checked
+//!   against it). [`model`] and [`stats`] are the contracts between the parts.
+//!
+//! Nothing is lost silently: every sample that is not published increments
+//! `tally_agent_dropped_samples_total{reason=...}` (or the SDK-reported and sequence-gap
+//! counters) and is logged with a rate limit.
 
+pub mod admin;
+pub mod aggregate;
+pub mod alarms;
 pub mod catalog;
+pub mod config;
+pub mod ecs;
+pub mod ingest;
 pub mod model;
+pub mod publish;
+pub mod runtime;
+pub mod sinks;
 pub mod stats;
+pub mod util;

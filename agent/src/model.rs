@@ -75,3 +75,19 @@ pub struct PeriodData {
     /// The metrics, sorted by key.
     pub metrics: Vec<(MetricKey, AggregateValue)>,
 }
+
+/// CloudWatch's `StandardUnit` name for a unit as published (`Count`, `Milliseconds`, ...).
+///
+/// `Unit::Nanoseconds` has no CloudWatch unit: the aggregator converts it to the configured
+/// publish time unit first, so it maps to `None` here only as a safe fallback.
+pub fn cloudwatch_unit(unit: Unit) -> &'static str {
+    match unit {
+        Unit::None | Unit::Nanoseconds => "None",
+        Unit::Count => "Count",
+        Unit::Microseconds => "Microseconds",
+        Unit::Milliseconds => "Milliseconds",
+        Unit::Seconds => "Seconds",
+        Unit::Bytes => "Bytes",
+        Unit::Percent => "Percent",
+    }
+}

@@ -49,6 +49,9 @@ impl Gauge {
 
 type Key = (String, Vec<(String, String)>);
 
+/// One self-metric in a [`Stats::snapshot`]: name, labels, value.
+pub type SnapshotEntry = (String, Vec<(String, String)>, f64);
+
 #[derive(Debug, Default)]
 struct Inner {
     help: BTreeMap<String, (&'static str, &'static str)>,
@@ -98,8 +101,28 @@ impl Stats {
             .map_or(0, Counter::get)
     }
 
+    /// Current value of a gauge, 0 when never registered.
+    pub fn gauge_value(&self, name: &str, labels: &[(&str, &str)]) -> i64 {
+        self.0
+            .lock()
+            .gauges
+            .get(&key(name, labels))
+            .map_or(0, Gauge::get)
+    }
+
+    /// Sum of a counter over every label set (for example all drop reasons).
+    pub fn counter_sum(&self, name: &str) -> u64 {
+        self.0
+            .lock()
+            .counters
+            .iter()
+            .filter(|((n, _), _)| n == name)
+            .map(|(_, c)| c.get())
+            .sum()
+    }
+
     /// Every counter and gauge as (name, labels, value), for publishing self-metrics.
-    pub fn snapshot(&self) -> Vec<(String, Vec<(String, String)>, f64)> {
+    pub fn snapshot(&self) -> Vec<SnapshotEntry> {
         let g = self.0.lock();
         let c = g
             .counters

@@ -1,0 +1,98 @@
+//! What the published metrics cost per month, estimated from the last closed period.
+//!
+//! Prices (us-east-1, from secondary sources, see `cloudwatch-and-ecs.md`; estimates only):
+//! custom metrics $0.30 a month for the first 10,000, $0.10 up to 250,000, $0.05 up to
+//! 1,000,000, $0.02 beyond; PutMetricData $0.01 per 1,000 requests.
+
+use serde::Serialize;
+
+/// (metrics in tier, dollars per metric-month), in order; the last tier is unbounded.
+pub const METRIC_TIERS: &[(u64, f64)] = &[
+    (10_000, 0.30),
+    (240_000, 0.10),
+    (750_000, 0.05),
+    (u64::MAX, 0.02),
+];
+/// Dollars per PutMetricData request.
+pub const PRICE_PER_REQUEST: f64 = 0.01 / 1000.0;
+/// Most datums one PutMetricData request takes (API model).
+pub const MAX_DATUMS_PER_REQUEST: u64 = 1000;
+/// Seconds in an average month (30.44 days).
+pub const MONTH_SECS: f64 = 30.44 * 86_400.0;
+
+/// The estimate served on `/cost`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CostEstimate {
+    /// Distinct metrics (namespace + name + dimensions) in the last closed period.
+    pub custom_metrics: u64,
+    /// Datums per period (distributions need one per 150 distinct values).
+    pub datums_per_period: u64,
+    /// PutMetricData requests per period (1000 datums each).
+    pub requests_per_period: u64,
+    /// Period length.
+    pub period_secs: u32,
+    /// Monthly dollars for the metrics.
+    pub metrics_usd_per_month: f64,
+    /// Monthly dollars for the requests.
+    pub requests_usd_per_month: f64,
+    /// Both.
+    pub total_usd_per_month: f64,
+    /// How the figures were made.
+    pub note: &'static str,
+}
+
+/// Monthly cost of `metrics` custom metrics under the tiered price.
+pub fn metrics_cost(metrics: u64) -> f64 {
+    let mut left = metrics;
+    let mut usd = 0.0;
+    for (size, price) in METRIC_TIERS {
+        let n = left.min(*size);
+        usd += n as f64 * price;
+        left -= n;
+        if left == 0 {
+            break;
+        }
+    }
+    usd
+}
+
+/// The estimate for a period's metric and datum counts.
+pub fn estimate(custom_metrics: u64, datums_per_period: u64, period_secs: u32) -> CostEstimate {
+    let requests = datums_per_period.div_ceil(MAX_DATUMS_PER_REQUEST);
+    let periods = MONTH_SECS / f64::from(period_secs.max(1));
+    let m = metrics_cost(custom_metrics);
+    let r = requests as f64 * periods * PRICE_PER_REQUEST;
+    CostEstimate {
+        custom_metrics,
+        datums_per_period,
+        requests_per_period: requests,
+        period_secs,
+        metrics_usd_per_month: m,
+        requests_usd_per_month: r,
+        total_usd_per_month: m + r,
+        note: "estimate from the last closed period at us-east-1 list prices; excludes alarms, dashboards, retries and the 1 MB request split",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_prices_fall_by_tier() {
+        assert!((metrics_cost(10) - 3.0).abs() < 1e-9);
+        assert!((metrics_cost(10_000) - 3000.0).abs() < 1e-6);
+        assert!((metrics_cost(10_001) - 3000.10).abs() < 1e-6);
+        assert!((metrics_cost(250_000) - (3000.0 + 24_000.0)).abs() < 1e-6);
+        assert!((metrics_cost(1_000_001) - (3000.0 + 24_000.0 + 37_500.0 + 0.02)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn requests_are_counted_per_thousand_datums_every_period() {
+        let e = estimate(100, 2500, 60);
+        assert_eq!(e.requests_per_period, 3);
+        // 43,833.6 periods a month x 3 requests x $0.00001.
+        assert!((e.requests_usd_per_month - 3.0 * 43_833.6 * 0.00001).abs() < 1e-6);
+        assert!((e.total_usd_per_month - (30.0 + e.requests_usd_per_month)).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,567 @@
+//! Aggregation across processes: wall-clock periods, exact merges, rollups, derived metrics.
+//!
+//! Every accepted batch is merged into the open period its end time falls in (see
+//! [`period`]). A series is keyed by metric name, recorded unit, `ServiceName`, `Environment`
+//! and its full label set; counters add, gauges keep last/min/max, and histograms from every
+//! process add bucket by bucket, so percentiles of the merged histogram are exactly those of
+//! all samples together. A period closes `aggregate.grace_ms` after its end; closing converts
+//! durations to the publish time unit, adds the configured rollups and derived metrics
+//! ([`close`]) and yields one [`PeriodData`] for the sink.
+//!
+//! Bounds: at most `aggregate.max_series` series per period (further series' samples are
+//! dropped and counted, reason `max_series`), and every new series is checked against
+//! CloudWatch's naming rules ([`rules`]) before it is admitted. Nothing is dropped silently:
+//! each refusal increments `tally_agent_dropped_samples_total{reason=...}` and logs a
+//! rate-limited explanation.
+
+pub mod close;
+pub mod period;
+pub mod rules;
+pub mod series;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hashbrown::HashMap;
+use tally::wire::{Batch, Series, SeriesValue};
+
+use crate::config::{Config, DerivedConfig, RollupConfig, TimeUnit};
+use crate::model::PeriodData;
+use crate::stats::{Counter, Gauge, Stats};
+use crate::util::RateLimitedLog;
+use period::Stamp;
+use series::{Agg, SeriesKey, SeriesRef};
+
+/// What the aggregator needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// CloudWatch namespace.
+    pub namespace: String,
+    /// `ServiceName` override (empty: from the batch).
+    pub service: String,
+    /// `Environment` override (empty: from the batch).
+    pub environment: String,
+    /// Period length in seconds.
+    pub period_secs: u32,
+    /// Publish unit for durations.
+    pub time_unit: TimeUnit,
+    /// Series bound per period.
+    pub max_series: usize,
+    /// How long a period stays open after its end.
+    pub grace: Duration,
+    /// Rollups.
+    pub rollups: Vec<RollupConfig>,
+    /// Derived metrics.
+    pub derived: Vec<DerivedConfig>,
+}
+
+impl Settings {
+    /// The settings a configuration implies.
+    pub fn from_config(c: &Config) -> Self {
+        Settings {
+            namespace: c.namespace.clone(),
+            service: c.service.clone(),
+            environment: c.environment.clone(),
+            period_secs: c.period_secs,
+            time_unit: c.time_unit,
+            max_series: c.aggregate.max_series,
+            grace: c.grace(),
+            rollups: c.aggregate.rollups.clone(),
+            derived: c.aggregate.derived.clone(),
+        }
+    }
+}
+
+/// Value of the global dimensions when neither the config nor the SDK names them.
+pub const UNKNOWN: &str = "unknown";
+
+/// Why a whole batch was refused (its samples are counted as dropped).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BatchReject {
+    /// The batch's service or environment cannot be a CloudWatch dimension value.
+    #[error("process identity of pid {pid} cannot be a dimension: {error}; fix the SDK's service/environment or set `service` / `environment` in the agent config")]
+    Identity {
+        /// Sender pid.
+        pid: u32,
+        /// The rule broken.
+        error: rules::RuleError,
+    },
+}
+
+impl BatchReject {
+    /// Short, stable label for counting.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            BatchReject::Identity { .. } => "invalid_identity",
+        }
+    }
+}
+
+/// A closed period and the number of samples it carries (rollups and derived metrics not
+/// counted twice), so a sink-side loss can be counted in samples.
+#[derive(Debug, Clone)]
+pub struct ClosedPeriod {
+    /// The period.
+    pub data: PeriodData,
+    /// Samples merged into it.
+    pub samples: u64,
+}
+
+/// What happened to a merged batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MergeReport {
+    /// Samples merged.
+    pub merged: u64,
+    /// Samples dropped (counted by reason in the stats).
+    pub dropped: u64,
+}
+
+struct OpenPeriod {
+    series: HashMap<SeriesKey, Agg>,
+    samples: u64,
+}
+
+#[derive(Clone)]
+struct AggStats {
+    stats: Stats,
+    samples: Counter,
+    late_samples: Counter,
+    restamped_old: Counter,
+    restamped_new: Counter,
+    active_series: Gauge,
+    periods_closed: Counter,
+    last_period_metrics: Gauge,
+    last_period_datums: Gauge,
+}
+
+impl AggStats {
+    fn new(stats: &Stats) -> Self {
+        AggStats {
+            stats: stats.clone(),
+            samples: stats.counter(
+                "tally_agent_samples_total",
+                "Samples merged into a period.",
+                &[],
+            ),
+            late_samples: stats.counter(
+                "tally_agent_late_samples_total",
+                "Samples whose period had already closed, merged into the current period instead.",
+                &[],
+            ),
+            restamped_old: stats.counter(
+                "tally_agent_restamped_batches_total",
+                "Batches whose timestamp was outside CloudWatch's window, re-stamped to the agent's clock.",
+                &[("reason", "timestamp_too_old")],
+            ),
+            restamped_new: stats.counter(
+                "tally_agent_restamped_batches_total",
+                "Batches whose timestamp was outside CloudWatch's window, re-stamped to the agent's clock.",
+                &[("reason", "timestamp_in_future")],
+            ),
+            active_series: stats.gauge(
+                "tally_agent_active_series",
+                "Series in the open periods (before rollups and derived metrics).",
+                &[],
+            ),
+            periods_closed: stats.counter(
+                "tally_agent_periods_closed_total",
+                "Periods closed and handed to the sink queue.",
+                &[],
+            ),
+            last_period_metrics: stats.gauge(
+                "tally_agent_last_period_metrics",
+                "Distinct metrics (custom metrics in CloudWatch terms) in the last closed period.",
+                &[],
+            ),
+            last_period_datums: stats.gauge(
+                "tally_agent_last_period_datums",
+                "Estimated PutMetricData datums of the last closed period (150 values a datum).",
+                &[],
+            ),
+        }
+    }
+
+    fn drop(&self, reason: &str, n: u64) {
+        if n > 0 {
+            self.stats
+                .counter(
+                    DROPPED_SAMPLES,
+                    "Samples not published, by reason.",
+                    &[("reason", reason)],
+                )
+                .add(n);
+        }
+    }
+}
+
+/// Name of the dropped-samples counter (labelled by `reason`).
+pub const DROPPED_SAMPLES: &str = "tally_agent_dropped_samples_total";
+
+/// Merges batches into wall-clock periods. Not thread-safe by itself: the ingest path holds it
+/// behind one lock together with the sequence tracker, so "already merged" and "merged now"
+/// are decided atomically.
+pub struct Aggregator {
+    settings: Settings,
+    periods: BTreeMap<u64, OpenPeriod>,
+    /// Periods starting before this (Unix seconds) are closed.
+    closed_before: u64,
+    stats: AggStats,
+    log: RateLimitedLog,
+    scratch_labels: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Aggregator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Aggregator")
+            .field("open_periods", &self.periods.len())
+            .field("closed_before", &self.closed_before)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Aggregator {
+    /// A new aggregator; periods before the one containing `now` count as closed.
+    pub fn new(settings: Settings, stats: &Stats, now: SystemTime) -> Self {
+        let closed_before = period::align(period::unix_secs(now), settings.period_secs);
+        let stats = AggStats::new(stats);
+        // Register the common drop reasons at zero so dashboards see them before they happen.
+        for r in [
+            "max_series",
+            "kind_mismatch",
+            "scale_mismatch",
+            "non_finite_value",
+        ] {
+            stats.drop(r, 0);
+            stats.stats.counter(
+                DROPPED_SAMPLES,
+                "Samples not published, by reason.",
+                &[("reason", r)],
+            );
+        }
+        Aggregator {
+            settings,
+            periods: BTreeMap::new(),
+            closed_before,
+            stats,
+            log: RateLimitedLog::new(Duration::from_secs(10)),
+            scratch_labels: Vec::new(),
+        }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Series in the open periods.
+    pub fn active_series(&self) -> usize {
+        self.periods.values().map(|p| p.series.len()).sum()
+    }
+
+    /// Start (Unix seconds) of the period a batch lands in, counting re-stamps and late data.
+    fn period_for(&mut self, batch: &Batch, now: SystemTime) -> (u64, bool) {
+        let p = self.settings.period_secs;
+        let now_s = period::unix_secs(now);
+        let t = match period::classify(batch.end_unix_ms, now) {
+            Stamp::Ok(t) => t,
+            Stamp::TooOld => {
+                self.stats.restamped_old.inc();
+                self.log.warn(
+                    "timestamp_too_old",
+                    format_args!(
+                        "batch {} of pid {} is stamped {} ms, older than CloudWatch accepts: re-stamped to now (check the host clock)",
+                        batch.sequence, batch.process.pid, batch.end_unix_ms
+                    ),
+                );
+                now_s
+            }
+            Stamp::TooNew => {
+                self.stats.restamped_new.inc();
+                self.log.warn(
+                    "timestamp_in_future",
+                    format_args!(
+                        "batch {} of pid {} is stamped {} ms, further ahead than CloudWatch accepts: re-stamped to now (check the host clock)",
+                        batch.sequence, batch.process.pid, batch.end_unix_ms
+                    ),
+                );
+                now_s
+            }
+        };
+        let start = period::align(t, p);
+        if start < self.closed_before {
+            // Its period is gone: the current one takes it, so nothing is lost.
+            (period::align(now_s, p).max(self.closed_before), true)
+        } else {
+            (start, false)
+        }
+    }
+
+    /// Merges a batch. Samples that cannot be merged are dropped and counted by reason; the
+    /// whole batch is refused only when its identity cannot become a dimension.
+    pub fn merge(&mut self, batch: Batch, now: SystemTime) -> Result<MergeReport, BatchReject> {
+        let service = pick(&self.settings.service, &batch.process.service);
+        let environment = pick(&self.settings.environment, &batch.process.environment);
+        for v in [service, environment] {
+            if let Err(error) = rules::check_dimension_value(v) {
+                let r = BatchReject::Identity {
+                    pid: batch.process.pid,
+                    error,
+                };
+                self.stats.drop(r.reason(), batch.samples());
+                return Err(r);
+            }
+        }
+        let service: Box<str> = service.into();
+        let environment: Box<str> = environment.into();
+        let (start, late) = self.period_for(&batch, now);
+        let max_series = self.settings.max_series;
+        let period = self.periods.entry(start).or_insert_with(|| OpenPeriod {
+            series: HashMap::new(),
+            samples: 0,
+        });
+        let mut report = MergeReport::default();
+        let mut scratch = std::mem::take(&mut self.scratch_labels);
+        for s in batch.series {
+            let n = s.value.samples();
+            match merge_series(
+                &mut period.series,
+                s,
+                &service,
+                &environment,
+                max_series,
+                &mut scratch,
+            ) {
+                Ok(()) => report.merged += n,
+                Err((reason, detail)) => {
+                    report.dropped += n;
+                    self.stats.drop(reason, n);
+                    self.log.warn(reason, format_args!("{detail}"));
+                }
+            }
+        }
+        period.samples += report.merged;
+        self.scratch_labels = scratch;
+        self.stats.samples.add(report.merged);
+        if late {
+            self.stats.late_samples.add(report.merged);
+        }
+        self.stats.active_series.set(self.active_series() as i64);
+        Ok(report)
+    }
+
+    /// When the earliest open period may close (None when nothing is open).
+    pub fn next_close_at(&self) -> Option<SystemTime> {
+        self.periods.keys().next().map(|s| {
+            UNIX_EPOCH
+                + Duration::from_secs(s + u64::from(self.settings.period_secs))
+                + self.settings.grace
+        })
+    }
+
+    /// Closes every period whose end plus grace is not after `now`.
+    pub fn close_due(&mut self, now: SystemTime) -> Vec<ClosedPeriod> {
+        let p = u64::from(self.settings.period_secs);
+        let due: Vec<u64> = self
+            .periods
+            .keys()
+            .copied()
+            .filter(|s| UNIX_EPOCH + Duration::from_secs(s + p) + self.settings.grace <= now)
+            .collect();
+        let out = due.into_iter().map(|s| self.close_one(s)).collect();
+        // Everything before the period containing `now - grace` is closed too.
+        let horizon = now.checked_sub(self.settings.grace).unwrap_or(UNIX_EPOCH);
+        let current = period::align(period::unix_secs(horizon), self.settings.period_secs);
+        self.closed_before = self.closed_before.max(current);
+        out
+    }
+
+    /// Closes every open period now (shutdown: the open period closes early).
+    pub fn close_all(&mut self) -> Vec<ClosedPeriod> {
+        let all: Vec<u64> = self.periods.keys().copied().collect();
+        let out: Vec<ClosedPeriod> = all.into_iter().map(|s| self.close_one(s)).collect();
+        if let Some(last) = out.last() {
+            let s = period::unix_secs(last.data.timestamp) + u64::from(self.settings.period_secs);
+            self.closed_before = self.closed_before.max(s);
+        }
+        out
+    }
+
+    fn close_one(&mut self, start: u64) -> ClosedPeriod {
+        let open = self.periods.remove(&start).expect("period exists");
+        self.closed_before = self.closed_before.max(start + 1);
+        let samples = open.samples;
+        let (data, conflicts) = close::finish(&self.settings, start, open.series);
+        for (reason, n) in conflicts {
+            self.stats.drop(reason, n);
+        }
+        self.stats.periods_closed.inc();
+        self.stats.active_series.set(self.active_series() as i64);
+        self.stats
+            .last_period_metrics
+            .set(data.metrics.len() as i64);
+        self.stats
+            .last_period_datums
+            .set(close::estimate_datums(&data) as i64);
+        ClosedPeriod { data, samples }
+    }
+}
+
+fn pick<'a>(over: &'a str, from_sdk: &'a str) -> &'a str {
+    if !over.is_empty() {
+        over
+    } else if !from_sdk.is_empty() {
+        from_sdk
+    } else {
+        UNKNOWN
+    }
+}
+
+type Refusal = (&'static str, String);
+
+fn to_agg(name: &str, value: SeriesValue) -> Result<Agg, Refusal> {
+    Ok(match value {
+        SeriesValue::Counter(d) => Agg::Counter(d),
+        SeriesValue::Gauge {
+            last,
+            min,
+            max,
+            updates,
+        } => {
+            if !(last.is_finite() && min.is_finite() && max.is_finite()) {
+                return Err((
+                    "non_finite_value",
+                    format!("gauge {name:?} carries NaN or an infinite value, which CloudWatch refuses: dropped"),
+                ));
+            }
+            Agg::Gauge {
+                last,
+                min,
+                max,
+                updates,
+            }
+        }
+        SeriesValue::Histogram { scale, histogram } => Agg::Dist { scale, histogram },
+        SeriesValue::Event {
+            count,
+            values: None,
+        } => Agg::Counter(count),
+        SeriesValue::Event {
+            values: Some((scale, histogram)),
+            ..
+        } => Agg::Dist { scale, histogram },
+    })
+}
+
+fn check_new(key: &SeriesRef<'_>) -> Result<(), rules::RuleError> {
+    rules::check_metric_name(key.name)?;
+    for (k, v) in key.labels {
+        if k == tally::conventions::SERVICE_NAME || k == tally::conventions::ENVIRONMENT {
+            return Err(rules::RuleError::ReservedDimension(k.clone()));
+        }
+        rules::check_dimension_name(k)?;
+        rules::check_dimension_value(v)?;
+    }
+    Ok(())
+}
+
+fn merge_series(
+    map: &mut HashMap<SeriesKey, Agg>,
+    s: Series,
+    service: &str,
+    environment: &str,
+    max_series: usize,
+    scratch: &mut Vec<(String, String)>,
+) -> Result<(), Refusal> {
+    let Series {
+        name,
+        unit,
+        labels,
+        value,
+    } = s;
+    let labels: &[(String, String)] = if labels.is_sorted_by(|a, b| a.0 < b.0) {
+        &labels
+    } else {
+        scratch.clear();
+        scratch.extend(labels.iter().cloned());
+        scratch.sort();
+        if scratch.windows(2).any(|w| w[0].0 == w[1].0) {
+            return Err((
+                "duplicate_label",
+                format!("series {name:?} carries the same label twice: dropped"),
+            ));
+        }
+        scratch
+    };
+    let key = SeriesRef {
+        name: &name,
+        unit,
+        service,
+        environment,
+        labels,
+    };
+    if let Some(agg) = map.get_mut(&key) {
+        return merge_value(agg, &name, value);
+    }
+    if map.len() >= max_series {
+        return Err((
+            "max_series",
+            format!(
+                "series limit aggregate.max_series = {max_series} reached this period: samples of {name:?} dropped; raise the limit or reduce label cardinality"
+            ),
+        ));
+    }
+    check_new(&key).map_err(|e| (e.reason(), format!("series {name:?} refused: {e}")))?;
+    let agg = to_agg(&name, value)?;
+    map.insert(key.to_owned_key(), agg);
+    Ok(())
+}
+
+fn merge_value(agg: &mut Agg, name: &str, value: SeriesValue) -> Result<(), Refusal> {
+    let conflict = |c: series::MergeConflict| {
+        (
+            c.reason(),
+            format!("series {name:?} could not be merged ({}): a process records it with another kind or scale; dropped", c.reason()),
+        )
+    };
+    // Fast paths without building an intermediate value.
+    match (&mut *agg, &value) {
+        (Agg::Counter(a), SeriesValue::Counter(d))
+        | (
+            Agg::Counter(a),
+            SeriesValue::Event {
+                count: d,
+                values: None,
+            },
+        ) => {
+            *a = a.saturating_add(*d);
+            Ok(())
+        }
+        (
+            Agg::Dist { scale, histogram },
+            SeriesValue::Histogram {
+                scale: s2,
+                histogram: h2,
+            },
+        )
+        | (
+            Agg::Dist { scale, histogram },
+            SeriesValue::Event {
+                values: Some((s2, h2)),
+                ..
+            },
+        ) => {
+            if *scale != *s2 {
+                return Err(conflict(series::MergeConflict::ScaleMismatch));
+            }
+            series::add_histogram(histogram, h2).map_err(conflict)
+        }
+        _ => {
+            let other = to_agg(name, value)?;
+            agg.merge(&other).map_err(conflict)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,290 @@
+//! Series keys and in-period values.
+//!
+//! A batch's series is looked up by a borrowed key ([`SeriesRef`]) that hashes exactly like the
+//! owned [`SeriesKey`], so merging an already-known series allocates nothing; the owned key is
+//! built (and checked against CloudWatch's rules) only when a series first appears in a period.
+
+use std::hash::{Hash, Hasher};
+
+use hashbrown::Equivalent;
+use hdrhistogram::Histogram;
+use tally::wire::Unit;
+
+/// A series inside one period: name, recorded unit, global dimensions and labels (sorted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeriesKey {
+    /// Metric name.
+    pub name: Box<str>,
+    /// Unit as recorded by the SDK (before conversion).
+    pub unit: Unit,
+    /// `ServiceName` value.
+    pub service: Box<str>,
+    /// `Environment` value.
+    pub environment: Box<str>,
+    /// Labels sorted by name.
+    pub labels: Box<[(Box<str>, Box<str>)]>,
+}
+
+/// A borrowed view of a [`SeriesKey`], hashing identically.
+#[derive(Debug, Clone, Copy)]
+pub struct SeriesRef<'a> {
+    /// Metric name.
+    pub name: &'a str,
+    /// Recorded unit.
+    pub unit: Unit,
+    /// `ServiceName` value.
+    pub service: &'a str,
+    /// `Environment` value.
+    pub environment: &'a str,
+    /// Labels sorted by name.
+    pub labels: &'a [(String, String)],
+}
+
+fn hash_parts<'a, H: Hasher>(
+    state: &mut H,
+    name: &str,
+    unit: Unit,
+    service: &str,
+    env: &str,
+    labels: impl ExactSizeIterator<Item = (&'a str, &'a str)>,
+) {
+    name.hash(state);
+    (unit as u8).hash(state);
+    service.hash(state);
+    env.hash(state);
+    labels.len().hash(state);
+    for (k, v) in labels {
+        k.hash(state);
+        v.hash(state);
+    }
+}
+
+impl Hash for SeriesKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_parts(
+            state,
+            &self.name,
+            self.unit,
+            &self.service,
+            &self.environment,
+            self.labels.iter().map(|(k, v)| (&**k, &**v)),
+        );
+    }
+}
+
+impl Hash for SeriesRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_parts(
+            state,
+            self.name,
+            self.unit,
+            self.service,
+            self.environment,
+            self.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+    }
+}
+
+impl Equivalent<SeriesKey> for SeriesRef<'_> {
+    fn equivalent(&self, key: &SeriesKey) -> bool {
+        self.name == &*key.name
+            && self.unit == key.unit
+            && self.service == &*key.service
+            && self.environment == &*key.environment
+            && self.labels.len() == key.labels.len()
+            && self
+                .labels
+                .iter()
+                .zip(key.labels.iter())
+                .all(|((a, b), (c, d))| a == &**c && b == &**d)
+    }
+}
+
+impl SeriesRef<'_> {
+    /// The owned key.
+    pub fn to_owned_key(&self) -> SeriesKey {
+        SeriesKey {
+            name: self.name.into(),
+            unit: self.unit,
+            service: self.service.into(),
+            environment: self.environment.into(),
+            labels: self
+                .labels
+                .iter()
+                .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
+                .collect(),
+        }
+    }
+}
+
+/// A series' value within an open period.
+#[derive(Debug, Clone)]
+pub enum Agg {
+    /// Sum of counter deltas (or of value-less event counts).
+    Counter(u64),
+    /// Gauge statistics.
+    Gauge {
+        /// Last value merged.
+        last: f64,
+        /// Smallest.
+        min: f64,
+        /// Largest.
+        max: f64,
+        /// Updates.
+        updates: u64,
+    },
+    /// A distribution; stored `v` means `v / scale` in the recorded unit.
+    Dist {
+        /// Scale as recorded.
+        scale: f64,
+        /// Merged samples.
+        histogram: Histogram<u64>,
+    },
+}
+
+/// Why a value could not be merged into a series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MergeConflict {
+    /// Counter merged into a histogram or the like.
+    KindMismatch,
+    /// Histograms of different scale under one key.
+    ScaleMismatch,
+    /// hdrhistogram refused the addition.
+    Histogram,
+}
+
+impl MergeConflict {
+    /// A short, stable label for counting.
+    pub fn reason(self) -> &'static str {
+        match self {
+            MergeConflict::KindMismatch => "kind_mismatch",
+            MergeConflict::ScaleMismatch => "scale_mismatch",
+            MergeConflict::Histogram => "histogram_merge",
+        }
+    }
+}
+
+/// Merges a distribution into `h`, growing its range when needed.
+pub fn add_histogram(h: &mut Histogram<u64>, other: &Histogram<u64>) -> Result<(), MergeConflict> {
+    h.auto(true);
+    h.add(other).map_err(|_| MergeConflict::Histogram)
+}
+
+impl Agg {
+    /// Merges another value of the same series.
+    pub fn merge(&mut self, other: &Agg) -> Result<(), MergeConflict> {
+        match (self, other) {
+            (Agg::Counter(a), Agg::Counter(b)) => *a = a.saturating_add(*b),
+            (
+                Agg::Gauge {
+                    last,
+                    min,
+                    max,
+                    updates,
+                },
+                Agg::Gauge {
+                    last: l2,
+                    min: m2,
+                    max: x2,
+                    updates: u2,
+                },
+            ) => {
+                *last = *l2;
+                *min = min.min(*m2);
+                *max = max.max(*x2);
+                *updates = updates.saturating_add(*u2);
+            }
+            (
+                Agg::Dist { scale, histogram },
+                Agg::Dist {
+                    scale: s2,
+                    histogram: h2,
+                },
+            ) => {
+                if scale != s2 {
+                    return Err(MergeConflict::ScaleMismatch);
+                }
+                add_histogram(histogram, h2)?;
+            }
+            _ => return Err(MergeConflict::KindMismatch),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::hash_map::RandomState;
+    use std::hash::BuildHasher;
+
+    use super::*;
+
+    #[test]
+    fn a_borrowed_key_hashes_and_compares_like_its_owned_key() {
+        let labels = vec![("Method".to_owned(), "GET".to_owned())];
+        let r = SeriesRef {
+            name: "RequestCount",
+            unit: Unit::Count,
+            service: "shop",
+            environment: "prod",
+            labels: &labels,
+        };
+        let k = r.to_owned_key();
+        let s = RandomState::new();
+        assert_eq!(s.hash_one(r), s.hash_one(&k));
+        assert!(r.equivalent(&k));
+        let other = SeriesRef {
+            environment: "dev",
+            ..r
+        };
+        assert!(!other.equivalent(&k));
+    }
+
+    #[test]
+    fn histograms_of_different_precision_and_range_merge_into_one_exact_count() {
+        let mut a = Histogram::<u64>::new_with_bounds(1, 1000, 3).unwrap();
+        a.record(5).unwrap();
+        let mut b = Histogram::<u64>::new_with_bounds(1, 1 << 40, 2).unwrap();
+        b.record_n(1 << 35, 3).unwrap();
+        let mut x = Agg::Dist {
+            scale: 1.0,
+            histogram: a,
+        };
+        x.merge(&Agg::Dist {
+            scale: 1.0,
+            histogram: b,
+        })
+        .unwrap();
+        let Agg::Dist { histogram, .. } = x else {
+            unreachable!()
+        };
+        assert_eq!(histogram.len(), 4);
+        assert!(histogram.max() >= 1 << 35);
+    }
+
+    #[test]
+    fn merging_different_kinds_or_scales_is_a_conflict() {
+        let mut c = Agg::Counter(1);
+        assert_eq!(
+            c.merge(&Agg::Gauge {
+                last: 1.0,
+                min: 1.0,
+                max: 1.0,
+                updates: 1
+            }),
+            Err(MergeConflict::KindMismatch)
+        );
+        let h = Histogram::<u64>::new(2).unwrap();
+        let mut d = Agg::Dist {
+            scale: 1.0,
+            histogram: h.clone(),
+        };
+        assert_eq!(
+            d.merge(&Agg::Dist {
+                scale: 1000.0,
+                histogram: h
+            }),
+            Err(MergeConflict::ScaleMismatch)
+        );
+    }
+}

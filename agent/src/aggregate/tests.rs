@@ -1,0 +1,552 @@
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use proptest::prelude::*;
+use tally::wire::{Batch, ProcessIdentity, Series, SeriesValue, Unit};
+
+use super::*;
+use crate::config::{DerivedConfig, RollupConfig};
+use crate::model::AggregateValue;
+
+const T0: u64 = 1_700_000_080; // 40 s into a minute (1_700_000_040 is a minute boundary)
+
+fn at(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+fn settings() -> Settings {
+    Settings {
+        namespace: "Test".into(),
+        service: String::new(),
+        environment: String::new(),
+        period_secs: 60,
+        time_unit: TimeUnit::Milliseconds,
+        max_series: 1000,
+        grace: Duration::from_secs(2),
+        rollups: vec![],
+        derived: vec![DerivedConfig::error_rate()],
+    }
+}
+
+fn http(name: &str, route: &str, status: &str, value: SeriesValue) -> Series {
+    Series {
+        name: name.into(),
+        unit: if matches!(value, SeriesValue::Histogram { .. }) {
+            Unit::Nanoseconds
+        } else {
+            Unit::Count
+        },
+        labels: vec![
+            ("Method".into(), "GET".into()),
+            ("Route".into(), route.into()),
+            ("StatusClass".into(), status.into()),
+        ],
+        value,
+    }
+}
+
+fn batch(id: u64, seq: u64, end_secs: u64, series: Vec<Series>) -> Batch {
+    Batch {
+        process: ProcessIdentity {
+            instance_id: id,
+            pid: id as u32,
+            service: "shop".into(),
+            environment: "prod".into(),
+            host: "h".into(),
+        },
+        sequence: seq,
+        start_unix_ms: end_secs * 1000 - 1000,
+        end_unix_ms: end_secs * 1000,
+        drops: Default::default(),
+        series,
+    }
+}
+
+fn hist(values: &[u64]) -> SeriesValue {
+    let mut h = Histogram::<u64>::new(3).unwrap();
+    for v in values {
+        h.record(*v).unwrap();
+    }
+    SeriesValue::Histogram {
+        scale: 1.0,
+        histogram: h,
+    }
+}
+
+fn find<'a>(p: &'a PeriodData, name: &str, dims: &[(&str, &str)]) -> Option<&'a AggregateValue> {
+    let mut d: Vec<(String, String)> = dims
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    d.sort();
+    p.metrics
+        .iter()
+        .find(|(k, _)| k.name == name && k.dimensions == d)
+        .map(|(_, v)| v)
+}
+
+const G: [(&str, &str); 2] = [("ServiceName", "shop"), ("Environment", "prod")];
+
+fn with_g<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut v = G.to_vec();
+    v.extend_from_slice(extra);
+    v
+}
+
+#[test]
+fn counters_and_histograms_from_several_processes_merge_into_one_series() {
+    let stats = Stats::new();
+    let mut a = Aggregator::new(settings(), &stats, at(T0));
+    for id in 1..=3 {
+        a.merge(
+            batch(
+                id,
+                1,
+                T0,
+                vec![
+                    http("RequestCount", "/a", "2xx", SeriesValue::Counter(10)),
+                    http(
+                        "ResponseTime",
+                        "/a",
+                        "2xx",
+                        hist(&[1_000_000, 2_000_000 * id]),
+                    ),
+                ],
+            ),
+            at(T0),
+        )
+        .unwrap();
+    }
+    let out = a.close_due(at(T0 + 60));
+    assert_eq!(out.len(), 1);
+    let p = &out[0].data;
+    assert_eq!(out[0].samples, 3 * 12);
+    assert_eq!(p.timestamp, at(T0 - 40));
+    let rc = find(
+        p,
+        "RequestCount",
+        &with_g(&[("Route", "/a"), ("Method", "GET"), ("StatusClass", "2xx")]),
+    );
+    assert!(
+        matches!(rc, Some(AggregateValue::Counter(c)) if *c == 30.0),
+        "{rc:?}"
+    );
+    let key = p
+        .metrics
+        .iter()
+        .find(|(k, _)| k.name == "ResponseTime")
+        .unwrap();
+    assert_eq!(
+        key.0.unit,
+        Unit::Milliseconds,
+        "ns are published in the time unit"
+    );
+    let AggregateValue::Distribution { scale, histogram } = &key.1 else {
+        panic!("distribution expected")
+    };
+    assert_eq!(*scale, 1e6);
+    assert_eq!(histogram.len(), 6);
+    assert_eq!(histogram.count_at(1_000_000), 3);
+    assert!(histogram.equivalent(histogram.max(), 6_000_000));
+}
+
+#[test]
+fn a_period_stays_open_for_its_grace_and_closes_after() {
+    let stats = Stats::new();
+    let mut a = Aggregator::new(settings(), &stats, at(T0));
+    a.merge(
+        batch(
+            1,
+            1,
+            T0,
+            vec![http("RequestCount", "/a", "2xx", SeriesValue::Counter(1))],
+        ),
+        at(T0),
+    )
+    .unwrap();
+    let end = T0 - 40 + 60;
+    assert!(a.close_due(at(end + 1)).is_empty(), "inside grace");
+    assert_eq!(a.next_close_at(), Some(at(end + 2)));
+    assert_eq!(a.close_due(at(end + 2)).len(), 1);
+    assert_eq!(a.active_series(), 0);
+}
+
+#[test]
+fn a_batch_for_a_closed_period_lands_in_the_current_one_and_is_counted_late() {
+    let stats = Stats::new();
+    let mut a = Aggregator::new(settings(), &stats, at(T0));
+    let now = T0 + 120;
+    a.close_due(at(now));
+    a.merge(
+        batch(
+            1,
+            1,
+            T0,
+            vec![http("RequestCount", "/a", "2xx", SeriesValue::Counter(4))],
+        ),
+        at(now),
+    )
+    .unwrap();
+    assert_eq!(
+        stats.counter_value("tally_agent_late_samples_total", &[]),
+        4
+    );
+    let out = a.close_all();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].data.timestamp, at(period::align(now, 60)));
+}
+
+#[test]
+fn timestamps_outside_cloudwatchs_window_are_restamped_and_counted() {
+    let stats = Stats::new();
+    let mut a = Aggregator::new(settings(), &stats, at(T0));
+    a.merge(
+        batch(
+            1,
+            1,
+            10,
+            vec![http("RequestCount", "/a", "2xx", SeriesValue::Counter(1))],
+        ),
+        at(T0),
+    )
+    .unwrap();
+    a.merge(
+        batch(
+            1,
+            2,
+            T0 + 86_400,
+            vec![http("RequestCount", "/a", "2xx", SeriesValue::Counter(1))],
+        ),
+        at(T0),
+    )
+    .unwrap();
+    let r =
+        |reason| stats.counter_value("tally_agent_restamped_batches_total", &[("reason", reason)]);
+    assert_eq!(r("timestamp_too_old"), 1);
+    assert_eq!(r("timestamp_in_future"), 1);
+    let out = a.close_all();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].samples, 2);
+}
+
+#[test]
+fn rollups_publish_each_series_once_more_without_the_dropped_dimensions() {
+    let stats = Stats::new();
+    let mut s = settings();
+    s.rollups = vec![
+        RollupConfig {
+            drop: vec!["StatusClass".into()],
+            metrics: vec![],
+        },
+        RollupConfig {
+            drop: vec!["Route".into(), "Method".into(), "StatusClass".into()],
+            metrics: vec![],
+        },
+        // Overlaps the previous one on a metric without Method: must not count twice.
+        RollupConfig {
+            drop: vec!["Route".into(), "StatusClass".into()],
+            metrics: vec!["Orders".into()],
+        },
+    ];
+    let mut a = Aggregator::new(s, &stats, at(T0));
+    let orders = |route: &str, n| Series {
+        name: "Orders".into(),
+        unit: Unit::Count,
+        labels: vec![("Route".into(), route.into())],
+        value: SeriesValue::Counter(n),
+    };
+    a.merge(
+        batch(
+            1,
+            1,
+            T0,
+            vec![
+                http("RequestCount", "/a", "2xx", SeriesValue::Counter(90)),
+                http("RequestCount", "/a", "5xx", SeriesValue::Counter(10)),
+                http("RequestCount", "/b", "2xx", SeriesValue::Counter(100)),
+                http("ErrorCount", "/a", "5xx", SeriesValue::Counter(10)),
+                orders("/a", 3),
+                orders("/b", 4),
+            ],
+        ),
+        at(T0),
+    )
+    .unwrap();
+    let p = a.close_all().remove(0).data;
+    let c = |name, d: &[(&str, &str)]| match find(&p, name, &with_g(d)) {
+        Some(AggregateValue::Counter(c)) => *c,
+        Some(AggregateValue::Derived(x)) => *x,
+        other => panic!("{name} {d:?}: {other:?}"),
+    };
+    assert_eq!(
+        c("RequestCount", &[("Route", "/a"), ("Method", "GET")]),
+        100.0
+    );
+    assert_eq!(c("RequestCount", &[]), 200.0);
+    assert_eq!(
+        c("Orders", &[]),
+        7.0,
+        "two rollups reaching one key count once"
+    );
+    // ErrorRate on every dimension set without StatusClass, 0 where no error was recorded.
+    assert_eq!(c("ErrorRate", &[("Route", "/a"), ("Method", "GET")]), 10.0);
+    assert_eq!(c("ErrorRate", &[("Route", "/b"), ("Method", "GET")]), 0.0);
+    assert_eq!(c("ErrorRate", &[]), 5.0);
+    assert!(
+        !p.metrics
+            .iter()
+            .any(|(k, _)| k.name == "ErrorRate"
+                && k.dimensions.iter().any(|(d, _)| d == "StatusClass")),
+        "no error rate per status class"
+    );
+}
+
+#[test]
+fn no_error_rate_is_published_where_there_were_no_requests() {
+    let stats = Stats::new();
+    let mut s = settings();
+    s.derived[0].exclude_dimensions.clear();
+    let mut a = Aggregator::new(s, &stats, at(T0));
+    a.merge(
+        batch(
+            1,
+            1,
+            T0,
+            vec![
+                http("RequestCount", "/a", "2xx", SeriesValue::Counter(0)),
+                http("ErrorCount", "/b", "5xx", SeriesValue::Counter(1)),
+            ],
+        ),
+        at(T0),
+    )
+    .unwrap();
+    let p = a.close_all().remove(0).data;
+    assert!(!p.metrics.iter().any(|(k, _)| k.name == "ErrorRate"));
+}
+
+#[test]
+fn series_beyond_the_limit_are_dropped_and_counted() {
+    let stats = Stats::new();
+    let mut s = settings();
+    s.max_series = 2;
+    let mut a = Aggregator::new(s, &stats, at(T0));
+    let r = a
+        .merge(
+            batch(
+                1,
+                1,
+                T0,
+                (0..5)
+                    .map(|i| {
+                        http(
+                            "RequestCount",
+                            &format!("/r{i}"),
+                            "2xx",
+                            SeriesValue::Counter(3),
+                        )
+                    })
+                    .collect(),
+            ),
+            at(T0),
+        )
+        .unwrap();
+    assert_eq!(
+        r,
+        MergeReport {
+            merged: 6,
+            dropped: 9
+        }
+    );
+    assert_eq!(
+        stats.counter_value(DROPPED_SAMPLES, &[("reason", "max_series")]),
+        9
+    );
+    // Known series still merge at the limit.
+    let r = a
+        .merge(
+            batch(
+                1,
+                2,
+                T0,
+                vec![http("RequestCount", "/r0", "2xx", SeriesValue::Counter(1))],
+            ),
+            at(T0),
+        )
+        .unwrap();
+    assert_eq!(r.merged, 1);
+}
+
+#[test]
+fn names_breaking_cloudwatch_rules_are_refused_with_their_reason() {
+    let stats = Stats::new();
+    let mut a = Aggregator::new(settings(), &stats, at(T0));
+    let bad = |labels: Vec<(&str, &str)>| Series {
+        name: "Orders".into(),
+        unit: Unit::Count,
+        labels: labels
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+        value: SeriesValue::Counter(1),
+    };
+    let r = a
+        .merge(
+            batch(
+                1,
+                1,
+                T0,
+                vec![
+                    bad(vec![("City", "Zürich")]),
+                    bad(vec![("City", "")]),
+                    bad(vec![("ServiceName", "x")]),
+                    bad(vec![("City", "Bern")]),
+                ],
+            ),
+            at(T0),
+        )
+        .unwrap();
+    assert_eq!(
+        r,
+        MergeReport {
+            merged: 1,
+            dropped: 3
+        }
+    );
+    for reason in ["non_ascii_dimension", "empty_name", "reserved_dimension"] {
+        assert_eq!(
+            stats.counter_value(DROPPED_SAMPLES, &[("reason", reason)]),
+            1,
+            "{reason}"
+        );
+    }
+}
+
+#[test]
+fn a_batch_whose_identity_cannot_be_a_dimension_is_refused_whole() {
+    let stats = Stats::new();
+    let mut a = Aggregator::new(settings(), &stats, at(T0));
+    let mut b = batch(
+        1,
+        1,
+        T0,
+        vec![http("RequestCount", "/a", "2xx", SeriesValue::Counter(5))],
+    );
+    b.process.service = "boutique-é".into();
+    assert!(matches!(
+        a.merge(b, at(T0)),
+        Err(BatchReject::Identity { .. })
+    ));
+    assert_eq!(
+        stats.counter_value(DROPPED_SAMPLES, &[("reason", "invalid_identity")]),
+        5
+    );
+}
+
+#[test]
+fn configured_service_and_environment_override_the_sdks() {
+    let stats = Stats::new();
+    let mut s = settings();
+    s.service = "web-app".into();
+    let mut a = Aggregator::new(s, &stats, at(T0));
+    let mut b = batch(
+        1,
+        1,
+        T0,
+        vec![http("RequestCount", "/a", "2xx", SeriesValue::Counter(1))],
+    );
+    b.process.environment.clear();
+    a.merge(b, at(T0)).unwrap();
+    let p = a.close_all().remove(0).data;
+    let dims = &p.metrics[0].0.dimensions;
+    assert!(dims.contains(&("ServiceName".into(), "web-app".into())));
+    assert!(dims.contains(&("Environment".into(), "unknown".into())));
+}
+
+#[test]
+fn nan_gauges_and_conflicting_kinds_are_dropped_and_counted() {
+    let stats = Stats::new();
+    let mut a = Aggregator::new(settings(), &stats, at(T0));
+    let g = |last: f64| Series {
+        name: "Queue".into(),
+        unit: Unit::Count,
+        labels: vec![],
+        value: SeriesValue::Gauge {
+            last,
+            min: 0.0,
+            max: 1.0,
+            updates: 2,
+        },
+    };
+    let c = Series {
+        name: "Queue".into(),
+        unit: Unit::Count,
+        labels: vec![],
+        value: SeriesValue::Counter(5),
+    };
+    a.merge(batch(1, 1, T0, vec![g(f64::NAN), g(1.0), c]), at(T0))
+        .unwrap();
+    assert_eq!(
+        stats.counter_value(DROPPED_SAMPLES, &[("reason", "non_finite_value")]),
+        2
+    );
+    assert_eq!(
+        stats.counter_value(DROPPED_SAMPLES, &[("reason", "kind_mismatch")]),
+        5
+    );
+}
+
+#[test]
+fn high_resolution_periods_carry_storage_resolution_one() {
+    let stats = Stats::new();
+    let mut s = settings();
+    s.period_secs = 10;
+    let mut a = Aggregator::new(s, &stats, at(T0 + 5));
+    a.merge(
+        batch(
+            1,
+            1,
+            T0 + 5,
+            vec![http("RequestCount", "/a", "2xx", SeriesValue::Counter(1))],
+        ),
+        at(T0 + 5),
+    )
+    .unwrap();
+    let p = a.close_all().remove(0).data;
+    assert_eq!(p.storage_resolution, 1);
+    assert_eq!(p.period_secs, 10);
+    assert_eq!(p.timestamp, at(T0));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Merging through the aggregator in any split across processes and batches gives the same
+    /// histogram as recording every value into one.
+    #[test]
+    fn merged_histograms_equal_one_histogram_of_all_values(
+        values in prop::collection::vec(1u64..10_000_000_000, 1..200),
+        splits in 1usize..6,
+    ) {
+        let stats = Stats::new();
+        let mut a = Aggregator::new(settings(), &stats, at(T0));
+        let mut reference = Histogram::<u64>::new(3).unwrap();
+        for v in &values {
+            reference.record(*v).unwrap();
+        }
+        for (i, chunk) in values.chunks(values.len().div_ceil(splits)).enumerate() {
+            a.merge(
+                batch(i as u64 + 1, 1, T0, vec![http("ResponseTime", "/a", "2xx", hist(chunk))]),
+                at(T0),
+            )
+            .unwrap();
+        }
+        let p = a.close_all().remove(0).data;
+        let AggregateValue::Distribution { histogram, .. } = &p.metrics[0].1 else {
+            panic!("distribution expected")
+        };
+        prop_assert_eq!(histogram.len(), reference.len());
+        for q in [0.5, 0.9, 0.99, 0.999, 1.0] {
+            prop_assert_eq!(histogram.value_at_quantile(q), reference.value_at_quantile(q));
+        }
+    }
+}

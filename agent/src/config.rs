@@ -1,0 +1,903 @@
+//! The agent's configuration: one TOML file, every key overridable by environment variable and
+//! by command-line flag.
+//!
+//! # Layers
+//!
+//! 1. Built-in defaults (documented on each field and in `docs/configuration.md`).
+//! 2. The TOML file given with `--config FILE` (or `TALLY_CONFIG`).
+//! 3. Environment variables `TALLY_<KEY>`, where `__` separates table levels:
+//!    `TALLY_AGGREGATE__MAX_SERIES=5000` sets `aggregate.max_series`.
+//! 4. Flags `--set KEY=VALUE`, where `.` separates table levels: `--set aggregate.max_series=5000`.
+//!
+//! Overrides are applied to the TOML tree before it is deserialized, so every section (including
+//! sections other modules own) gets them with no code of its own. A value is parsed as a TOML
+//! value (`5000`, `true`, `["Route"]`, `"60"`) and falls back to a plain string (`Tally/Shop`).
+//! Only environment variables whose first segment names a top-level key in [`TOP_LEVEL_KEYS`]
+//! are applied, so unrelated `TALLY_*` variables (the SDK's `TALLY_AGENT_ADDR`) are ignored.
+//!
+//! Unknown keys are errors (a typo never silently keeps a default), and [`Config::validate`]
+//! checks values, naming the key to fix in every message.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use tally::wire::{Limits, Unit};
+use thiserror::Error;
+
+use crate::sinks::stdout::StdoutFormat;
+
+/// Top-level keys that environment variables may override (`TALLY_<KEY>...`).
+pub const TOP_LEVEL_KEYS: &[&str] = &[
+    "namespace",
+    "service",
+    "environment",
+    "period_secs",
+    "time_unit",
+    "ingest",
+    "admin",
+    "aggregate",
+    "sink",
+    "log",
+    "publish",
+    "alarms",
+    "alarm_defaults",
+    "dashboard",
+    "ecs",
+];
+
+/// Prefix of configuration environment variables.
+pub const ENV_PREFIX: &str = "TALLY_";
+
+/// The whole agent configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// CloudWatch namespace of every published metric. Default `Tally`.
+    pub namespace: String,
+    /// `ServiceName` dimension. Empty (default): taken from each SDK process's identity,
+    /// `unknown` when that is empty too.
+    pub service: String,
+    /// `Environment` dimension. Empty (default): from each SDK process, else `unknown`.
+    pub environment: String,
+    /// Aggregation period in seconds: 60 (default), or 1, 10, 30 for high resolution
+    /// (StorageResolution 1).
+    pub period_secs: u32,
+    /// Unit durations are published in: `Milliseconds` (default), `Microseconds` or `Seconds`.
+    pub time_unit: TimeUnit,
+    /// Where SDKs connect.
+    pub ingest: IngestConfig,
+    /// The admin HTTP endpoint.
+    pub admin: AdminConfig,
+    /// Aggregation bounds, rollups, derived and declared metrics.
+    pub aggregate: AggregateConfig,
+    /// Where closed periods go.
+    pub sink: SinkConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            namespace: "Tally".into(),
+            service: String::new(),
+            environment: String::new(),
+            period_secs: 60,
+            time_unit: TimeUnit::Milliseconds,
+            ingest: IngestConfig::default(),
+            admin: AdminConfig::default(),
+            aggregate: AggregateConfig::default(),
+            sink: SinkConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// Time unit durations are published in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum TimeUnit {
+    /// Seconds.
+    Seconds,
+    /// Milliseconds.
+    Milliseconds,
+    /// Microseconds.
+    Microseconds,
+}
+
+impl TimeUnit {
+    /// The wire unit this publishes as.
+    pub fn unit(self) -> Unit {
+        match self {
+            TimeUnit::Seconds => Unit::Seconds,
+            TimeUnit::Milliseconds => Unit::Milliseconds,
+            TimeUnit::Microseconds => Unit::Microseconds,
+        }
+    }
+
+    /// Nanoseconds in one of this unit (the scale factor from ns).
+    pub fn nanos(self) -> f64 {
+        match self {
+            TimeUnit::Seconds => 1e9,
+            TimeUnit::Milliseconds => 1e6,
+            TimeUnit::Microseconds => 1e3,
+        }
+    }
+}
+
+/// `[ingest]`: the listeners SDKs send batches to.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// TCP listen address. Default `127.0.0.1:9911`; empty disables TCP.
+    pub tcp_addr: String,
+    /// Unix socket path. Default empty (off).
+    pub unix_socket: String,
+    /// Group (name or numeric gid) given to the Unix socket; its mode becomes 0660 instead of
+    /// 0600. Default empty (owner only).
+    pub unix_socket_group: String,
+    /// Allow a TCP address that is not loopback. Default `false`.
+    pub allow_non_loopback: bool,
+    /// Most simultaneous SDK connections; more wait in the accept queue. Default 1024.
+    pub max_connections: usize,
+    /// Bytes of frame payload all connections together may hold while decoding; a connection
+    /// waits (back-pressure) when the budget is used up. Default 64 MiB.
+    pub max_buffered_bytes: usize,
+    /// Largest frame payload in bytes. Default 16 MiB.
+    pub max_frame_bytes: usize,
+    /// Most series one batch may carry. Default 100000.
+    pub max_series_per_batch: usize,
+    /// Largest inflated histogram in bytes. Default 1 MiB.
+    pub max_histogram_bytes: usize,
+    /// Most histogram counters one batch may allocate. Default 4194304.
+    pub max_histogram_counts_per_batch: u64,
+    /// Seconds a connection may stay silent before the agent closes it. Default 300.
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        let l = Limits::default();
+        IngestConfig {
+            tcp_addr: tally::conventions::DEFAULT_AGENT_ADDR.into(),
+            unix_socket: String::new(),
+            unix_socket_group: String::new(),
+            allow_non_loopback: false,
+            max_connections: 1024,
+            max_buffered_bytes: 64 * 1024 * 1024,
+            max_frame_bytes: l.max_frame_len,
+            max_series_per_batch: l.max_series_per_batch,
+            max_histogram_bytes: l.max_histogram_bytes,
+            max_histogram_counts_per_batch: l.max_histogram_counts_per_batch,
+            idle_timeout_secs: 300,
+        }
+    }
+}
+
+impl IngestConfig {
+    /// The decoder limits this section sets.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_frame_len: self.max_frame_bytes,
+            max_series_per_batch: self.max_series_per_batch,
+            max_histogram_bytes: self.max_histogram_bytes,
+            max_histogram_counts_per_batch: self.max_histogram_counts_per_batch,
+            ..Limits::default()
+        }
+    }
+}
+
+/// `[admin]`: the loopback HTTP endpoint (`/health`, `/metrics`, `/cost`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Listen address. Default `127.0.0.1:9912`; empty disables the endpoint.
+    pub addr: String,
+    /// Allow a non-loopback address. Default `false`.
+    pub allow_non_loopback: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            addr: tally::conventions::DEFAULT_ADMIN_ADDR.into(),
+            allow_non_loopback: false,
+        }
+    }
+}
+
+/// `[aggregate]`: bounds, rollups, derived and declared metrics.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AggregateConfig {
+    /// Most distinct series in one period (before rollups); samples of further series are
+    /// dropped and counted (`reason="max_series"`). Default 100000.
+    pub max_series: usize,
+    /// Milliseconds a period stays open after its end for batches still in flight.
+    /// Default: 2000, or half the period when that is shorter (500 for 1-second periods).
+    pub grace_ms: Option<u64>,
+    /// Most SDK processes whose sequence numbers are tracked. Default 10000.
+    pub max_processes: usize,
+    /// Seconds after which a silent process is forgotten. Default 3600.
+    pub process_ttl_secs: u64,
+    /// Include tally-tower's standard metrics in the catalogue. Default `true`.
+    pub standard_metrics: bool,
+    /// Extra dimension sets published by dropping dimensions. Default none.
+    pub rollups: Vec<RollupConfig>,
+    /// Metrics computed from others each period. Default: `ErrorRate`.
+    pub derived: Vec<DerivedConfig>,
+    /// Business metrics the service records, declared so alarms and dashboards can use them.
+    pub metrics: Vec<DeclaredMetric>,
+}
+
+impl Default for AggregateConfig {
+    fn default() -> Self {
+        AggregateConfig {
+            max_series: 100_000,
+            grace_ms: None,
+            max_processes: 10_000,
+            process_ttl_secs: 3_600,
+            standard_metrics: true,
+            rollups: Vec::new(),
+            derived: vec![DerivedConfig::error_rate()],
+            metrics: Vec::new(),
+        }
+    }
+}
+
+/// `[[aggregate.rollups]]`: also publish each matching series without some dimensions.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RollupConfig {
+    /// Dimensions to drop (`["Route"]`).
+    pub drop: Vec<String>,
+    /// Metrics the rollup applies to; empty (default): every metric carrying one of `drop`.
+    #[serde(default)]
+    pub metrics: Vec<String>,
+}
+
+/// `[[aggregate.derived]]`: `multiplier * numerator / denominator` per period and dimension set.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DerivedConfig {
+    /// Published name (`ErrorRate`).
+    pub name: String,
+    /// Numerator metric (`ErrorCount`); missing in a dimension set counts as 0.
+    pub numerator: String,
+    /// Denominator metric (`RequestCount`); no value is published where it is 0 or missing.
+    pub denominator: String,
+    /// Factor applied to the ratio. Default 100.
+    #[serde(default = "hundred")]
+    pub multiplier: f64,
+    /// Published unit. Default `Percent`.
+    #[serde(default = "percent")]
+    pub unit: String,
+    /// Dimension sets containing any of these are skipped. Default `["StatusClass"]`
+    /// (an error rate per status class is always 0 or 100).
+    #[serde(default = "status_class")]
+    pub exclude_dimensions: Vec<String>,
+}
+
+fn hundred() -> f64 {
+    100.0
+}
+fn percent() -> String {
+    "Percent".into()
+}
+fn status_class() -> Vec<String> {
+    vec![tally::conventions::STATUS_CLASS.into()]
+}
+
+impl DerivedConfig {
+    /// The standard `ErrorRate = 100 * ErrorCount / RequestCount`.
+    pub fn error_rate() -> Self {
+        use tally::conventions as c;
+        DerivedConfig {
+            name: c::ERROR_RATE.into(),
+            numerator: c::ERROR_COUNT.into(),
+            denominator: c::REQUEST_COUNT.into(),
+            multiplier: 100.0,
+            unit: percent(),
+            exclude_dimensions: status_class(),
+        }
+    }
+}
+
+/// `[[aggregate.metrics]]`: a metric the service records, for the catalogue.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeclaredMetric {
+    /// Metric name.
+    pub name: String,
+    /// Unit as recorded: `Count` (default), `None`, `Nanoseconds` (published in `time_unit`),
+    /// `Microseconds`, `Milliseconds`, `Seconds`, `Bytes`, `Percent`.
+    #[serde(default = "count_unit")]
+    pub unit: String,
+    /// Label names the service attaches.
+    #[serde(default)]
+    pub labels: Vec<String>,
+}
+
+fn count_unit() -> String {
+    "Count".into()
+}
+
+/// Which sink receives closed periods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    /// CloudWatch when AWS credentials or an endpoint are configured, else stdout (default).
+    #[default]
+    Auto,
+    /// Print periods locally.
+    Stdout,
+    /// Publish to CloudWatch.
+    Cloudwatch,
+}
+
+/// `[sink]`: where closed periods go.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SinkConfig {
+    /// `auto` (default), `stdout` or `cloudwatch`.
+    pub kind: SinkKind,
+    /// Stdout format: `table` (default) or `json`.
+    pub stdout_format: StdoutFormat,
+    /// Closed periods waiting for the sink; more are dropped and counted. Default 16.
+    pub queue_periods: usize,
+    /// Seconds from SIGTERM until the agent exits, publishing included. Default 20.
+    pub shutdown_deadline_secs: u64,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig {
+            kind: SinkKind::Auto,
+            stdout_format: StdoutFormat::Table,
+            queue_periods: 16,
+            shutdown_deadline_secs: 20,
+        }
+    }
+}
+
+/// `[log]`: logging through `tracing`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Filter in `RUST_LOG` syntax. Default `info`.
+    pub level: String,
+    /// `text` (default) or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Why a configuration could not be loaded. Each message names what to fix.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source} (check --config / TALLY_CONFIG)")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// An override is malformed.
+    #[error("override {origin} is malformed: {message}")]
+    Override {
+        /// `--set ...` or the environment variable.
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A key is unknown or has the wrong type.
+    #[error("invalid configuration (after overrides; see docs/configuration.md):\n{0}")]
+    Shape(String),
+    /// Values break the rules; one line per problem.
+    #[error("invalid configuration:\n{}", .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<String>),
+}
+
+/// Where an override came from, for error messages.
+#[derive(Debug, Clone)]
+pub struct Override {
+    /// Dotted key path (`aggregate.max_series`).
+    pub path: Vec<String>,
+    /// Raw value text.
+    pub value: String,
+    /// `--set aggregate.max_series=...` or `TALLY_AGGREGATE__MAX_SERIES`.
+    pub origin: String,
+}
+
+/// Parses `--set KEY=VALUE` flags.
+pub fn flag_overrides(sets: &[String]) -> Result<Vec<Override>, ConfigError> {
+    sets.iter()
+        .map(|s| {
+            let (k, v) = s.split_once('=').ok_or_else(|| ConfigError::Override {
+                origin: format!("--set {s}"),
+                message: "expected KEY=VALUE, for example --set aggregate.max_series=5000".into(),
+            })?;
+            let path: Vec<String> = k.trim().split('.').map(str::to_owned).collect();
+            if path.iter().any(String::is_empty) {
+                return Err(ConfigError::Override {
+                    origin: format!("--set {s}"),
+                    message: "empty key segment; keys look like aggregate.max_series".into(),
+                });
+            }
+            Ok(Override {
+                path,
+                value: v.to_owned(),
+                origin: format!("--set {k}"),
+            })
+        })
+        .collect()
+}
+
+/// Overrides from `TALLY_*` environment variables (only those naming a known top-level key).
+pub fn env_overrides(vars: impl IntoIterator<Item = (String, String)>) -> Vec<Override> {
+    let mut out: Vec<Override> = vars
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let rest = k.strip_prefix(ENV_PREFIX)?;
+            let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+            if !TOP_LEVEL_KEYS.contains(&path[0].as_str()) || path.iter().any(String::is_empty) {
+                return None;
+            }
+            Some(Override {
+                path,
+                value: v,
+                origin: k,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.origin.cmp(&b.origin));
+    out
+}
+
+fn parse_value(raw: &str) -> toml::Value {
+    let doc = format!("v = {raw}");
+    match doc.parse::<toml::Table>() {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.to_owned()),
+    }
+}
+
+/// Applies overrides to a TOML tree, creating tables as needed.
+pub fn apply_overrides(tree: &mut toml::Table, overrides: &[Override]) -> Result<(), ConfigError> {
+    for o in overrides {
+        let mut t = &mut *tree;
+        let (last, parents) = o.path.split_last().expect("non-empty path");
+        for p in parents {
+            let entry = t
+                .entry(p.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            t = entry.as_table_mut().ok_or_else(|| ConfigError::Override {
+                origin: o.origin.clone(),
+                message: format!("`{p}` is not a table, so it has no key `{last}`"),
+            })?;
+        }
+        t.insert(last.clone(), parse_value(&o.value));
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Parses a TOML document (no overrides, no validation).
+    pub fn from_toml_str(text: &str, path: &Path) -> Result<toml::Table, ConfigError> {
+        text.parse::<toml::Table>()
+            .map_err(|e| ConfigError::Syntax {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })
+    }
+
+    /// Builds a config from a TOML tree with overrides applied, then validates it.
+    pub fn from_tree(mut tree: toml::Table, overrides: &[Override]) -> Result<Config, ConfigError> {
+        apply_overrides(&mut tree, overrides)?;
+        // Deserialize from text so a type error points at the offending key and line.
+        let text = toml::to_string(&tree).map_err(|e| ConfigError::Shape(e.to_string()))?;
+        let cfg: Config = toml::from_str(&text).map_err(|e: toml::de::Error| {
+            ConfigError::Shape(e.to_string().trim_end().to_owned())
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Loads the file (if any), applies environment and flag overrides, validates.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &[String],
+    ) -> Result<Config, ConfigError> {
+        let tree = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_owned(),
+                    source,
+                })?;
+                Self::from_toml_str(&text, p)?
+            }
+            None => toml::Table::new(),
+        };
+        let mut overrides = env_overrides(env);
+        overrides.extend(flag_overrides(flags)?);
+        Self::from_tree(tree, &overrides)
+    }
+
+    /// Checks every value; the error lists each problem with the key to fix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errs = Vec::new();
+        if let Err(e) = crate::aggregate::rules::check_namespace(&self.namespace) {
+            errs.push(format!("namespace: {e}"));
+        }
+        for (key, v) in [
+            ("service", &self.service),
+            ("environment", &self.environment),
+        ] {
+            if !v.is_empty() {
+                if let Err(e) = crate::aggregate::rules::check_dimension_value(v) {
+                    errs.push(format!("{key}: {e}"));
+                }
+            }
+        }
+        if ![1, 10, 30, 60].contains(&self.period_secs) {
+            errs.push(format!(
+                "period_secs = {} is not supported: use 60 (standard) or 1, 10, 30 (high resolution)",
+                self.period_secs
+            ));
+        }
+        let i = &self.ingest;
+        if i.tcp_addr.is_empty() && i.unix_socket.is_empty() {
+            errs.push("ingest.tcp_addr and ingest.unix_socket are both empty: set at least one so SDKs can connect".into());
+        }
+        if !i.tcp_addr.is_empty() {
+            match i.tcp_addr.parse::<SocketAddr>() {
+                Err(_) => errs.push(format!(
+                    "ingest.tcp_addr = {:?} is not an IP:port address (example: 127.0.0.1:9911)",
+                    i.tcp_addr
+                )),
+                Ok(a) if !a.ip().is_loopback() && !i.allow_non_loopback => errs.push(format!(
+                    "ingest.tcp_addr = {a} is not a loopback address: SDKs in the same task reach 127.0.0.1; \
+                     set ingest.allow_non_loopback = true only if the network is trusted"
+                )),
+                Ok(_) => {}
+            }
+        }
+        if !self.admin.addr.is_empty() {
+            match self.admin.addr.parse::<SocketAddr>() {
+                Err(_) => errs.push(format!(
+                    "admin.addr = {:?} is not an IP:port address (example: 127.0.0.1:9912)",
+                    self.admin.addr
+                )),
+                Ok(a) if !a.ip().is_loopback() && !self.admin.allow_non_loopback => {
+                    errs.push(format!(
+                        "admin.addr = {a} is not a loopback address; set admin.allow_non_loopback = true to allow it"
+                    ))
+                }
+                Ok(_) => {}
+            }
+        }
+        for (key, v, min) in [
+            ("ingest.max_connections", i.max_connections as u64, 1),
+            ("ingest.max_frame_bytes", i.max_frame_bytes as u64, 64),
+            (
+                "ingest.max_series_per_batch",
+                i.max_series_per_batch as u64,
+                1,
+            ),
+            (
+                "ingest.max_histogram_bytes",
+                i.max_histogram_bytes as u64,
+                64,
+            ),
+            (
+                "ingest.max_histogram_counts_per_batch",
+                i.max_histogram_counts_per_batch,
+                1,
+            ),
+            ("ingest.idle_timeout_secs", i.idle_timeout_secs, 1),
+            ("aggregate.max_series", self.aggregate.max_series as u64, 1),
+            (
+                "aggregate.max_processes",
+                self.aggregate.max_processes as u64,
+                1,
+            ),
+            (
+                "aggregate.process_ttl_secs",
+                self.aggregate.process_ttl_secs,
+                1,
+            ),
+            ("sink.queue_periods", self.sink.queue_periods as u64, 1),
+            (
+                "sink.shutdown_deadline_secs",
+                self.sink.shutdown_deadline_secs,
+                1,
+            ),
+        ] {
+            if v < min {
+                errs.push(format!("{key} = {v} is too small: use at least {min}"));
+            }
+        }
+        if i.max_buffered_bytes < i.max_frame_bytes {
+            errs.push(format!(
+                "ingest.max_buffered_bytes = {} is below ingest.max_frame_bytes = {}: a largest frame could never be read; raise it",
+                i.max_buffered_bytes, i.max_frame_bytes
+            ));
+        }
+        if let Some(g) = self.aggregate.grace_ms {
+            if g >= u64::from(self.period_secs) * 1000 {
+                errs.push(format!(
+                    "aggregate.grace_ms = {g} must be shorter than the period (period_secs = {})",
+                    self.period_secs
+                ));
+            }
+        }
+        if self.sink.shutdown_deadline_secs > 120 {
+            errs.push(format!(
+                "sink.shutdown_deadline_secs = {} exceeds ECS's longest stopTimeout (120 s): the agent would be killed first",
+                self.sink.shutdown_deadline_secs
+            ));
+        }
+        for (n, r) in self.aggregate.rollups.iter().enumerate() {
+            if r.drop.is_empty() {
+                errs.push(format!("aggregate.rollups[{n}].drop is empty: list the dimensions to drop, e.g. [\"Route\"]"));
+            }
+            for d in &r.drop {
+                if d == tally::conventions::SERVICE_NAME || d == tally::conventions::ENVIRONMENT {
+                    errs.push(format!("aggregate.rollups[{n}].drop names {d}, a global dimension every metric keeps"));
+                }
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (n, d) in self.aggregate.derived.iter().enumerate() {
+            if let Err(e) = crate::aggregate::rules::check_metric_name(&d.name) {
+                errs.push(format!("aggregate.derived[{n}].name: {e}"));
+            }
+            if !names.insert(d.name.clone()) {
+                errs.push(format!(
+                    "aggregate.derived[{n}].name {:?} is declared twice",
+                    d.name
+                ));
+            }
+            if !d.multiplier.is_finite() {
+                errs.push(format!(
+                    "aggregate.derived[{n}].multiplier must be a finite number"
+                ));
+            }
+            if !CLOUDWATCH_UNITS.contains(&d.unit.as_str()) {
+                errs.push(format!(
+                    "aggregate.derived[{n}].unit = {:?} is not a CloudWatch unit (e.g. Percent, Count, None)",
+                    d.unit
+                ));
+            }
+        }
+        for (n, m) in self.aggregate.metrics.iter().enumerate() {
+            if let Err(e) = crate::aggregate::rules::check_metric_name(&m.name) {
+                errs.push(format!("aggregate.metrics[{n}].name: {e}"));
+            }
+            if parse_unit(&m.unit).is_none() {
+                errs.push(format!(
+                    "aggregate.metrics[{n}].unit = {:?} is unknown: use Count, None, Nanoseconds, Microseconds, Milliseconds, Seconds, Bytes or Percent",
+                    m.unit
+                ));
+            }
+            for l in &m.labels {
+                if let Err(e) = crate::aggregate::rules::check_dimension_name(l) {
+                    errs.push(format!("aggregate.metrics[{n}].labels: {e}"));
+                }
+            }
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            errs.push(format!(
+                "log.level = {:?} is not a valid filter (examples: info, debug, tally_agent=debug)",
+                self.log.level
+            ));
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errs))
+        }
+    }
+
+    /// The aggregation period.
+    pub fn period(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(self.period_secs))
+    }
+
+    /// How long a period stays open after its end (`aggregate.grace_ms` or its default).
+    pub fn grace(&self) -> std::time::Duration {
+        let ms = self
+            .aggregate
+            .grace_ms
+            .unwrap_or_else(|| 2_000.min(u64::from(self.period_secs) * 500));
+        std::time::Duration::from_millis(ms)
+    }
+}
+
+/// CloudWatch `StandardUnit` names accepted for derived metrics.
+pub const CLOUDWATCH_UNITS: &[&str] = &[
+    "Seconds",
+    "Microseconds",
+    "Milliseconds",
+    "Bytes",
+    "Kilobytes",
+    "Megabytes",
+    "Gigabytes",
+    "Terabytes",
+    "Bits",
+    "Kilobits",
+    "Megabits",
+    "Gigabits",
+    "Terabits",
+    "Percent",
+    "Count",
+    "Bytes/Second",
+    "Kilobytes/Second",
+    "Megabytes/Second",
+    "Gigabytes/Second",
+    "Terabytes/Second",
+    "Bits/Second",
+    "Kilobits/Second",
+    "Megabits/Second",
+    "Gigabits/Second",
+    "Terabits/Second",
+    "Count/Second",
+    "None",
+];
+
+/// Parses a recorded-unit name as used in `[[aggregate.metrics]]`.
+pub fn parse_unit(s: &str) -> Option<Unit> {
+    Some(match s {
+        "None" => Unit::None,
+        "Count" => Unit::Count,
+        "Nanoseconds" => Unit::Nanoseconds,
+        "Microseconds" => Unit::Microseconds,
+        "Milliseconds" => Unit::Milliseconds,
+        "Seconds" => Unit::Seconds,
+        "Bytes" => Unit::Bytes,
+        "Percent" => Unit::Percent,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: &str, env: &[(&str, &str)], flags: &[&str]) -> Result<Config, ConfigError> {
+        let tree = Config::from_toml_str(toml, Path::new("test.toml"))?;
+        let mut o = env_overrides(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        o.extend(flag_overrides(
+            &flags.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        )?);
+        Config::from_tree(tree, &o)
+    }
+
+    #[test]
+    fn an_empty_file_gives_the_documented_defaults() {
+        let c = load("", &[], &[]).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.ingest.tcp_addr, "127.0.0.1:9911");
+        assert_eq!(c.period_secs, 60);
+        assert_eq!(c.aggregate.derived, vec![DerivedConfig::error_rate()]);
+    }
+
+    #[test]
+    fn flags_beat_environment_variables_which_beat_the_file() {
+        let c = load(
+            "namespace = \"File\"\n[aggregate]\nmax_series = 10\n",
+            &[
+                ("TALLY_AGGREGATE__MAX_SERIES", "20"),
+                ("TALLY_NAMESPACE", "Env/Ns"),
+            ],
+            &["aggregate.max_series=30"],
+        )
+        .unwrap();
+        assert_eq!(c.aggregate.max_series, 30);
+        assert_eq!(c.namespace, "Env/Ns");
+    }
+
+    #[test]
+    fn overrides_parse_arrays_booleans_and_quoted_strings() {
+        let c = load(
+            "",
+            &[],
+            &[
+                "ingest.allow_non_loopback=true",
+                "environment=\"2024\"",
+                "sink.stdout_format=json",
+            ],
+        )
+        .unwrap();
+        assert!(c.ingest.allow_non_loopback);
+        assert_eq!(c.environment, "2024");
+        assert_eq!(c.sink.stdout_format, StdoutFormat::Json);
+    }
+
+    #[test]
+    fn unrelated_tally_environment_variables_are_ignored() {
+        let c = load("", &[("TALLY_AGENT_ADDR", "127.0.0.1:1")], &[]).unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error_naming_it() {
+        let e = load("", &[("TALLY_AGGREGATE__MAX_SERIEZ", "5")], &[]).unwrap_err();
+        assert!(e.to_string().contains("max_seriez"), "{e}");
+    }
+
+    #[test]
+    fn a_non_loopback_ingest_address_is_refused_unless_allowed() {
+        let e = load("[ingest]\ntcp_addr = \"0.0.0.0:9911\"\n", &[], &[]).unwrap_err();
+        assert!(e.to_string().contains("ingest.allow_non_loopback"), "{e}");
+        load(
+            "[ingest]\ntcp_addr = \"0.0.0.0:9911\"\nallow_non_loopback = true\n",
+            &[],
+            &[],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn every_invalid_value_is_reported_with_its_key() {
+        let e = load(
+            "namespace = \"AWS/EC2\"\nperiod_secs = 15\n[aggregate]\nmax_series = 0\n[[aggregate.rollups]]\ndrop = []\n",
+            &[],
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "namespace",
+            "period_secs",
+            "aggregate.max_series",
+            "aggregate.rollups[0].drop",
+        ] {
+            assert!(e.contains(key), "{key} missing in: {e}");
+        }
+    }
+
+    #[test]
+    fn a_malformed_flag_says_what_form_is_expected() {
+        let e = load("", &[], &["aggregate.max_series"]).unwrap_err();
+        assert!(e.to_string().contains("KEY=VALUE"), "{e}");
+    }
+
+    #[test]
+    fn a_syntax_error_names_the_file() {
+        let e = load("namespace = ", &[], &[]).unwrap_err();
+        assert!(e.to_string().contains("test.toml"), "{e}");
+    }
+}

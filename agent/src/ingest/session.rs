@@ -1,0 +1,280 @@
+//! One SDK connection: frames in, acks out, bad input counted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tally::wire::{
+    decode_batch, encode_ack, Ack, AckStatus, DecodeError, FrameHeader, FrameKind, Limits,
+    HEADER_LEN,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{watch, Semaphore};
+use tokio::time::timeout;
+
+use super::Intake;
+use crate::stats::{Counter, Stats};
+use crate::util::RateLimitedLog;
+
+/// Payload buffers larger than this are released after use, so an idle connection that once
+/// carried a big frame holds little memory.
+const KEEP_BUFFER: usize = 256 * 1024;
+/// How long a frame whose header has arrived may take to arrive completely during shutdown.
+const SHUTDOWN_PAYLOAD_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Everything sessions share.
+pub struct SessionContext {
+    /// Where batches go.
+    pub intake: Intake,
+    /// Decoder limits.
+    pub limits: Limits,
+    /// Payload bytes all connections together may buffer (`ingest.max_buffered_bytes`).
+    pub budget: Arc<Semaphore>,
+    /// Silence after which a connection is closed.
+    pub idle_timeout: Duration,
+    /// Flips to `true` at shutdown: sessions finish the frame in hand and close.
+    pub shutdown: watch::Receiver<bool>,
+    stats: Stats,
+    frames: Counter,
+    bytes: Counter,
+    log: Mutex<RateLimitedLog>,
+}
+
+impl std::fmt::Debug for SessionContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionContext")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionContext {
+    /// Builds the shared context.
+    pub fn new(
+        intake: Intake,
+        limits: Limits,
+        max_buffered_bytes: usize,
+        idle_timeout: Duration,
+        shutdown: watch::Receiver<bool>,
+        stats: &Stats,
+    ) -> Self {
+        SessionContext {
+            intake,
+            limits,
+            budget: Arc::new(Semaphore::new(max_buffered_bytes)),
+            idle_timeout,
+            shutdown,
+            stats: stats.clone(),
+            frames: stats.counter(
+                "tally_agent_frames_total",
+                "Frames received from SDKs.",
+                &[],
+            ),
+            bytes: stats.counter(
+                "tally_agent_received_bytes_total",
+                "Frame bytes received from SDKs (headers included).",
+                &[],
+            ),
+            log: Mutex::new(RateLimitedLog::new(Duration::from_secs(10))),
+        }
+    }
+
+    fn decode_error(&self, peer: &str, e: &DecodeError) {
+        self.stats
+            .counter(
+                "tally_agent_decode_errors_total",
+                "Frames refused by the decoder, by reason.",
+                &[("reason", e.reason())],
+            )
+            .inc();
+        self.log
+            .lock()
+            .warn(e.reason(), format_args!("bad frame from {peer}: {e}"));
+    }
+}
+
+/// How the header read ended.
+enum HeaderRead {
+    Frame([u8; HEADER_LEN]),
+    Closed,
+    Truncated,
+    Idle,
+    Shutdown,
+}
+
+async fn read_header<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    ctx: &SessionContext,
+    shutdown: &mut watch::Receiver<bool>,
+) -> std::io::Result<HeaderRead> {
+    let mut hdr = [0u8; HEADER_LEN];
+    let mut n = 0;
+    while n < HEADER_LEN {
+        let read = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|s| *s) => return Ok(HeaderRead::Shutdown),
+            r = timeout(ctx.idle_timeout, stream.read(&mut hdr[n..])) => r,
+        };
+        match read {
+            Err(_) => return Ok(HeaderRead::Idle),
+            Ok(Ok(0)) if n == 0 => return Ok(HeaderRead::Closed),
+            Ok(Ok(0)) => return Ok(HeaderRead::Truncated),
+            Ok(Ok(k)) => n += k,
+            Ok(Err(e)) => return Err(e),
+        }
+    }
+    Ok(HeaderRead::Frame(hdr))
+}
+
+/// Serves one connection until the peer closes it, sends a bad header, idles out, or the
+/// agent shuts down (after finishing the frame in hand).
+pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    peer: String,
+    ctx: Arc<SessionContext>,
+) {
+    let mut shutdown = ctx.shutdown.clone();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut ack_buf: Vec<u8> = Vec::with_capacity(32);
+    loop {
+        let hdr = match read_header(&mut stream, &ctx, &mut shutdown).await {
+            Ok(HeaderRead::Frame(h)) => h,
+            Ok(HeaderRead::Closed) | Ok(HeaderRead::Shutdown) => return,
+            Ok(HeaderRead::Idle) => {
+                tracing::debug!(%peer, "closing idle connection");
+                return;
+            }
+            Ok(HeaderRead::Truncated) => {
+                ctx.decode_error(
+                    &peer,
+                    &DecodeError::Truncated {
+                        field: "frame header",
+                    },
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "connection read failed");
+                return;
+            }
+        };
+        ctx.frames.inc();
+        let header = match FrameHeader::parse(&hdr, &ctx.limits) {
+            Ok(h) if h.kind == FrameKind::Batch => h,
+            Ok(_) => {
+                ctx.decode_error(&peer, &DecodeError::UnknownFrameKind(FrameKind::Ack as u8));
+                return;
+            }
+            Err(e) => {
+                // The stream cannot be re-synchronised after a bad header: close it.
+                ctx.decode_error(&peer, &e);
+                return;
+            }
+        };
+        let len = header.len as usize;
+        let Ok(permit) = ctx.budget.acquire_many(header.len).await else {
+            return;
+        };
+        buf.clear();
+        buf.resize(len, 0);
+        let wait = if *shutdown.borrow() {
+            SHUTDOWN_PAYLOAD_TIMEOUT
+        } else {
+            ctx.idle_timeout
+        };
+        match timeout(wait, stream.read_exact(&mut buf)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) | Err(_) => {
+                ctx.decode_error(
+                    &peer,
+                    &DecodeError::Truncated {
+                        field: "frame payload",
+                    },
+                );
+                return;
+            }
+        }
+        ctx.bytes.add((HEADER_LEN + len) as u64);
+        let (sequence, status) = match decode_batch(&buf, &ctx.limits) {
+            Ok(batch) => {
+                drop(permit);
+                let seq = batch.sequence;
+                (seq, ctx.intake.accept(batch))
+            }
+            Err(e) => {
+                drop(permit);
+                ctx.decode_error(&peer, &e);
+                ctx.intake.count_rejected();
+                (peek_sequence(&buf).unwrap_or(0), AckStatus::Rejected)
+            }
+        };
+        if buf.capacity() > KEEP_BUFFER {
+            buf = Vec::new();
+        }
+        ack_buf.clear();
+        encode_ack(&Ack { sequence, status }, &mut ack_buf);
+        match timeout(ctx.idle_timeout, stream.write_all(&ack_buf)).await {
+            Ok(Ok(())) => {}
+            _ => {
+                tracing::debug!(%peer, "could not write ack; closing");
+                return;
+            }
+        }
+    }
+}
+
+/// Reads the sequence number from the front of a payload that failed to decode further, so
+/// the `Rejected` ack names the batch it refers to.
+pub fn peek_sequence(p: &[u8]) -> Option<u64> {
+    fn varint(p: &[u8], pos: &mut usize) -> Option<u64> {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let b = *p.get(*pos)?;
+            *pos += 1;
+            v |= u64::from(b & 0x7f).checked_shl(7 * i)?;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    let mut pos = 8; // instance id
+    if p.len() < pos {
+        return None;
+    }
+    varint(p, &mut pos)?; // pid
+    for _ in 0..3 {
+        let n = usize::try_from(varint(p, &mut pos)?).ok()?;
+        pos = pos.checked_add(n)?;
+    }
+    varint(p, &mut pos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally::wire::{encode_batch, Batch, ProcessIdentity};
+
+    #[test]
+    fn the_sequence_of_an_undecodable_batch_is_still_found() {
+        let b = Batch {
+            process: ProcessIdentity {
+                instance_id: 9,
+                pid: 300,
+                service: "shop".into(),
+                environment: "prod".into(),
+                host: "h".into(),
+            },
+            sequence: 4242,
+            start_unix_ms: 1,
+            end_unix_ms: 2,
+            drops: Default::default(),
+            series: vec![],
+        };
+        let mut out = Vec::new();
+        encode_batch(&b, &mut out).unwrap();
+        let payload = &out[HEADER_LEN..];
+        assert_eq!(peek_sequence(payload), Some(4242));
+        assert_eq!(peek_sequence(&payload[..5]), None);
+    }
+}

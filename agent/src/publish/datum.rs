@@ -1,0 +1,653 @@
+//! From a closed period's aggregates to CloudWatch datums, checking CloudWatch's rules again.
+//!
+//! | aggregate | datum(s) |
+//! |---|---|
+//! | `Distribution` | `Values`/`Counts`, one datum per 150 distinct buckets (see [`super::split`]) |
+//! | `Counter` | `Value` = the period's sum |
+//! | `Gauge` | `Value` = the value when it did not move (min = max); otherwise a `StatisticSet` of the three observed points {min, last, max}: Minimum and Maximum exact, Average their mean. The period model keeps no sum of gauge updates, so an exact Average is not possible. |
+//! | `Derived` | `Value` |
+//!
+//! Every datum carries the period's timestamp and StorageResolution and the key's unit
+//! (nanoseconds, which CloudWatch has no unit for, are converted to microseconds). Names,
+//! dimensions and values that CloudWatch would refuse are dropped here, one datum at a time,
+//! logged and counted by [`DropReason`], so one bad metric never costs a whole request.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_cloudwatch::primitives::DateTime;
+use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit, StatisticSet};
+use tally::wire::Unit;
+
+use super::split::split_histogram;
+use super::stats::DropReason;
+use crate::model::{AggregateValue, MetricKey, PeriodData};
+
+/// How far back CloudWatch accepts timestamps (two weeks), minus ten minutes so that a datum
+/// accepted here is still inside the window when the request lands.
+pub const MAX_AGE: Duration = Duration::from_secs(14 * 24 * 3600 - 600);
+/// How far ahead CloudWatch accepts timestamps (two hours), minus five minutes of clock skew.
+pub const MAX_FUTURE: Duration = Duration::from_secs(2 * 3600 - 300);
+/// CloudWatch's value range: magnitudes up to 2^360 and, other than zero, from 2^-360.
+const MAX_MAGNITUDE: f64 = 2.348_542_582_773_833_2e108; // 2^360
+const MIN_MAGNITUDE: f64 = 4.258_959_674_956_994e-109; // 2^-360
+/// Dimensions per metric.
+pub const MAX_DIMENSIONS: usize = 30;
+
+/// One metric identity as published, shared by every datum of a split histogram.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// Metric name.
+    pub name: String,
+    /// CloudWatch unit.
+    pub unit: StandardUnit,
+    /// Dimensions (name, value), sorted by name.
+    pub dimensions: Vec<(String, String)>,
+}
+
+/// The measurement part of a datum.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DatumValue {
+    /// One value.
+    Value(f64),
+    /// Pre-aggregated statistics.
+    StatisticSet {
+        /// Number of samples.
+        sample_count: f64,
+        /// Their sum.
+        sum: f64,
+        /// Smallest.
+        minimum: f64,
+        /// Largest.
+        maximum: f64,
+    },
+    /// Distinct values and how many samples each stands for (at most 150 of each).
+    Values {
+        /// Values.
+        values: Vec<f64>,
+        /// Counts, same length.
+        counts: Vec<f64>,
+    },
+}
+
+/// One CloudWatch MetricDatum, with the sample count it carries (for drop accounting).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Datum {
+    /// Namespace, shared by every datum of a period.
+    pub namespace: Arc<str>,
+    /// The metric identity.
+    pub series: Arc<Series>,
+    /// Timestamp (the period's start).
+    pub timestamp: SystemTime,
+    /// 1 (high resolution) or 60.
+    pub storage_resolution: i32,
+    /// What is measured.
+    pub value: DatumValue,
+    /// How many recorded samples this datum stands for.
+    pub samples: u64,
+}
+
+impl Datum {
+    /// The SDK's representation, for one attempt.
+    pub fn to_sdk(&self) -> MetricDatum {
+        let mut b = MetricDatum::builder()
+            .metric_name(self.series.name.clone())
+            .unit(self.series.unit.clone())
+            .timestamp(DateTime::from(self.timestamp))
+            .storage_resolution(self.storage_resolution);
+        for (name, value) in &self.series.dimensions {
+            b = b.dimensions(Dimension::builder().name(name).value(value).build());
+        }
+        match &self.value {
+            DatumValue::Value(v) => b = b.value(*v),
+            DatumValue::StatisticSet {
+                sample_count,
+                sum,
+                minimum,
+                maximum,
+            } => {
+                b = b.statistic_values(
+                    StatisticSet::builder()
+                        .sample_count(*sample_count)
+                        .sum(*sum)
+                        .minimum(*minimum)
+                        .maximum(*maximum)
+                        .build(),
+                );
+            }
+            DatumValue::Values { values, counts } => {
+                b = b
+                    .set_values(Some(values.clone()))
+                    .set_counts(Some(counts.clone()));
+            }
+        }
+        b.build()
+    }
+
+    /// An estimate of the memory this datum holds, for the pending queue's bound. The shared
+    /// series is counted in full for every datum (an over-estimate for split histograms).
+    pub fn memory_bytes(&self) -> usize {
+        let series = self.series.name.len()
+            + self
+                .series
+                .dimensions
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 2 * std::mem::size_of::<String>())
+                .sum::<usize>()
+            + std::mem::size_of::<Series>();
+        let values = match &self.value {
+            DatumValue::Values { values, counts } => {
+                (values.capacity() + counts.capacity()) * std::mem::size_of::<f64>()
+            }
+            _ => 0,
+        };
+        std::mem::size_of::<Datum>() + series + values
+    }
+}
+
+/// The CloudWatch unit for a tally unit, and the divisor that converts values to it.
+pub fn standard_unit(unit: Unit) -> (StandardUnit, f64) {
+    match unit {
+        Unit::None => (StandardUnit::None, 1.0),
+        Unit::Count => (StandardUnit::Count, 1.0),
+        // CloudWatch has no nanoseconds; the aggregator converts them, this is a safety net.
+        Unit::Nanoseconds => (StandardUnit::Microseconds, 1000.0),
+        Unit::Microseconds => (StandardUnit::Microseconds, 1.0),
+        Unit::Milliseconds => (StandardUnit::Milliseconds, 1.0),
+        Unit::Seconds => (StandardUnit::Seconds, 1.0),
+        Unit::Bytes => (StandardUnit::Bytes, 1.0),
+        Unit::Percent => (StandardUnit::Percent, 1.0),
+    }
+}
+
+/// Why a namespace is refused, if it is.
+pub fn check_namespace(ns: &str) -> Result<(), String> {
+    let n = ns.chars().count();
+    if n == 0 || n > 255 {
+        return Err(format!(
+            "namespace has {n} characters; CloudWatch allows 1 to 255"
+        ));
+    }
+    if ns.starts_with(':') || ns.starts_with("AWS/") {
+        return Err(format!(
+            "namespace {ns:?} starts with ':' or 'AWS/', which CloudWatch reserves"
+        ));
+    }
+    if ns.chars().any(char::is_control) {
+        return Err(format!("namespace {ns:?} contains control characters"));
+    }
+    Ok(())
+}
+
+/// Why a metric name is refused, if it is.
+pub fn check_metric_name(name: &str) -> Result<(), String> {
+    let n = name.chars().count();
+    if n == 0 || n > 255 {
+        return Err(format!(
+            "metric name has {n} characters; CloudWatch allows 1 to 255"
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(format!("metric name {name:?} contains control characters"));
+    }
+    Ok(())
+}
+
+/// Why a dimension set is refused, if it is.
+pub fn check_dimensions(dims: &[(String, String)]) -> Result<(), String> {
+    if dims.len() > MAX_DIMENSIONS {
+        return Err(format!(
+            "{} dimensions; CloudWatch allows {MAX_DIMENSIONS}",
+            dims.len()
+        ));
+    }
+    for (i, (name, value)) in dims.iter().enumerate() {
+        if name.is_empty() || name.len() > 255 || !printable_ascii(name) || name.starts_with(':') {
+            return Err(format!(
+                "dimension name {name:?} must be 1 to 255 printable ASCII characters, not starting with ':'"
+            ));
+        }
+        if value.is_empty() || value.len() > 1024 || !printable_ascii(value) {
+            return Err(format!(
+                "dimension {name}={value:?}: the value must be 1 to 1024 printable ASCII characters"
+            ));
+        }
+        if dims[..i].iter().any(|(n, _)| n == name) {
+            return Err(format!("dimension {name} appears twice"));
+        }
+    }
+    Ok(())
+}
+
+fn printable_ascii(s: &str) -> bool {
+    s.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
+/// Whether CloudWatch accepts `v` as a value.
+pub fn check_value(v: f64) -> Result<(), DropReason> {
+    if !v.is_finite() {
+        return Err(DropReason::NonFinite);
+    }
+    let m = v.abs();
+    if m > MAX_MAGNITUDE || (m != 0.0 && m < MIN_MAGNITUDE) {
+        return Err(DropReason::OutOfRange);
+    }
+    Ok(())
+}
+
+/// Whether CloudWatch accepts `ts` now.
+pub fn check_timestamp(ts: SystemTime, now: SystemTime) -> Result<(), DropReason> {
+    match now.duration_since(ts) {
+        Ok(age) if age > MAX_AGE => Err(DropReason::Expired),
+        Ok(_) => Ok(()),
+        Err(ahead) if ahead.duration() > MAX_FUTURE => Err(DropReason::FutureTimestamp),
+        Err(_) => Ok(()),
+    }
+}
+
+/// A metric left out of the datums, with why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    /// The metric name (for the log).
+    pub name: String,
+    /// Why.
+    pub reason: DropReason,
+    /// What exactly is wrong and what to change.
+    pub detail: String,
+    /// Datums it would have made.
+    pub datums: u64,
+    /// Samples it stood for.
+    pub samples: u64,
+}
+
+/// Turns one closed period into datums. Metrics CloudWatch would refuse land in the returned
+/// rejections instead (the caller logs and counts them).
+pub fn build_datums(
+    period: &PeriodData,
+    now: SystemTime,
+    max_values: usize,
+) -> (Vec<Datum>, Vec<Rejection>) {
+    let mut datums = Vec::with_capacity(period.metrics.len());
+    let mut rejections = Vec::new();
+    let namespace_problem = check_namespace(&period.namespace).err();
+    let time_problem = check_timestamp(period.timestamp, now).err();
+    let namespace: Arc<str> = Arc::from(period.namespace.as_str());
+    for (key, agg) in &period.metrics {
+        let reject = |reason: DropReason, detail: String| Rejection {
+            name: key.name.clone(),
+            reason,
+            detail,
+            datums: 1,
+            samples: agg.samples(),
+        };
+        if let Some(detail) = &namespace_problem {
+            rejections.push(reject(
+                DropReason::InvalidNamespace,
+                format!("{detail}: fix `namespace` in the agent's configuration"),
+            ));
+            continue;
+        }
+        if let Some(reason) = time_problem {
+            rejections.push(reject(
+                reason,
+                "period timestamp outside CloudWatch's window (2 weeks back, 2 hours ahead): check the host clock".into(),
+            ));
+            continue;
+        }
+        if let Err(detail) = check_metric_name(&key.name) {
+            rejections.push(reject(DropReason::InvalidName, detail));
+            continue;
+        }
+        if let Err(detail) = check_dimensions(&key.dimensions) {
+            rejections.push(reject(DropReason::InvalidDimension, detail));
+            continue;
+        }
+        match datums_of(key, agg, &namespace, period, max_values) {
+            Ok(mut d) => datums.append(&mut d),
+            Err((reason, detail)) => rejections.push(reject(reason, detail)),
+        }
+    }
+    (datums, rejections)
+}
+
+fn datums_of(
+    key: &MetricKey,
+    agg: &AggregateValue,
+    namespace: &Arc<str>,
+    period: &PeriodData,
+    max_values: usize,
+) -> Result<Vec<Datum>, (DropReason, String)> {
+    let (unit, divisor) = standard_unit(key.unit);
+    let series = Arc::new(Series {
+        name: key.name.clone(),
+        unit,
+        dimensions: key.dimensions.clone(),
+    });
+    let datum = |value: DatumValue, samples: u64| Datum {
+        namespace: namespace.clone(),
+        series: series.clone(),
+        timestamp: period.timestamp,
+        storage_resolution: period.storage_resolution,
+        value,
+        samples,
+    };
+    // `v` already in the published unit.
+    let valid = |v: f64, what: &str| -> Result<f64, (DropReason, String)> {
+        check_value(v).map(|()| v).map_err(|r| {
+            (
+                r,
+                format!("{what} {v} is NaN, infinite or outside CloudWatch's range of ±2^360"),
+            )
+        })
+    };
+    let checked = |v: f64, what: &str| valid(v / divisor, what);
+    Ok(match agg {
+        AggregateValue::Counter(v) => vec![datum(
+            DatumValue::Value(checked(*v, "counter value")?),
+            agg.samples(),
+        )],
+        AggregateValue::Derived(v) => vec![datum(
+            DatumValue::Value(checked(*v, "derived value")?),
+            agg.samples(),
+        )],
+        AggregateValue::Gauge {
+            last,
+            min,
+            max,
+            updates,
+        } => {
+            let (last, min, max) = (
+                checked(*last, "gauge value")?,
+                checked(*min, "gauge minimum")?,
+                checked(*max, "gauge maximum")?,
+            );
+            let value = if min == max {
+                DatumValue::Value(last)
+            } else {
+                let sum = min + last + max;
+                valid(sum, "gauge sum")?;
+                DatumValue::StatisticSet {
+                    sample_count: 3.0,
+                    sum,
+                    minimum: min,
+                    maximum: max,
+                }
+            };
+            vec![datum(value, *updates)]
+        }
+        AggregateValue::Distribution { scale, histogram } => {
+            let scale = scale * divisor;
+            if !(scale.is_finite() && scale > 0.0) {
+                return Err((
+                    DropReason::NonFinite,
+                    format!("distribution scale {scale} must be a positive finite number"),
+                ));
+            }
+            let chunks = split_histogram(histogram, scale, max_values);
+            for c in &chunks {
+                for v in &c.values {
+                    valid(*v, "distribution value")?;
+                }
+            }
+            chunks
+                .into_iter()
+                .map(|c| {
+                    let samples = c.samples;
+                    datum(
+                        DatumValue::Values {
+                            values: c.values,
+                            counts: c.counts,
+                        },
+                        samples,
+                    )
+                })
+                .collect()
+        }
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use hdrhistogram::Histogram;
+
+    pub(crate) fn key(name: &str, dims: &[(&str, &str)], unit: Unit) -> MetricKey {
+        MetricKey {
+            name: name.into(),
+            unit,
+            dimensions: dims
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect(),
+        }
+    }
+
+    pub(crate) fn period(ts: SystemTime, metrics: Vec<(MetricKey, AggregateValue)>) -> PeriodData {
+        PeriodData {
+            namespace: "Tally/Test".into(),
+            timestamp: ts,
+            period_secs: 60,
+            storage_resolution: 60,
+            metrics,
+        }
+    }
+
+    #[test]
+    fn each_aggregate_becomes_the_documented_datum() {
+        let now = SystemTime::now();
+        let mut h = Histogram::<u64>::new(3).unwrap();
+        h.record_n(2_000_000, 3).unwrap();
+        let p = period(
+            now,
+            vec![
+                (
+                    key("Hits", &[("Route", "/a")], Unit::Count),
+                    AggregateValue::Counter(7.0),
+                ),
+                (
+                    key("InFlight", &[], Unit::None),
+                    AggregateValue::Gauge {
+                        last: 3.0,
+                        min: 1.0,
+                        max: 9.0,
+                        updates: 12,
+                    },
+                ),
+                (
+                    key("Flat", &[], Unit::None),
+                    AggregateValue::Gauge {
+                        last: 4.0,
+                        min: 4.0,
+                        max: 4.0,
+                        updates: 2,
+                    },
+                ),
+                (
+                    key("ErrorRate", &[], Unit::Percent),
+                    AggregateValue::Derived(12.5),
+                ),
+                (
+                    key("Latency", &[], Unit::Nanoseconds),
+                    AggregateValue::Distribution {
+                        scale: 1.0,
+                        histogram: h,
+                    },
+                ),
+            ],
+        );
+        let (d, rejected) = build_datums(&p, now, 150);
+        assert!(rejected.is_empty());
+        assert_eq!(d[0].value, DatumValue::Value(7.0));
+        assert_eq!(d[0].samples, 7);
+        assert_eq!(d[0].series.unit, StandardUnit::Count);
+        assert_eq!(
+            d[1].value,
+            DatumValue::StatisticSet {
+                sample_count: 3.0,
+                sum: 13.0,
+                minimum: 1.0,
+                maximum: 9.0
+            }
+        );
+        assert_eq!(d[1].samples, 12);
+        assert_eq!(d[2].value, DatumValue::Value(4.0));
+        assert_eq!(d[3].value, DatumValue::Value(12.5));
+        assert_eq!(d[3].series.unit, StandardUnit::Percent);
+        // Nanoseconds are published as microseconds.
+        assert_eq!(d[4].series.unit, StandardUnit::Microseconds);
+        let DatumValue::Values { values, counts } = &d[4].value else {
+            panic!("{:?}", d[4].value)
+        };
+        assert_eq!(counts, &vec![3.0]);
+        assert!((values[0] - 2000.0).abs() / 2000.0 < 0.001, "{values:?}");
+        assert!(d
+            .iter()
+            .all(|d| d.storage_resolution == 60 && d.timestamp == now));
+    }
+
+    #[test]
+    fn a_histogram_with_more_than_150_buckets_becomes_several_datums_of_one_metric() {
+        let now = SystemTime::now();
+        let mut h = Histogram::<u64>::new(3).unwrap();
+        for v in 1..=400u64 {
+            h.record(v).unwrap();
+        }
+        let p = period(
+            now,
+            vec![(
+                key("Latency", &[], Unit::Milliseconds),
+                AggregateValue::Distribution {
+                    scale: 1.0,
+                    histogram: h,
+                },
+            )],
+        );
+        let (d, _) = build_datums(&p, now, 150);
+        assert_eq!(d.len(), 3);
+        assert!(d
+            .iter()
+            .all(|x| x.series.name == "Latency" && x.timestamp == now));
+        assert_eq!(d.iter().map(|x| x.samples).sum::<u64>(), 400);
+    }
+
+    #[test]
+    fn names_dimensions_and_values_cloudwatch_refuses_are_rejected_one_metric_at_a_time() {
+        let now = SystemTime::now();
+        let long = "x".repeat(256);
+        let many: Vec<(String, String)> =
+            (0..31).map(|i| (format!("D{i:02}"), "v".into())).collect();
+        let mut too_many = key("TooMany", &[], Unit::Count);
+        too_many.dimensions = many;
+        let p = period(
+            now,
+            vec![
+                (key(&long, &[], Unit::Count), AggregateValue::Counter(1.0)),
+                (key("Ok", &[], Unit::Count), AggregateValue::Counter(2.0)),
+                (
+                    key("NonAscii", &[("Route", "/caf\u{e9}")], Unit::Count),
+                    AggregateValue::Counter(3.0),
+                ),
+                (
+                    key("EmptyValue", &[("Route", "")], Unit::Count),
+                    AggregateValue::Counter(3.0),
+                ),
+                (
+                    key("Colon", &[(":x", "a")], Unit::Count),
+                    AggregateValue::Counter(3.0),
+                ),
+                (too_many, AggregateValue::Counter(4.0)),
+                (
+                    key("Nan", &[], Unit::None),
+                    AggregateValue::Derived(f64::NAN),
+                ),
+                (
+                    key("Inf", &[], Unit::None),
+                    AggregateValue::Counter(f64::INFINITY),
+                ),
+                (key("Huge", &[], Unit::None), AggregateValue::Derived(1e200)),
+                (
+                    key("Tiny", &[], Unit::None),
+                    AggregateValue::Derived(1e-200),
+                ),
+                (
+                    key("GaugeNan", &[], Unit::None),
+                    AggregateValue::Gauge {
+                        last: f64::NAN,
+                        min: 0.0,
+                        max: 1.0,
+                        updates: 5,
+                    },
+                ),
+            ],
+        );
+        let (d, r) = build_datums(&p, now, 150);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].series.name, "Ok");
+        let reasons: Vec<DropReason> = r.iter().map(|x| x.reason).collect();
+        use DropReason::*;
+        assert_eq!(
+            reasons,
+            vec![
+                InvalidName,
+                InvalidDimension,
+                InvalidDimension,
+                InvalidDimension,
+                InvalidDimension,
+                NonFinite,
+                NonFinite,
+                OutOfRange,
+                OutOfRange,
+                NonFinite
+            ]
+        );
+        assert_eq!(r.last().unwrap().samples, 5);
+        assert!(r[4].detail.contains("30"), "{}", r[4].detail);
+    }
+
+    #[test]
+    fn a_reserved_namespace_or_a_stale_period_drops_every_metric_with_its_samples() {
+        let now = SystemTime::now();
+        let mut p = period(
+            now,
+            vec![(key("A", &[], Unit::Count), AggregateValue::Counter(5.0))],
+        );
+        p.namespace = "AWS/EC2".into();
+        let (d, r) = build_datums(&p, now, 150);
+        assert!(d.is_empty());
+        assert_eq!(
+            (r[0].reason, r[0].samples),
+            (DropReason::InvalidNamespace, 5)
+        );
+
+        p.namespace = "Ok".into();
+        p.timestamp = now - Duration::from_secs(15 * 24 * 3600);
+        assert_eq!(build_datums(&p, now, 150).1[0].reason, DropReason::Expired);
+        p.timestamp = now + Duration::from_secs(3 * 3600);
+        assert_eq!(
+            build_datums(&p, now, 150).1[0].reason,
+            DropReason::FutureTimestamp
+        );
+        p.timestamp = now + Duration::from_secs(60);
+        assert!(build_datums(&p, now, 150).1.is_empty());
+    }
+
+    #[test]
+    fn the_sdk_datum_carries_every_field() {
+        let now = SystemTime::now();
+        let p = period(
+            now,
+            vec![(
+                key("A", &[("B", "c")], Unit::Bytes),
+                AggregateValue::Counter(5.0),
+            )],
+        );
+        let (d, _) = build_datums(&p, now, 150);
+        let sdk = d[0].to_sdk();
+        assert_eq!(sdk.metric_name(), Some("A"));
+        assert_eq!(sdk.unit(), Some(&StandardUnit::Bytes));
+        assert_eq!(sdk.value(), Some(5.0));
+        assert_eq!(sdk.storage_resolution(), Some(60));
+        assert_eq!(sdk.dimensions()[0].name(), Some("B"));
+        assert_eq!(sdk.dimensions()[0].value(), Some("c"));
+    }
+}

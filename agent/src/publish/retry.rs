@@ -1,0 +1,233 @@
+//! What a failed PutMetricData means, and how long to wait before the next attempt.
+//!
+//! Transient failures (throttling, 5xx, timeouts, connection errors, and credentials that
+//! cannot be fetched right now) are retried with exponential backoff and **full jitter**
+//! (`sleep = random(0, min(cap, base * 2^attempt))`, as in the AWS Architecture Blog's
+//! "Exponential Backoff And Jitter"); when a request's attempts run out its datums go back to
+//! the pending queue. Failures caused by the payload (HTTP 4xx such as InvalidParameterValue)
+//! are never retried as they are: the request is bisected until the invalid datum is alone.
+
+use std::time::Duration;
+
+use rand::Rng as _;
+
+/// The kind of a failed attempt. Every kind is an `outcome` label of
+/// `tally_publish_calls_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// HTTP 400 `Throttling` / 429: over the account's PutMetricData rate.
+    Throttled = 0,
+    /// HTTP 5xx or `InternalServiceFault`.
+    Server = 1,
+    /// No answer within `attempt_timeout_ms` / `connect_timeout_ms`.
+    Timeout = 2,
+    /// Connection refused, reset or closed; an answer that is not HTTP.
+    Network = 3,
+    /// Credentials missing, expired or refused (401/403, `ExpiredToken`, no provider). Not the
+    /// data's fault: the data waits for the operator to fix the role or the environment.
+    Auth = 4,
+    /// The payload was refused (HTTP 4xx: InvalidParameterValue, InvalidParameterCombination,
+    /// MissingParameter, 413).
+    Invalid = 5,
+    /// Anything else (request construction, an unexpected answer).
+    Other = 6,
+}
+
+impl ErrorKind {
+    /// Number of kinds.
+    pub const COUNT: usize = 7;
+    /// Every kind, in discriminant order.
+    pub const ALL: [ErrorKind; Self::COUNT] = [
+        ErrorKind::Throttled,
+        ErrorKind::Server,
+        ErrorKind::Timeout,
+        ErrorKind::Network,
+        ErrorKind::Auth,
+        ErrorKind::Invalid,
+        ErrorKind::Other,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Throttled => "throttled",
+            ErrorKind::Server => "server_error",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Network => "network",
+            ErrorKind::Auth => "auth",
+            ErrorKind::Invalid => "invalid",
+            ErrorKind::Other => "other",
+        }
+    }
+
+    /// Whether the same request may succeed later (retry, then keep it pending).
+    pub fn is_transient(self) -> bool {
+        !matches!(self, ErrorKind::Invalid)
+    }
+}
+
+/// A failed PutMetricData attempt.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("PutMetricData failed ({kind:?}): {message}")]
+pub struct SendError {
+    /// What kind of failure.
+    pub kind: ErrorKind,
+    /// CloudWatch's message or the transport's error, for the log.
+    pub message: String,
+}
+
+/// Error codes that mean "slow down" (CloudWatch answers `Throttling`; the others are what AWS
+/// front ends answer).
+const THROTTLING_CODES: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "SlowDown",
+    "PriorRequestNotComplete",
+];
+
+/// Error codes that mean the credentials, not the data, are wrong.
+const AUTH_CODES: &[&str] = &[
+    "AccessDenied",
+    "AccessDeniedException",
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "InvalidClientTokenId",
+    "UnrecognizedClientException",
+    "SignatureDoesNotMatch",
+    "IncompleteSignature",
+    "MissingAuthenticationToken",
+    "InvalidAccessKeyId",
+    "NotAuthorized",
+];
+
+/// Error codes of the server's own failures.
+const SERVER_CODES: &[&str] = &[
+    "InternalServiceFault",
+    "InternalServiceError",
+    "InternalFailure",
+    "ServiceUnavailable",
+];
+
+/// Classifies a CloudWatch error answer by HTTP status and error code (the code may carry a
+/// Smithy namespace prefix, `com.amazonaws.cloudwatch#Throttling`).
+pub fn classify_answer(status: u16, code: Option<&str>) -> ErrorKind {
+    let code = code.map(|c| c.rsplit('#').next().unwrap_or(c));
+    if let Some(code) = code {
+        if THROTTLING_CODES.contains(&code) {
+            return ErrorKind::Throttled;
+        }
+        if AUTH_CODES.contains(&code) {
+            return ErrorKind::Auth;
+        }
+        if SERVER_CODES.contains(&code) {
+            return ErrorKind::Server;
+        }
+    }
+    match status {
+        429 => ErrorKind::Throttled,
+        401 | 403 => ErrorKind::Auth,
+        408 => ErrorKind::Timeout,
+        500..=599 => ErrorKind::Server,
+        400..=499 => ErrorKind::Invalid,
+        _ => ErrorKind::Other,
+    }
+}
+
+/// The full-jitter backoff before retry number `retry` (1 = the first retry):
+/// uniform in `[0, min(cap, base * 2^(retry-1))]`.
+pub fn full_jitter(base: Duration, cap: Duration, retry: u32) -> Duration {
+    let ceiling = backoff_ceiling(base, cap, retry);
+    let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(rand::rng().random_range(0..=nanos))
+}
+
+/// The upper end of the backoff before retry number `retry`: `min(cap, base * 2^(retry-1))`.
+pub fn backoff_ceiling(base: Duration, cap: Duration, retry: u32) -> Duration {
+    let exp = retry.saturating_sub(1).min(30);
+    base.saturating_mul(1u32 << exp).min(cap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn throttling_is_transient_whatever_the_status() {
+        assert_eq!(
+            classify_answer(400, Some("Throttling")),
+            ErrorKind::Throttled
+        );
+        assert_eq!(
+            classify_answer(400, Some("com.amazonaws.cloudwatch#Throttling")),
+            ErrorKind::Throttled
+        );
+        assert_eq!(classify_answer(429, None), ErrorKind::Throttled);
+        assert!(ErrorKind::Throttled.is_transient());
+    }
+
+    #[test]
+    fn server_errors_and_timeouts_are_transient() {
+        assert_eq!(classify_answer(503, None), ErrorKind::Server);
+        assert_eq!(
+            classify_answer(500, Some("InternalServiceFault")),
+            ErrorKind::Server
+        );
+        assert_eq!(classify_answer(408, None), ErrorKind::Timeout);
+        for k in [
+            ErrorKind::Server,
+            ErrorKind::Timeout,
+            ErrorKind::Network,
+            ErrorKind::Auth,
+        ] {
+            assert!(k.is_transient(), "{k:?}");
+        }
+    }
+
+    #[test]
+    fn invalid_parameters_are_the_payloads_fault_and_not_retried() {
+        for code in [
+            "InvalidParameterValue",
+            "InvalidParameterCombination",
+            "MissingParameter",
+        ] {
+            let kind = classify_answer(400, Some(code));
+            assert_eq!(kind, ErrorKind::Invalid, "{code}");
+            assert!(!kind.is_transient());
+        }
+        assert_eq!(classify_answer(413, None), ErrorKind::Invalid);
+    }
+
+    #[test]
+    fn credential_errors_wait_for_the_operator_instead_of_dropping_data() {
+        assert_eq!(classify_answer(403, Some("AccessDenied")), ErrorKind::Auth);
+        assert_eq!(classify_answer(400, Some("ExpiredToken")), ErrorKind::Auth);
+        assert_eq!(classify_answer(403, None), ErrorKind::Auth);
+    }
+
+    #[test]
+    fn the_backoff_ceiling_doubles_until_the_cap() {
+        let b = Duration::from_millis(200);
+        let cap = Duration::from_secs(2);
+        let ceilings: Vec<u128> = (1..=6)
+            .map(|r| backoff_ceiling(b, cap, r).as_millis())
+            .collect();
+        assert_eq!(ceilings, vec![200, 400, 800, 1600, 2000, 2000]);
+        assert_eq!(backoff_ceiling(b, cap, 1000), cap);
+    }
+
+    proptest! {
+        #[test]
+        fn full_jitter_stays_between_zero_and_the_ceiling(
+            base_ms in 1u64..5000, cap_ms in 1u64..60_000, retry in 0u32..100,
+        ) {
+            let (base, cap) = (Duration::from_millis(base_ms), Duration::from_millis(cap_ms));
+            let d = full_jitter(base, cap, retry);
+            prop_assert!(d <= backoff_ceiling(base, cap, retry));
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! Wiring and shutdown: listeners -> intake -> period ticker -> sink queue -> sink.
+//!
+//! Components start in data-path order and stop in the same order, so everything downstream
+//! drains: at SIGTERM/SIGINT the listeners stop accepting, every session finishes the frame in
+//! hand (and acknowledges what was merged), the open period closes early, every closed period
+//! goes to the sink, and the sink gets the rest of `sink.shutdown_deadline_secs` to deliver.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use thiserror::Error;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::admin::{self, AdminState};
+use crate::aggregate::{Aggregator, ClosedPeriod, Settings, DROPPED_SAMPLES};
+use crate::config::Config;
+use crate::ingest::listen::{ListenError, Listeners};
+use crate::ingest::sequence::Sequences;
+use crate::ingest::session::SessionContext;
+use crate::ingest::Intake;
+use crate::model::PeriodData;
+use crate::sinks::Sink;
+use crate::stats::{Gauge, Stats};
+
+/// Why the agent could not run.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// The ingest listeners could not start.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    /// The admin endpoint could not start.
+    #[error("cannot listen on admin.addr {addr}: {source} (change admin.addr, or set it to \"\" to disable the endpoint)")]
+    Admin {
+        /// The address.
+        addr: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What one run did, for the final log line and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Periods handed to the sink.
+    pub periods: u64,
+    /// Samples in those periods.
+    pub samples: u64,
+    /// Samples lost because the sink queue was full or the deadline passed.
+    pub dropped_samples: u64,
+}
+
+enum SinkMsg {
+    Period(PeriodData),
+    Shutdown(Instant),
+}
+
+/// A started agent: its bound addresses and a handle to stop it.
+#[derive(Debug)]
+pub struct Running {
+    /// TCP address SDKs connect to.
+    pub ingest_addr: Option<SocketAddr>,
+    /// Admin endpoint address.
+    pub admin_addr: Option<SocketAddr>,
+}
+
+/// Runs the agent until `shutdown` completes, then drains within the configured deadline.
+/// `on_ready` is called once listeners are bound (with their real addresses).
+pub async fn run(
+    config: Config,
+    sink: Box<dyn Sink>,
+    stats: Stats,
+    shutdown: impl Future<Output = ()>,
+    on_ready: impl FnOnce(&Running),
+) -> Result<RunSummary, RunError> {
+    let listeners = Listeners::bind(&config.ingest).await?;
+    let admin_listener = if config.admin.addr.is_empty() {
+        None
+    } else {
+        let addr: SocketAddr = config.admin.addr.parse().map_err(|_| RunError::Admin {
+            addr: config.admin.addr.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not IP:port"),
+        })?;
+        Some(admin::bind(addr).await.map_err(|source| RunError::Admin {
+            addr: config.admin.addr.clone(),
+            source,
+        })?)
+    };
+    let running = Running {
+        ingest_addr: listeners.tcp_addr(),
+        admin_addr: admin_listener.as_ref().and_then(|l| l.local_addr().ok()),
+    };
+
+    let aggregator = Aggregator::new(Settings::from_config(&config), &stats, SystemTime::now());
+    let sequences = Sequences::new(
+        config.aggregate.max_processes,
+        Duration::from_secs(config.aggregate.process_ttl_secs),
+    );
+    let intake = Intake::new(aggregator, sequences, &stats);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let ctx = Arc::new(SessionContext::new(
+        intake.clone(),
+        config.ingest.limits(),
+        config.ingest.max_buffered_bytes,
+        Duration::from_secs(config.ingest.idle_timeout_secs),
+        stop_rx.clone(),
+        &stats,
+    ));
+    let ready = Arc::new(AtomicBool::new(false));
+    let depth = stats.gauge(
+        "tally_agent_sink_queue_depth",
+        "Closed periods waiting for the sink.",
+        &[],
+    );
+    let (tx, rx) = mpsc::channel::<SinkMsg>(config.sink.queue_periods);
+
+    let sink_task = tokio::spawn(sink_loop(sink, rx, depth.clone()));
+    let serve_task = {
+        let stats = stats.clone();
+        let max = config.ingest.max_connections;
+        let stop = stop_rx.clone();
+        tokio::spawn(async move { listeners.serve(ctx, max, stop, &stats).await })
+    };
+    let admin_task = admin_listener.map(|l| {
+        tokio::spawn(admin::serve(
+            l,
+            AdminState {
+                stats: stats.clone(),
+                ready: ready.clone(),
+                period_secs: config.period_secs,
+            },
+            stop_rx.clone(),
+        ))
+    });
+    let summary = Arc::new(parking_lot::Mutex::new(RunSummary::default()));
+    let ticker = tokio::spawn(tick_loop(
+        intake.clone(),
+        tx.clone(),
+        depth.clone(),
+        stats.clone(),
+        summary.clone(),
+        config.period(),
+        stop_rx.clone(),
+    ));
+
+    ready.store(true, Ordering::Relaxed);
+    tracing::info!(
+        ingest = ?running.ingest_addr,
+        unix_socket = %config.ingest.unix_socket,
+        admin = ?running.admin_addr,
+        namespace = %config.namespace,
+        period_secs = config.period_secs,
+        "tally-agent ready"
+    );
+    on_ready(&running);
+
+    shutdown.await;
+    let deadline = Instant::now() + Duration::from_secs(config.sink.shutdown_deadline_secs);
+    tracing::info!(
+        deadline_secs = config.sink.shutdown_deadline_secs,
+        "shutting down: no new connections, draining sessions"
+    );
+    ready.store(false, Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    // Sessions get at most a quarter of the deadline to finish the frames in hand.
+    let drain = (deadline - Instant::now()) / 4;
+    if tokio::time::timeout(drain, serve_task).await.is_err() {
+        tracing::warn!("some connections did not finish their frame in time; their batches stay with the SDK, unacknowledged");
+    }
+    let _ = ticker.await;
+    let last = intake.close_all();
+    for p in last {
+        send_period(&tx, p, &depth, &stats, &summary, Some(deadline)).await;
+    }
+    let _ = tokio::time::timeout_at(deadline, tx.send(SinkMsg::Shutdown(deadline))).await;
+    drop(tx);
+    if tokio::time::timeout_at(deadline, sink_task).await.is_err() {
+        tracing::error!(
+            "the sink did not finish before sink.shutdown_deadline_secs; exiting anyway"
+        );
+    }
+    if let Some(t) = admin_task {
+        t.abort();
+    }
+    let s = *summary.lock();
+    tracing::info!(
+        periods = s.periods,
+        samples = s.samples,
+        dropped_samples = s.dropped_samples,
+        "tally-agent stopped"
+    );
+    Ok(s)
+}
+
+async fn send_period(
+    tx: &mpsc::Sender<SinkMsg>,
+    p: ClosedPeriod,
+    depth: &Gauge,
+    stats: &Stats,
+    summary: &parking_lot::Mutex<RunSummary>,
+    deadline: Option<Instant>,
+) {
+    // Wait for room for at most a period (or until the shutdown deadline), then count the loss.
+    let wait = match deadline {
+        Some(d) => d.saturating_duration_since(Instant::now()),
+        None => Duration::from_secs(u64::from(p.data.period_secs)),
+    };
+    let samples = p.samples;
+    match tokio::time::timeout(wait, tx.send(SinkMsg::Period(p.data))).await {
+        Ok(Ok(())) => {
+            depth.add(1);
+            let mut s = summary.lock();
+            s.periods += 1;
+            s.samples += samples;
+        }
+        _ => {
+            let reason = if deadline.is_some() {
+                "shutdown_deadline"
+            } else {
+                "sink_queue_full"
+            };
+            stats
+                .counter(
+                    DROPPED_SAMPLES,
+                    "Samples not published, by reason.",
+                    &[("reason", reason)],
+                )
+                .add(samples);
+            summary.lock().dropped_samples += samples;
+            tracing::error!(samples, reason, "a closed period could not be handed to the sink (raise sink.queue_periods or check the sink)");
+        }
+    }
+}
+
+async fn tick_loop(
+    intake: Intake,
+    tx: mpsc::Sender<SinkMsg>,
+    depth: Gauge,
+    stats: Stats,
+    summary: Arc<parking_lot::Mutex<RunSummary>>,
+    period: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let now = SystemTime::now();
+        let at = intake.next_close_at().unwrap_or(now + period);
+        let wait = at.duration_since(now).unwrap_or(Duration::ZERO).min(period);
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        for p in intake.close_due(SystemTime::now()) {
+            send_period(&tx, p, &depth, &stats, &summary, None).await;
+        }
+    }
+}
+
+async fn sink_loop(mut sink: Box<dyn Sink>, mut rx: mpsc::Receiver<SinkMsg>, depth: Gauge) {
+    let mut deadline = None;
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            SinkMsg::Period(p) => {
+                depth.add(-1);
+                if let Err(e) = sink.send(p).await {
+                    tracing::error!(sink = sink.name(), "{e}");
+                }
+            }
+            SinkMsg::Shutdown(d) => {
+                deadline = Some(d);
+                break;
+            }
+        }
+    }
+    let d = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(20));
+    if let Err(e) = sink.shutdown(d).await {
+        tracing::error!(sink = sink.name(), "{e}");
+    }
+}

@@ -1,0 +1,59 @@
+//! Small helpers shared by the agent's components.
+
+use std::collections::HashMap;
+use std::fmt::Arguments;
+use std::time::{Duration, Instant};
+
+/// Logs a warning at most once per interval and reason, reporting how many were suppressed,
+/// so a misbehaving client cannot flood the log.
+#[derive(Debug)]
+pub struct RateLimitedLog {
+    every: Duration,
+    last: HashMap<&'static str, (Instant, u64)>,
+}
+
+impl RateLimitedLog {
+    /// At most one line per `every` and reason.
+    pub fn new(every: Duration) -> Self {
+        RateLimitedLog {
+            every,
+            last: HashMap::new(),
+        }
+    }
+
+    /// Logs `msg` under `reason` unless a line for `reason` was logged less than the interval
+    /// ago. Returns whether it logged.
+    pub fn warn(&mut self, reason: &'static str, msg: Arguments<'_>) -> bool {
+        let now = Instant::now();
+        match self.last.get_mut(reason) {
+            Some((at, suppressed)) if now.duration_since(*at) < self.every => {
+                *suppressed += 1;
+                false
+            }
+            Some((at, suppressed)) => {
+                tracing::warn!(reason, suppressed = *suppressed, "{msg}");
+                *at = now;
+                *suppressed = 0;
+                true
+            }
+            None => {
+                tracing::warn!(reason, "{msg}");
+                self.last.insert(reason, (now, 0));
+                true
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_reason_is_logged_once_per_interval() {
+        let mut l = RateLimitedLog::new(Duration::from_secs(3600));
+        assert!(l.warn("x", format_args!("first")));
+        assert!(!l.warn("x", format_args!("second")));
+        assert!(l.warn("y", format_args!("other reason")));
+    }
+}

@@ -1,0 +1,245 @@
+//! Helpers for end-to-end tests: the agent as a real process, SDK-like clients over real TCP.
+
+#![allow(dead_code)] // Each test binary uses a different subset of the helpers.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use tally::wire::{
+    decode_ack, encode_batch, AckStatus, Batch, FrameHeader, Limits, ProcessIdentity, Series,
+    SeriesValue, Unit, HEADER_LEN,
+};
+
+/// A free loopback port (bound and released; the agent binds it right after).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running agent process.
+pub struct Agent {
+    pub child: Child,
+    pub ingest: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Agent {
+    /// Starts the agent with the stdout sink in JSON-lines mode plus `extra` flags, and waits
+    /// (at most 30 s) until `/health` answers 200.
+    pub fn start(extra: &[&str]) -> Agent {
+        let ingest: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally-agent"));
+        cmd.args([
+            "run",
+            "--sink",
+            "stdout",
+            "--set",
+            "sink.stdout_format=json",
+        ])
+        .arg("--set")
+        .arg(format!("ingest.tcp_addr={ingest}"))
+        .arg("--set")
+        .arg(format!("admin.addr={admin}"))
+        .args(extra)
+        .env_remove("TALLY_CONFIG")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let child = cmd.spawn().expect("agent binary starts");
+        let agent = Agent {
+            child,
+            ingest,
+            admin,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !matches!(
+            tally_agent::admin::check_health(admin, Duration::from_millis(500)),
+            Ok(true)
+        ) {
+            assert!(
+                Instant::now() < deadline,
+                "agent did not become healthy in 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        agent
+    }
+
+    /// GET a path on the admin endpoint.
+    pub fn admin_get(&self, path: &str) -> String {
+        let mut s = TcpStream::connect_timeout(&self.admin, Duration::from_secs(5)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    /// Sends SIGTERM and waits (at most 60 s) for exit; returns (success, stdout, stderr).
+    pub fn terminate(mut self) -> (bool, String, String) {
+        // SAFETY: kill(2) with a pid we own; no memory is involved.
+        let rc = unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        assert_eq!(rc, 0, "SIGTERM delivered");
+        self.wait(Duration::from_secs(60))
+    }
+
+    fn wait(&mut self, limit: Duration) -> (bool, String, String) {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("agent did not exit within {limit:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut out = String::new();
+        let mut err = String::new();
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        (status.success(), out, err)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An SDK-like client: encodes batches with tally::wire and reads acks.
+pub struct Client {
+    pub stream: TcpStream,
+    pub id: u64,
+    pub seq: u64,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr, id: u64) -> Client {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Client { stream, id, seq: 0 }
+    }
+
+    pub fn batch(&self, seq: u64, series: Vec<Series>) -> Batch {
+        Batch {
+            process: ProcessIdentity {
+                instance_id: self.id,
+                pid: self.id as u32,
+                service: "shop".into(),
+                environment: "test".into(),
+                host: "localhost".into(),
+            },
+            sequence: seq,
+            start_unix_ms: now_ms() - 100,
+            end_unix_ms: now_ms(),
+            drops: Default::default(),
+            series,
+        }
+    }
+
+    /// Sends the next batch; returns the ack status, or None when the agent closed the
+    /// connection.
+    pub fn send(&mut self, series: Vec<Series>) -> Option<AckStatus> {
+        self.seq += 1;
+        let b = self.batch(self.seq, series);
+        self.send_batch(&b)
+    }
+
+    pub fn send_batch(&mut self, b: &Batch) -> Option<AckStatus> {
+        let mut frame = Vec::new();
+        encode_batch(b, &mut frame).unwrap();
+        self.send_raw(&frame)
+    }
+
+    pub fn send_raw(&mut self, frame: &[u8]) -> Option<AckStatus> {
+        self.stream.write_all(frame).ok()?;
+        self.read_ack()
+    }
+
+    pub fn read_ack(&mut self) -> Option<AckStatus> {
+        let mut hdr = [0u8; HEADER_LEN];
+        self.stream.read_exact(&mut hdr).ok()?;
+        let h = FrameHeader::parse(&hdr, &Limits::default()).unwrap();
+        let mut p = vec![0u8; h.len as usize];
+        self.stream.read_exact(&mut p).ok()?;
+        Some(decode_ack(&p).unwrap().status)
+    }
+}
+
+pub fn counter(name: &str, route: &str, n: u64) -> Series {
+    Series {
+        name: name.into(),
+        unit: Unit::Count,
+        labels: vec![("Route".into(), route.into())],
+        value: SeriesValue::Counter(n),
+    }
+}
+
+/// A latency histogram in nanoseconds.
+pub fn latency(route: &str, values_ns: &[u64]) -> Series {
+    let mut h = Histogram::<u64>::new(3).unwrap();
+    for v in values_ns {
+        h.record(*v).unwrap();
+    }
+    Series {
+        name: "ResponseTime".into(),
+        unit: Unit::Nanoseconds,
+        labels: vec![("Route".into(), route.into())],
+        value: SeriesValue::Histogram {
+            scale: 1.0,
+            histogram: h,
+        },
+    }
+}
+
+/// Sums `field` over the JSON lines of `metric` whose dimensions include `dims`.
+pub fn total(stdout: &str, metric: &str, dims: &[(&str, &str)], field: &str) -> f64 {
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["metric"] == metric)
+        .filter(|v| dims.iter().all(|(k, val)| v["dimensions"][*k] == *val))
+        .filter(|v| {
+            // Exact dimension-set match: no extra dimensions beyond the globals and `dims`.
+            v["dimensions"].as_object().map_or(0, |o| o.len()) == dims.len() + 2
+        })
+        .map(|v| v[field].as_f64().unwrap())
+        .sum()
+}
+
+/// A counter value from Prometheus text.
+pub fn prom(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}

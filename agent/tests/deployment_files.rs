@@ -1,0 +1,581 @@
+//! The deployment files (agent/Dockerfile, examples/ecs/*) checked with the real tools, offline:
+//! hadolint and checkov on the Dockerfile, cfn-lint and checkov on the CloudFormation template,
+//! parliament on the IAM policy, botocore's parameter validation (the ECS API model) on the task
+//! definition; plus what those tools cannot know: the files agree with each other and with the
+//! binary (every health-check command is one `tally-agent` implements).
+//!
+//! The tools live in `.tools-venv`, which `scripts/tools-venv.sh` creates (scripts/test.sh runs
+//! it first). Without it these tests fail and say so; they never skip.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tally_agent::ecs::EcsConfig;
+
+/// Hang guard for one tool run (checkov takes ~15 s here); never a performance threshold.
+const TOOL_DEADLINE: Duration = Duration::from_secs(300);
+
+/// What the Dockerfile, the task definition and the template all run as the health check.
+const HEALTH_CHECK: [&str; 2] = ["/usr/local/bin/tally-agent", "health"];
+
+/// The agent's default `sink.shutdown_deadline_secs`; stopTimeout must leave room for it.
+const SHUTDOWN_DEADLINE_SECS: u64 = 20;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("agent/ has a parent")
+        .to_owned()
+}
+
+fn tool(name: &str) -> PathBuf {
+    let path = root().join(".tools-venv/bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `scripts/tools-venv.sh` (creates .tools-venv with hadolint, checkov, \
+         cfn-lint, parliament and botocore, about two minutes) and run the tests again",
+        path.display()
+    );
+    path
+}
+
+/// Runs a command from the repository root with no stdin, bounded by [`TOOL_DEADLINE`].
+fn run(mut cmd: Command) -> Output {
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .current_dir(root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    // Drain both pipes on threads so a chatty tool cannot block on a full pipe.
+    let mut out = child.stdout.take().expect("piped");
+    let mut err = child.stderr.take().expect("piped");
+    let out_t = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = out.read_to_end(&mut b);
+        b
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = err.read_to_end(&mut b);
+        b
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if start.elapsed() > TOOL_DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {TOOL_DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Output {
+        status,
+        stdout: out_t.join().expect("stdout reader"),
+        stderr: err_t.join().expect("stderr reader"),
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(root().join(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
+}
+
+fn json(rel: &str) -> Value {
+    serde_json::from_str(&read(rel)).unwrap_or_else(|e| panic!("{rel} is not JSON: {e}"))
+}
+
+/// The CloudFormation template as JSON, decoded by cfn-lint's own loader (which understands the
+/// short intrinsic tags such as `!Sub`; they come out as `{"Fn::Sub": ...}`).
+fn template() -> Value {
+    let mut cmd = Command::new(tool("python"));
+    cmd.args([
+        "-c",
+        "import json, sys\n\
+         from cfnlint.decode import decode\n\
+         tpl, errors = decode(sys.argv[1])\n\
+         if errors: sys.exit('\\n'.join(str(e) for e in errors))\n\
+         print(json.dumps(tpl))",
+        "examples/ecs/template.yaml",
+    ]);
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "decoding the template: {}",
+        text(&out)
+    );
+    serde_json::from_slice(&out.stdout).expect("decoder prints JSON")
+}
+
+/// A checker that must exit 0; `clean` decides whether its output shows no finding.
+fn assert_clean(name: &str, cmd: Command, clean: impl Fn(&str) -> bool) {
+    let out = run(cmd);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && clean(&stdout),
+        "{name} reported findings: {}",
+        text(&out)
+    );
+}
+
+fn checkov(file: &str, framework: &str) -> Command {
+    let mut cmd = Command::new(tool("checkov"));
+    // --framework keeps checkov from probing other ecosystems' tools; --skip-download keeps it
+    // offline (no guideline download).
+    cmd.args([
+        "--file",
+        file,
+        "--framework",
+        framework,
+        "--skip-download",
+        "--compact",
+        "--quiet",
+    ]);
+    cmd
+}
+
+fn checkov_clean(stdout: &str) -> bool {
+    stdout.contains("Failed checks: 0,") && stdout.contains("Skipped checks: 0")
+}
+
+#[test]
+fn the_dockerfile_passes_hadolint_and_checkov_and_builds_the_agent_like_the_tests_do() {
+    let mut hadolint = Command::new(tool("hadolint"));
+    hadolint.arg("agent/Dockerfile");
+    assert_clean("hadolint", hadolint, |s| s.trim().is_empty());
+    assert_clean(
+        "checkov (Dockerfile)",
+        checkov("agent/Dockerfile", "dockerfile"),
+        checkov_clean,
+    );
+
+    // What no linter checks: the contract of this particular image.
+    let dockerfile = read("agent/Dockerfile");
+    let instructions: Vec<&str> = dockerfile
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let froms: Vec<&&str> = instructions
+        .iter()
+        .filter(|l| l.starts_with("FROM "))
+        .collect();
+    assert_eq!(
+        froms.len(),
+        2,
+        "a build stage and a runtime stage: {froms:?}"
+    );
+    assert!(
+        froms[1].contains("distroless/cc"),
+        "runtime stage: {}",
+        froms[1]
+    );
+    assert!(
+        dockerfile.contains("cargo build --release --locked -p tally-agent"),
+        "the image builds the agent with the workspace's own release build"
+    );
+    assert!(
+        instructions.contains(&"USER 65532:65532"),
+        "fixed non-root UID:GID"
+    );
+    assert!(instructions.contains(&"STOPSIGNAL SIGTERM"));
+    assert!(instructions.contains(&"ENTRYPOINT [\"/usr/local/bin/tally-agent\"]"));
+    assert!(instructions.contains(&"CMD [\"run\"]"));
+    let dockerignore = read(".dockerignore");
+    for excluded in ["**/target", ".git", ".tools-venv", ".localstack-venv"] {
+        assert!(
+            dockerignore.lines().any(|l| l.trim() == excluded),
+            ".dockerignore keeps {excluded} out of the build context"
+        );
+    }
+}
+
+#[test]
+fn the_cloudformation_template_passes_cfn_lint_and_checkov() {
+    let mut lint = Command::new(tool("cfn-lint"));
+    lint.args(["--", "examples/ecs/template.yaml"]);
+    assert_clean("cfn-lint", lint, |s| s.trim().is_empty());
+    assert_clean(
+        "checkov (CloudFormation)",
+        checkov("examples/ecs/template.yaml", "cloudformation"),
+        checkov_clean,
+    );
+}
+
+#[test]
+fn the_iam_policy_passes_parliament_and_grants_only_what_the_agent_uses() {
+    let mut parliament = Command::new(tool("parliament"));
+    parliament.args([
+        "--files",
+        "examples/ecs/iam-policy.json",
+        "--include-community-auditors",
+        "--minimum_severity",
+        "INFO",
+    ]);
+    assert_clean("parliament", parliament, |s| s.trim().is_empty());
+
+    let policy = json("examples/ecs/iam-policy.json");
+    let tpl = template();
+    let role_policy = &tpl["Resources"]["TaskRole"]["Properties"]["Policies"][0]["PolicyDocument"];
+    for (file, doc) in [
+        ("iam-policy.json", &policy),
+        ("template.yaml TaskRole", role_policy),
+    ] {
+        let statements = doc["Statement"].as_array().expect("statements");
+        assert_eq!(statements.len(), 3, "{file}");
+        for s in statements {
+            assert_eq!(s["Effect"], "Allow", "{file}");
+            let actions: Vec<&str> = match &s["Action"] {
+                Value::String(a) => vec![a.as_str()],
+                Value::Array(a) => a.iter().map(|v| v.as_str().expect("action")).collect(),
+                other => panic!("{file}: Action {other}"),
+            };
+            for a in &actions {
+                assert!(
+                    a.starts_with("cloudwatch:") && !a.contains('*'),
+                    "{file}: {a}"
+                );
+            }
+            let resource = s["Resource"].to_string();
+            match s["Sid"].as_str().expect("every statement has a Sid") {
+                "PublishToTheTallyNamespaceOnly" => {
+                    assert_eq!(actions, ["cloudwatch:PutMetricData"], "{file}");
+                    assert!(
+                        s["Condition"]["StringEquals"]["cloudwatch:namespace"].is_string()
+                            || s["Condition"]["StringEquals"]["cloudwatch:namespace"]["Ref"]
+                                == "MetricNamespace",
+                        "{file}: PutMetricData is limited by cloudwatch:namespace"
+                    );
+                }
+                "ManageTallyAlarmsOnly" => {
+                    assert!(actions.contains(&"cloudwatch:PutMetricAlarm"), "{file}");
+                    assert!(
+                        resource.contains(":alarm:tally-*")
+                            || resource.contains(":alarm:${ManagedNamePrefix}*"),
+                        "{file}: alarms limited to the managed prefix: {resource}"
+                    );
+                }
+                "ManageTallyDashboardsOnly" => {
+                    assert!(actions.contains(&"cloudwatch:PutDashboard"), "{file}");
+                    assert!(
+                        resource.contains(":dashboard/tally-*")
+                            || resource.contains(":dashboard/${ManagedNamePrefix}*"),
+                        "{file}: dashboards limited to the managed prefix: {resource}"
+                    );
+                }
+                other => panic!("{file}: unexpected statement {other}"),
+            }
+        }
+    }
+}
+
+/// One container of either file, with the keys spelled the task-definition way.
+struct Container<'a> {
+    def: &'a Value,
+    pascal: bool,
+}
+
+impl Container<'_> {
+    fn get(&self, camel: &str) -> &Value {
+        if self.pascal {
+            let mut c = camel.chars();
+            let key: String = c
+                .next()
+                .map(|f| f.to_ascii_uppercase())
+                .into_iter()
+                .chain(c)
+                .collect();
+            &self.def[key.as_str()]
+        } else {
+            &self.def[camel]
+        }
+    }
+
+    fn env(&self, name: &str) -> Option<&Value> {
+        let (n, v) = if self.pascal {
+            ("Name", "Value")
+        } else {
+            ("name", "value")
+        };
+        self.get("environment")
+            .as_array()?
+            .iter()
+            .find(|e| e[n] == name)
+            .map(|e| &e[v])
+    }
+}
+
+/// The sidecar contract, checked on the task definition and on the template alike.
+fn check_task(file: &str, task: &Value, pascal: bool) {
+    let k = |camel: &str| {
+        if pascal {
+            let mut c = camel.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase())
+                .into_iter()
+                .chain(c)
+                .collect::<String>()
+        } else {
+            camel.to_owned()
+        }
+    };
+    assert_eq!(task[k("networkMode")], "awsvpc", "{file}");
+    assert_eq!(task[k("requiresCompatibilities")][0], "FARGATE", "{file}");
+    let containers: Vec<Container<'_>> = task[k("containerDefinitions")]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .map(|def| Container { def, pascal })
+        .collect();
+    let app = containers
+        .iter()
+        .find(|c| c.get("name") == "app")
+        .expect("an app container");
+    let agent = containers
+        .iter()
+        .find(|c| c.get("name") == "tally-agent")
+        .expect("a tally-agent container");
+
+    let dep = &app.get("dependsOn")[0];
+    assert_eq!(dep[k("containerName")], "tally-agent", "{file}");
+    assert_eq!(
+        dep[k("condition")],
+        "HEALTHY",
+        "{file}: the app waits for a healthy agent"
+    );
+
+    let hc = agent.get("healthCheck");
+    let command: Vec<&str> = hc[k("command")]
+        .as_array()
+        .expect("health-check command")
+        .iter()
+        .map(|v| v.as_str().expect("string"))
+        .collect();
+    assert_eq!(
+        command[0], "CMD",
+        "{file}: exec form (the image has no shell)"
+    );
+    assert_eq!(command[1..], HEALTH_CHECK, "{file}");
+    // ECS's documented ranges: interval 5-300, timeout 2-60, retries 1-10, startPeriod 0-300.
+    for (key, lo, hi) in [
+        ("interval", 5, 300),
+        ("timeout", 2, 60),
+        ("retries", 1, 10),
+        ("startPeriod", 0, 300),
+    ] {
+        let v = hc[k(key)]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{file}: {key}"));
+        assert!((lo..=hi).contains(&v), "{file}: healthCheck.{key} = {v}");
+    }
+
+    let stop = agent
+        .get("stopTimeout")
+        .as_u64()
+        .expect("agent stopTimeout");
+    let deadline: u64 = agent
+        .env("TALLY_SINK__SHUTDOWN_DEADLINE_SECS")
+        .and_then(Value::as_str)
+        .map_or(SHUTDOWN_DEADLINE_SECS, |v| v.parse().expect("deadline"));
+    assert!(
+        stop >= deadline + 5 && stop <= 120,
+        "{file}: stopTimeout {stop} s must leave the agent its {deadline} s flush (Fargate max 120)"
+    );
+
+    for c in [app, agent] {
+        let name = c.get("name");
+        assert_eq!(c.get("readonlyRootFilesystem"), true, "{file}: {name}");
+        assert_eq!(
+            c.get("logConfiguration")[k("logDriver")],
+            "awslogs",
+            "{file}: {name}"
+        );
+    }
+    assert_eq!(
+        agent.get("user"),
+        "65532:65532",
+        "{file}: the image's non-root user"
+    );
+
+    // The app's SDK and the agent name the service and environment alike.
+    assert_eq!(
+        app.env("SERVICE_NAME"),
+        agent.env("TALLY_SERVICE"),
+        "{file}"
+    );
+    assert_eq!(
+        app.env("ENVIRONMENT"),
+        agent.env("TALLY_ENVIRONMENT"),
+        "{file}"
+    );
+    assert!(app.env("SERVICE_NAME").is_some() && app.env("ENVIRONMENT").is_some());
+    let dims = agent
+        .env("TALLY_ECS__DIMENSIONS")
+        .and_then(Value::as_str)
+        .expect("TALLY_ECS__DIMENSIONS");
+    let ecs: Result<EcsConfig, _> = toml::from_str(&format!("dimensions = {dims}"));
+    assert!(
+        ecs.is_ok(),
+        "{file}: TALLY_ECS__DIMENSIONS = {dims}: {ecs:?}"
+    );
+}
+
+#[test]
+fn the_task_definition_is_a_valid_register_task_definition_request_for_a_sidecar() {
+    let mut cmd = Command::new(tool("python"));
+    cmd.args([
+        "-c",
+        "import json, sys, botocore.session, botocore.validate\n\
+         params = json.load(open(sys.argv[1]))\n\
+         op = botocore.session.get_session().get_service_model('ecs')\
+             .operation_model('RegisterTaskDefinition')\n\
+         report = botocore.validate.ParamValidator().validate(params, op.input_shape)\n\
+         if report.has_errors(): sys.exit(report.generate_report())\n\
+         print('valid')",
+        "examples/ecs/task-definition.json",
+    ]);
+    assert_clean("botocore ParamValidator", cmd, |s| s.trim() == "valid");
+
+    check_task(
+        "task-definition.json",
+        &json("examples/ecs/task-definition.json"),
+        false,
+    );
+    let tpl = template();
+    check_task(
+        "template.yaml",
+        &tpl["Resources"]["TaskDefinition"]["Properties"],
+        true,
+    );
+}
+
+/// Every health-check command in every deployment file, as argv.
+fn health_check_commands() -> Vec<(String, Vec<String>)> {
+    let mut found = Vec::new();
+    let dockerfile = read("agent/Dockerfile");
+    let joined = dockerfile.replace("\\\n", " ");
+    let line = joined
+        .lines()
+        .find(|l| l.trim_start().starts_with("HEALTHCHECK"))
+        .expect("the Dockerfile has a HEALTHCHECK");
+    let exec = line
+        .split_once(" CMD ")
+        .expect("HEALTHCHECK ... CMD [...]")
+        .1;
+    let argv: Vec<String> = serde_json::from_str(exec.trim()).expect("exec-form JSON array");
+    found.push(("agent/Dockerfile HEALTHCHECK".to_owned(), argv));
+
+    let td = json("examples/ecs/task-definition.json");
+    let tpl = template();
+    let cfn = &tpl["Resources"]["TaskDefinition"]["Properties"]["ContainerDefinitions"];
+    for (file, containers, hc, cmd) in [
+        (
+            "task-definition.json",
+            &td["containerDefinitions"],
+            "healthCheck",
+            "command",
+        ),
+        ("template.yaml", cfn, "HealthCheck", "Command"),
+    ] {
+        for c in containers.as_array().expect("containers") {
+            let Some(command) = c[hc][cmd].as_array() else {
+                continue;
+            };
+            let argv: Vec<String> = command
+                .iter()
+                .map(|v| v.as_str().expect("string").to_owned())
+                .collect();
+            assert_eq!(argv[0], "CMD", "{file}: exec form");
+            found.push((format!("examples/ecs/{file}"), argv[1..].to_vec()));
+        }
+    }
+    found
+}
+
+#[test]
+fn every_health_check_in_the_deployment_files_runs_a_command_the_binary_implements() {
+    let commands = health_check_commands();
+    assert_eq!(commands.len(), 3, "{commands:?}");
+    // A port nothing listens on: the health check must fail cleanly, not with a usage error.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    for (file, argv) in commands {
+        let program = Path::new(&argv[0]);
+        assert_eq!(
+            program.file_name().and_then(|n| n.to_str()),
+            Some("tally-agent"),
+            "{file}: {argv:?}"
+        );
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally-agent"));
+        // As in the container: configuration comes from the environment only.
+        cmd.args(&argv[1..])
+            .env_clear()
+            .env("TALLY_ADMIN__ADDR", dead.to_string());
+        let out = run(cmd);
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{file}: {argv:?}: {all}");
+        assert!(
+            !all.contains("Usage:") && !all.contains("unrecognized"),
+            "{file}: {argv:?} is not a command the binary knows: {all}"
+        );
+        assert!(
+            all.contains("unhealthy") && all.contains(&dead.to_string()),
+            "{file}: {argv:?} says what is wrong and where it looked: {all}"
+        );
+    }
+
+    // The image's ENTRYPOINT + CMD (`tally-agent run`) is a command the binary knows too.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally-agent"));
+    cmd.args(["run", "--help"]).env_clear();
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "tally-agent run --help: {}",
+        text(&out)
+    );
+}
+
+#[test]
+fn the_example_agent_config_is_valid_with_the_task_definitions_environment() {
+    let td = json("examples/ecs/task-definition.json");
+    let agent = td["containerDefinitions"]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .find(|c| c["name"] == "tally-agent")
+        .expect("agent container");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally-agent"));
+    cmd.args(["validate", "--config", "examples/ecs/agent.toml"])
+        .env_clear();
+    for e in agent["environment"].as_array().expect("environment") {
+        cmd.env(
+            e["name"].as_str().expect("name"),
+            e["value"].as_str().expect("value"),
+        );
+    }
+    let out = run(cmd);
+    assert!(
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout).contains("configuration is valid"),
+        "examples/ecs/agent.toml with the task definition's TALLY_* variables: {}",
+        text(&out)
+    );
+}

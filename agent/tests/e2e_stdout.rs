@@ -1,0 +1,250 @@
+//! End to end with the agent as a real process and the stdout sink in JSON-lines mode.
+
+mod common;
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{counter, latency, prom, total, Agent, Client};
+use tally::wire::{AckStatus, HEADER_LEN};
+
+#[test]
+fn totals_from_several_clients_are_exact_and_bad_frames_hurt_nobody_else() {
+    let agent = Agent::start(&[
+        "--set",
+        "aggregate.rollups=[{ drop = [\"Route\"] }]",
+        "--set",
+        "aggregate.derived=[{ name = \"ErrorRate\", numerator = \"ErrorCount\", denominator = \"RequestCount\", exclude_dimensions = [] }]",
+    ]);
+    let addr = agent.ingest;
+
+    // Four well-behaved clients, 25 batches each, on their own threads.
+    let clients: Vec<_> = (1..=4u64)
+        .map(|id| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr, 1000 + id);
+                for i in 0..25u64 {
+                    let status = c.send(vec![
+                        counter("RequestCount", "/orders", 4),
+                        counter("ErrorCount", "/orders", u64::from(i % 5 == 0)),
+                        latency("/orders", &[1_000_000 * id, 2_000_000, 3_000_000 + i]),
+                    ]);
+                    assert_eq!(status, Some(AckStatus::Accepted));
+                }
+                // The same batch again (an SDK resending after a lost ack): not counted twice.
+                let again = c.batch(25, vec![counter("RequestCount", "/orders", 4)]);
+                assert_eq!(c.send_batch(&again), Some(AckStatus::Duplicate));
+            })
+        })
+        .collect();
+
+    // A client with a corrupt payload: answered Rejected, and the connection goes on.
+    let mut bad = Client::connect(addr, 7);
+    let mut frame = Vec::new();
+    tally::wire::encode_batch(
+        &bad.batch(1, vec![counter("RequestCount", "/x", 1)]),
+        &mut frame,
+    )
+    .unwrap();
+    let last = frame.len() - 1;
+    frame[HEADER_LEN + 8] = 0xff; // pid varint becomes unterminated garbage
+    frame[last] = 0xff;
+    assert_eq!(bad.send_raw(&frame), Some(AckStatus::Rejected));
+    bad.seq = 1;
+    assert_eq!(
+        bad.send(vec![counter("RequestCount", "/x", 5)]),
+        Some(AckStatus::Accepted)
+    );
+    // A client that is not a tally SDK: its connection is closed, nothing else happens.
+    let mut foreign = std::net::TcpStream::connect(addr).unwrap();
+    foreign.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+
+    for c in clients {
+        c.join().unwrap();
+    }
+    // Bounded wait for the foreign connection's error to be counted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let m = agent.admin_get("/metrics");
+        if prom(&m, "tally_agent_decode_errors_total{reason=\"bad_magic\"}") == 1
+            || Instant::now() > deadline
+        {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        prom(
+            &metrics,
+            "tally_agent_decode_errors_total{reason=\"bad_magic\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        prom(&metrics, "tally_agent_batches_total{outcome=\"accepted\"}"),
+        101
+    );
+    assert_eq!(
+        prom(&metrics, "tally_agent_batches_total{outcome=\"duplicate\"}"),
+        4
+    );
+    assert_eq!(
+        prom(&metrics, "tally_agent_batches_total{outcome=\"rejected\"}"),
+        1
+    );
+    let health = agent.admin_get("/health");
+    assert!(
+        health.contains(" 200 OK") && health.contains("\"ready\":true"),
+        "{health}"
+    );
+    let cost = agent.admin_get("/cost");
+    assert!(cost.contains("\"total_usd_per_month\""), "{cost}");
+
+    let health = std::process::Command::new(env!("CARGO_BIN_EXE_tally-agent"))
+        .args(["health", "--addr", &agent.admin.to_string()])
+        .output()
+        .unwrap();
+    assert!(health.status.success(), "health subcommand: {health:?}");
+    let admin = agent.admin;
+
+    let (ok, out, err) = agent.terminate();
+    assert!(ok, "agent exits cleanly; stderr:\n{err}");
+    let orders = [("Route", "/orders")];
+    assert_eq!(
+        total(&out, "RequestCount", &orders, "sum"),
+        4.0 * 4.0 * 25.0
+    );
+    assert_eq!(total(&out, "RequestCount", &[("Route", "/x")], "sum"), 5.0);
+    assert_eq!(total(&out, "ErrorCount", &orders, "sum"), 4.0 * 5.0);
+    assert_eq!(
+        total(&out, "ResponseTime", &orders, "count"),
+        4.0 * 25.0 * 3.0
+    );
+    // The rollup without Route carries everything once.
+    assert_eq!(total(&out, "RequestCount", &[], "sum"), 405.0);
+    assert_eq!(total(&out, "ResponseTime", &[], "count"), 300.0);
+    let rt = out
+        .lines()
+        .find(|l| l.contains("\"ResponseTime\""))
+        .unwrap();
+    assert!(rt.contains("\"unit\":\"Milliseconds\""), "{rt}");
+    // ErrorRate for /orders: 20 errors in 400 requests, if everything fell in one period.
+    let periods: std::collections::BTreeSet<&str> = out
+        .lines()
+        .filter_map(|l| l.split("\"timestamp\":").nth(1))
+        .map(|t| t.split(',').next().unwrap())
+        .collect();
+    if periods.len() == 1 {
+        assert_eq!(total(&out, "ErrorRate", &orders, "sum"), 5.0);
+    }
+    // Once stopped, the health check fails.
+    let health = std::process::Command::new(env!("CARGO_BIN_EXE_tally-agent"))
+        .args([
+            "health",
+            "--addr",
+            &admin.to_string(),
+            "--timeout-ms",
+            "500",
+        ])
+        .output()
+        .unwrap();
+    assert!(!health.status.success());
+}
+
+#[test]
+fn sigterm_during_load_publishes_every_accepted_sample() {
+    let agent = Agent::start(&[]);
+    let addr = agent.ingest;
+    let accepted = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (1..=3u64)
+        .map(|id| {
+            let accepted = accepted.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr, 2000 + id);
+                let deadline = Instant::now() + Duration::from_secs(60);
+                // Bounded: at most 100k batches or 60 s, and it ends when the agent closes.
+                for _ in 0..100_000 {
+                    if stop.load(Ordering::Relaxed) && Instant::now() > deadline {
+                        break;
+                    }
+                    match c.send(vec![counter("RequestCount", "/load", 3)]) {
+                        Some(AckStatus::Accepted) => {
+                            accepted.fetch_add(3, Ordering::Relaxed);
+                        }
+                        Some(other) => panic!("unexpected ack {other:?}"),
+                        None => break,
+                    }
+                    if Instant::now() > deadline {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    // Let load build up (bounded wait for some accepted batches).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while accepted.load(Ordering::Relaxed) < 3_000 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (ok, out, err) = agent.terminate();
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert!(ok, "agent exits cleanly; stderr:\n{err}");
+    let sent = accepted.load(Ordering::Relaxed);
+    assert!(sent > 0);
+    assert_eq!(
+        total(&out, "RequestCount", &[("Route", "/load")], "sum"),
+        sent as f64,
+        "every sample acknowledged as Accepted is in the output"
+    );
+}
+
+#[test]
+fn validate_rejects_a_bad_config_naming_the_key_and_accepts_a_good_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "period_secs = 45\n[ingest]\ntcp_addr = \"0.0.0.0:9911\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tally-agent"))
+        .args(["validate", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("period_secs") && err.contains("ingest.allow_non_loopback"),
+        "{err}"
+    );
+
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "namespace = \"ECS/WebApp\"\nservice = \"web-app\"\n[[aggregate.rollups]]\ndrop = [\"StatusClass\"]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tally-agent"))
+        .args(["validate", "--config"])
+        .arg(&good)
+        .env("TALLY_AGGREGATE__MAX_SERIES", "5000")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tally-agent"))
+        .args(["validate", "--config"])
+        .arg(&good)
+        .env("TALLY_AGGREGATE__MAX_SERIES", "zero")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_series"));
+}

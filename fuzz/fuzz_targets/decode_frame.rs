@@ -1,0 +1,38 @@
+//! Fuzzes the agent's view of one frame: header checks, then the payload decoder.
+//! Any input may be refused; none may panic, hang or allocate past the limits.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use tally::wire::{decode_ack, decode_batch, FrameHeader, FrameKind, Limits, HEADER_LEN};
+
+fuzz_target!(|data: &[u8]| {
+    let limits = Limits {
+        max_frame_len: 1 << 20,
+        max_histogram_counts_per_batch: 1 << 20,
+        ..Limits::default()
+    };
+    if data.len() < HEADER_LEN {
+        return;
+    }
+    let header: &[u8; HEADER_LEN] = data[..HEADER_LEN].try_into().expect("length checked");
+    let Ok(h) = FrameHeader::parse(header, &limits) else {
+        return;
+    };
+    let payload = &data[HEADER_LEN..];
+    let payload = &payload[..payload.len().min(h.len as usize)];
+    match h.kind {
+        FrameKind::Batch => {
+            if let Ok(batch) = decode_batch(payload, &limits) {
+                // Whatever decodes must re-encode to something that decodes to the same batch.
+                let mut again = Vec::new();
+                tally::wire::encode_batch(&batch, &mut again).expect("re-encode");
+                let round = decode_batch(&again[HEADER_LEN..], &limits).expect("re-decode");
+                assert_eq!(round.series.len(), batch.series.len());
+                assert_eq!(round.sequence, batch.sequence);
+            }
+        }
+        FrameKind::Ack => {
+            let _ = decode_ack(payload);
+        }
+    }
+});

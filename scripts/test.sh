@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The whole test suite, exactly as CI runs it (.ci/run calls this script).
+#
+#   scripts/test.sh
+#
+# 1. installs what the tests need when missing (LocalStack in .localstack-venv, the deployment
+#    checkers in .tools-venv) and starts LocalStack on 127.0.0.1:4566 unless one is running;
+# 2. formatting and lints: cargo fmt --check, cargo clippy -D warnings on every target;
+# 3. cargo test on the whole workspace with every feature (unit, property, integration and
+#    end-to-end tests; the agent runs as a real process, CloudWatch is LocalStack);
+# 4. stops LocalStack again if this script started it.
+# Any failure fails the script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+started_localstack=0
+cleanup() {
+  if [ "$started_localstack" = 1 ]; then scripts/localstack.sh stop || true; fi
+}
+trap cleanup EXIT
+
+if ! scripts/localstack.sh status >/dev/null 2>&1; then
+  scripts/localstack.sh start
+  started_localstack=1
+fi
+scripts/tools-venv.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --all-features --locked
+echo "== all tests passed"
