@@ -51,7 +51,10 @@ fn middleware_request(c: &mut Criterion) {
 
     let configurations = [
         ("bare", router()),
-        ("tally", router().layer(tally_tower::TallyLayer::new(&tally))),
+        (
+            "tally",
+            router().layer(tally_tower::TallyLayer::new(&tally)),
+        ),
         ("axum_prometheus", router().layer(prometheus)),
         (
             "tower_http_trace",
