@@ -3,18 +3,16 @@
 use std::io::Read;
 
 use flate2::read::ZlibDecoder;
-use hdrhistogram::serialization::Deserializer;
-use hdrhistogram::Histogram;
 
+use super::view::{Body, HistEntry, ProcessView, SeriesEntry, ValueEntry};
 use super::{
-    Ack, AckStatus, Batch, DecodeError, DropReport, Limits, ProcessIdentity, Series, SeriesValue,
-    Unit, MAX_LABELS, MAX_LABEL_VALUE_LEN, MAX_NAME_LEN,
+    Ack, AckStatus, Batch, BatchView, DecodeError, DropReport, Limits, Unit, MAX_LABELS,
+    MAX_LABEL_VALUE_LEN, MAX_NAME_LEN, V2_HEADER_SIZE,
 };
 
 /// V2 cookies as HdrHistogram writes them (see HdrHistogram's `serialization` module).
 const V2_COOKIE: u32 = 0x1c84_9303 | 0x10;
 const V2_COMPRESSED_COOKIE: u32 = 0x1c84_9304 | 0x10;
-const V2_HEADER_SIZE: usize = 40;
 
 struct Reader<'a> {
     buf: &'a [u8],
@@ -74,12 +72,12 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(b).map_err(|_| DecodeError::InvalidUtf8 { field })
     }
 
-    fn name(&mut self, field: &'static str) -> Result<String, DecodeError> {
+    fn name(&mut self, field: &'static str) -> Result<&'a str, DecodeError> {
         let s = self.str(field, MAX_NAME_LEN)?;
         if s.is_empty() {
             return Err(DecodeError::EmptyString { field });
         }
-        Ok(s.to_owned())
+        Ok(s)
     }
 
     fn finish(&self) -> Result<(), DecodeError> {
@@ -90,16 +88,28 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// `(unit_magnitude, half_magnitude)` of an HdrHistogram with this lowest discernible value
+/// (at least 1) and precision, computed as its constructor does (the unit magnitude through
+/// `f64`, which rounds up for some lows just under a power of two).
+fn hdr_magnitudes(low: u64, sigfig: u8) -> (u8, u8) {
+    let largest_single_unit = 2 * 10u64.pow(u32::from(sigfig));
+    let unit_magnitude = (low as f64).log2().floor() as u8;
+    let sub_bucket_count_magnitude = 64 - (largest_single_unit - 1).leading_zeros();
+    (
+        unit_magnitude,
+        (sub_bucket_count_magnitude.max(1) - 1) as u8,
+    )
+}
+
 /// Number of counts an HdrHistogram with these bounds allocates (mirrors its constructor), so
-/// the decoder can refuse a histogram before allocating it.
-fn hdr_counts_len(low: u64, high: u64, sigfig: u8) -> Option<u64> {
+/// the decoder can refuse a histogram before allocating it; `None` exactly when the
+/// constructor refuses the bounds.
+pub(super) fn hdr_counts_len(low: u64, high: u64, sigfig: u8) -> Option<u64> {
     if low < 1 || sigfig > 5 || high < low.checked_mul(2)? {
         return None;
     }
-    let largest_single_unit = 2 * 10u64.pow(u32::from(sigfig));
-    let unit_magnitude = 63 - low.leading_zeros();
-    let sub_bucket_count_magnitude = 64 - (largest_single_unit - 1).leading_zeros();
-    let half_magnitude = sub_bucket_count_magnitude.max(1) - 1;
+    let (unit_magnitude, half_magnitude) = hdr_magnitudes(low, sigfig);
+    let (unit_magnitude, half_magnitude) = (u32::from(unit_magnitude), u32::from(half_magnitude));
     let sub_bucket_count = 1u64 << (half_magnitude + 1);
     let half_count = sub_bucket_count / 2;
     if unit_magnitude + half_magnitude + 1 > 63 {
@@ -118,12 +128,91 @@ fn hdr_counts_len(low: u64, high: u64, sigfig: u8) -> Option<u64> {
     Some((buckets + 1) * half_count)
 }
 
-fn histogram(
-    r: &mut Reader<'_>,
+/// Reads one varint of HdrHistogram's V2 counts encoding (LEB128, at most 9 bytes, the 9th
+/// contributing all 8 bits): `None` when the bytes end first.
+pub(super) fn read_v2_varint(b: &[u8]) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for i in 0..8 {
+        let byte = *b.get(i)?;
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    Some((v | (u64::from(*b.get(8)?) << 56), 9))
+}
+
+/// HdrHistogram's zig-zag decoding: negative numbers are runs of empty buckets.
+pub(super) fn zig_zag(encoded: u64) -> i64 {
+    ((encoded >> 1) as i64) ^ -((encoded & 1) as i64)
+}
+
+/// Inflates a zlib stream with a fresh decoder, reading at most `max` bytes into `out`.
+pub(super) fn inflate_fresh(zlib: &[u8], max: u64, out: &mut Vec<u8>) -> std::io::Result<usize> {
+    ZlibDecoder::new(zlib).take(max).read_to_end(out)
+}
+
+/// What walking a V2 payload's counts found.
+struct Walk {
+    total: u64,
+    max_index: Option<usize>,
+}
+
+/// Walks the counts of a V2 payload with exactly the checks HdrHistogram's deserializer makes
+/// (a varint cut short, a run of empty buckets that overflows, a count beyond the declared
+/// range or above `i64::MAX`), without allocating the counts array.
+fn walk_counts(payload: &[u8], counts_len: u64) -> Result<Walk, String> {
+    let mut pos = 0;
+    let mut index: usize = 0;
+    let mut walk = Walk {
+        total: 0,
+        max_index: None,
+    };
+    while pos < payload.len() {
+        let (raw, used) = read_v2_varint(&payload[pos..])
+            .ok_or_else(|| "counts end in the middle of a varint".to_owned())?;
+        pos += used;
+        let n = zig_zag(raw);
+        if n < 0 {
+            let zeros = n
+                .checked_neg()
+                .and_then(|z| usize::try_from(z).ok())
+                .ok_or_else(|| "a run of empty buckets is out of range".to_owned())?;
+            index = index
+                .checked_add(zeros)
+                .ok_or_else(|| "runs of empty buckets overflow".to_owned())?;
+        } else {
+            if n > 0 {
+                if index as u64 >= counts_len {
+                    return Err(format!(
+                        "a count at bucket {index} lies beyond the {counts_len} buckets of the declared range"
+                    ));
+                }
+                walk.total = walk.total.saturating_add(n as u64);
+                walk.max_index = Some(index);
+            }
+            index = index
+                .checked_add(1)
+                .ok_or_else(|| "bucket index overflows".to_owned())?;
+        }
+    }
+    Ok(walk)
+}
+
+/// Everything a batch parse keeps across histograms: one zlib decoder (reset per histogram,
+/// so its state is allocated once a batch) and the arena of inflated payloads.
+struct HistScratch<'a> {
+    zlib: Option<ZlibDecoder<&'a [u8]>>,
+    arena: Vec<u8>,
+    counts_budget: u64,
+}
+
+fn histogram<'a>(
+    r: &mut Reader<'a>,
     name: &str,
     limits: &Limits,
-    counts_budget: &mut u64,
-) -> Result<(f64, Histogram<u64>), DecodeError> {
+    scratch: &mut HistScratch<'a>,
+) -> Result<HistEntry<'a>, DecodeError> {
     let scale = r.f64("histogram scale")?;
     if !(scale.is_finite() && scale > 0.0) {
         return Err(DecodeError::BadScale(scale));
@@ -150,13 +239,83 @@ fn histogram(
             bytes.len() - 8
         )));
     }
-    // Inflate with a hard bound: one byte more than allowed tells us it was too big.
+    let zlib = &bytes[8..];
+    // Inflate with a hard bound, straight into the arena: one byte more than allowed tells
+    // us it was too big.
     let max = limits.max_histogram_bytes;
-    let mut body = Vec::new();
-    ZlibDecoder::new(&bytes[8..])
+    let start = scratch.arena.len();
+    let z = match &mut scratch.zlib {
+        Some(z) => {
+            z.reset(zlib);
+            z
+        }
+        slot @ None => slot.insert(ZlibDecoder::new(zlib)),
+    };
+    let inflated = Read::by_ref(z)
         .take(max as u64 + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| bad(format!("DEFLATE stream is corrupt: {e}")))?;
+        .read_to_end(&mut scratch.arena)
+        .map_err(|e| bad(format!("DEFLATE stream is corrupt: {e}")));
+    let checked = inflated.and_then(|_| {
+        let body = &scratch.arena[start..];
+        let shape = check_header(body, name, limits)?;
+        if shape.counts > scratch.counts_budget {
+            return Err(bad(format!(
+                "needs {} counters, over the {} left in this batch's budget \
+                 (max_histogram_counts_per_batch): record with fewer significant digits or flush more often",
+                shape.counts, scratch.counts_budget
+            )));
+        }
+        let walk = check_counts(body, shape.counts).map_err(bad)?;
+        Ok((shape, walk))
+    });
+    let (shape, walk) = match checked {
+        Ok(x) => x,
+        Err(e) => {
+            scratch.arena.truncate(start);
+            return Err(e);
+        }
+    };
+    scratch.counts_budget -= shape.counts;
+    let len = scratch.arena.len() - start;
+    // Keep the inflated body when the arena stays within max_histogram_bytes; otherwise keep
+    // the zlib stream and inflate it again when the counts are walked.
+    let body = if scratch.arena.len() <= max {
+        Body::Arena(start..scratch.arena.len())
+    } else {
+        scratch.arena.truncate(start);
+        Body::Deflated { zlib, len }
+    };
+    Ok(HistEntry {
+        scale,
+        significant_digits: shape.sigfig,
+        low: shape.low,
+        high: shape.high,
+        unit_magnitude: shape.unit_magnitude,
+        half_magnitude: shape.half_magnitude,
+        total: walk.total,
+        max_index: walk.max_index,
+        body,
+    })
+}
+
+/// The layout a V2 header declares.
+struct Shape {
+    sigfig: u8,
+    low: u64,
+    high: u64,
+    unit_magnitude: u8,
+    half_magnitude: u8,
+    counts: u64,
+}
+
+/// Checks an inflated V2 body's size and header, in the order the decoder always checked
+/// them (the counts budget comes next, then [`check_counts`]).
+fn check_header(body: &[u8], name: &str, limits: &Limits) -> Result<Shape, DecodeError> {
+    let bad = |reason: String| DecodeError::BadHistogram {
+        name: name.to_owned(),
+        reason,
+    };
+    let max = limits.max_histogram_bytes;
     if body.len() > max {
         return Err(bad(format!("inflates to more than {max} bytes")));
     }
@@ -182,124 +341,157 @@ fn histogram(
             limits.max_significant_digits
         )));
     }
+    let sigfig = u8::try_from(sigfig).map_err(|_| bad(format!("{sigfig} significant digits")))?;
     let (low, high) = (be64(16), be64(24));
-    let counts = hdr_counts_len(low, high, sigfig as u8).ok_or_else(|| {
+    let invalid = || {
         bad(format!(
             "bounds low={low} high={high} sigfig={sigfig} are invalid"
         ))
-    })?;
-    if counts > *counts_budget {
-        return Err(bad(format!(
-            "needs {counts} counters, over the {} left in this batch's budget \
-             (max_histogram_counts_per_batch): record with fewer significant digits or flush more often",
-            *counts_budget
-        )));
-    }
-    *counts_budget -= counts;
-    let h = Deserializer::new()
-        .deserialize(&mut body.as_slice())
-        .map_err(|e| bad(e.to_string()))?;
-    Ok((scale, h))
+    };
+    let counts = hdr_counts_len(low, high, sigfig).ok_or_else(invalid)?;
+    let (unit_magnitude, half_magnitude) = hdr_magnitudes(low, sigfig);
+    Ok(Shape {
+        sigfig,
+        low,
+        high,
+        unit_magnitude,
+        half_magnitude,
+        counts,
+    })
 }
 
-/// Decodes a `Batch` payload (the bytes after the frame header).
+/// What HdrHistogram's V2 deserializer checks beyond the header: no normalizing offset, an
+/// integer histogram, and every count (see [`walk_counts`]).
+fn check_counts(body: &[u8], counts_len: u64) -> Result<Walk, String> {
+    let offset = u32::from_be_bytes(body[8..12].try_into().expect("4 bytes"));
+    let ratio = f64::from_bits(u64::from_be_bytes(
+        body[32..40].try_into().expect("8 bytes"),
+    ));
+    if offset != 0 {
+        return Err(
+            "a normalizing index offset is set, which HdrHistogram does not support".into(),
+        );
+    }
+    if ratio != 1.0 {
+        return Err(
+            "an integer-to-double ratio other than 1 (a double histogram) is not supported".into(),
+        );
+    }
+    walk_counts(&body[V2_HEADER_SIZE..], counts_len)
+}
+
+/// Decodes a `Batch` payload (the bytes after the frame header) into owned values: the
+/// checks of [`BatchView::parse`], then [`BatchView::to_batch`].
 pub fn decode_batch(payload: &[u8], limits: &Limits) -> Result<Batch, DecodeError> {
-    let mut r = Reader {
-        buf: payload,
-        pos: 0,
-    };
-    let instance_id = r.u64_fixed("instance id")?;
-    let pid =
-        u32::try_from(r.varint("pid")?).map_err(|_| DecodeError::BadVarint { field: "pid" })?;
-    let service = r.str("service name", MAX_NAME_LEN)?.to_owned();
-    let environment = r.str("environment", MAX_NAME_LEN)?.to_owned();
-    let host = r.str("host", MAX_NAME_LEN)?.to_owned();
-    let sequence = r.varint("sequence")?;
-    let start_unix_ms = r.varint("start time")?;
-    let end_unix_ms = r.varint("end time")?;
-    let drops = DropReport {
-        dropped_samples: r.varint("dropped samples")?,
-        dropped_batches: r.varint("dropped batches")?,
-        label_overflows: r.varint("label overflows")?,
-    };
-    let count = r.varint("series count")?;
-    if count > limits.max_series_per_batch as u64 {
-        return Err(DecodeError::TooManySeries {
-            count,
-            max: limits.max_series_per_batch,
-        });
-    }
-    // Each series takes at least 5 bytes, so a count the payload cannot hold is refused
-    // before allocating for it.
-    if count > (payload.len() - r.pos) as u64 / 5 {
-        return Err(DecodeError::Truncated { field: "series" });
-    }
-    let mut counts_budget = limits.max_histogram_counts_per_batch;
-    let mut series = Vec::with_capacity(count as usize);
-    for _ in 0..count {
-        let name = r.name("metric name")?;
-        let kind = r.u8("series kind")?;
-        let unit_byte = r.u8("unit")?;
-        let unit = Unit::from_u8(unit_byte).ok_or(DecodeError::UnknownUnit(unit_byte))?;
-        let nlabels = r.varint("label count")?;
-        if nlabels > MAX_LABELS as u64 {
-            return Err(DecodeError::TooManyLabels {
-                name,
-                count: nlabels,
-                max: MAX_LABELS,
+    BatchView::parse(payload, limits)?.to_batch()
+}
+
+impl<'a> BatchView<'a> {
+    /// Decodes and checks a `Batch` payload (the bytes after the frame header), borrowing its
+    /// strings. Every bound of [`Limits`] is checked, every histogram walked to its last
+    /// count, before this returns: an `Ok` view is valid as a whole.
+    pub fn parse(payload: &'a [u8], limits: &Limits) -> Result<BatchView<'a>, DecodeError> {
+        let mut r = Reader {
+            buf: payload,
+            pos: 0,
+        };
+        let instance_id = r.u64_fixed("instance id")?;
+        let pid =
+            u32::try_from(r.varint("pid")?).map_err(|_| DecodeError::BadVarint { field: "pid" })?;
+        let service = r.str("service name", MAX_NAME_LEN)?;
+        let environment = r.str("environment", MAX_NAME_LEN)?;
+        let host = r.str("host", MAX_NAME_LEN)?;
+        let sequence = r.varint("sequence")?;
+        let start_unix_ms = r.varint("start time")?;
+        let end_unix_ms = r.varint("end time")?;
+        let drops = DropReport {
+            dropped_samples: r.varint("dropped samples")?,
+            dropped_batches: r.varint("dropped batches")?,
+            label_overflows: r.varint("label overflows")?,
+        };
+        let count = r.varint("series count")?;
+        if count > limits.max_series_per_batch as u64 {
+            return Err(DecodeError::TooManySeries {
+                count,
+                max: limits.max_series_per_batch,
             });
         }
-        let mut labels = Vec::with_capacity(nlabels as usize);
-        for _ in 0..nlabels {
-            let k = r.name("label key")?;
-            let v = r.str("label value", MAX_LABEL_VALUE_LEN)?.to_owned();
-            labels.push((k, v));
+        // Each series takes at least 5 bytes, so a count the payload cannot hold is refused
+        // before allocating for it.
+        if count > (payload.len() - r.pos) as u64 / 5 {
+            return Err(DecodeError::Truncated { field: "series" });
         }
-        let value = match kind {
-            1 => SeriesValue::Counter(r.varint("counter delta")?),
-            2 => SeriesValue::Gauge {
-                last: r.f64("gauge last")?,
-                min: r.f64("gauge min")?,
-                max: r.f64("gauge max")?,
-                updates: r.varint("gauge updates")?,
-            },
-            3 => {
-                let (scale, histogram) = histogram(&mut r, &name, limits, &mut counts_budget)?;
-                SeriesValue::Histogram { scale, histogram }
-            }
-            4 => {
-                let count = r.varint("event count")?;
-                let values = match r.u8("event has values")? {
-                    0 => None,
-                    1 => Some(histogram(&mut r, &name, limits, &mut counts_budget)?),
-                    _ => return Err(DecodeError::UnknownSeriesKind(kind)),
-                };
-                SeriesValue::Event { count, values }
-            }
-            other => return Err(DecodeError::UnknownSeriesKind(other)),
+        let mut hist = HistScratch {
+            zlib: None,
+            arena: Vec::new(),
+            counts_budget: limits.max_histogram_counts_per_batch,
         };
-        series.push(Series {
-            name,
-            unit,
+        let mut series = Vec::with_capacity(count as usize);
+        let mut labels = Vec::new();
+        for _ in 0..count {
+            let name = r.name("metric name")?;
+            let kind = r.u8("series kind")?;
+            let unit_byte = r.u8("unit")?;
+            let unit = Unit::from_u8(unit_byte).ok_or(DecodeError::UnknownUnit(unit_byte))?;
+            let nlabels = r.varint("label count")?;
+            if nlabels > MAX_LABELS as u64 {
+                return Err(DecodeError::TooManyLabels {
+                    name: name.to_owned(),
+                    count: nlabels,
+                    max: MAX_LABELS,
+                });
+            }
+            let first = labels.len();
+            for _ in 0..nlabels {
+                let k = r.name("label key")?;
+                let v = r.str("label value", MAX_LABEL_VALUE_LEN)?;
+                labels.push((k, v));
+            }
+            let value = match kind {
+                1 => ValueEntry::Counter(r.varint("counter delta")?),
+                2 => ValueEntry::Gauge {
+                    last: r.f64("gauge last")?,
+                    min: r.f64("gauge min")?,
+                    max: r.f64("gauge max")?,
+                    updates: r.varint("gauge updates")?,
+                },
+                3 => ValueEntry::Histogram(histogram(&mut r, name, limits, &mut hist)?),
+                4 => {
+                    let count = r.varint("event count")?;
+                    let values = match r.u8("event has values")? {
+                        0 => None,
+                        1 => Some(histogram(&mut r, name, limits, &mut hist)?),
+                        _ => return Err(DecodeError::UnknownSeriesKind(kind)),
+                    };
+                    ValueEntry::Event { count, values }
+                }
+                other => return Err(DecodeError::UnknownSeriesKind(other)),
+            };
+            series.push(SeriesEntry {
+                name,
+                unit,
+                labels: first..labels.len(),
+                value,
+            });
+        }
+        r.finish()?;
+        Ok(BatchView {
+            process: ProcessView {
+                instance_id,
+                pid,
+                service,
+                environment,
+                host,
+            },
+            sequence,
+            start_unix_ms,
+            end_unix_ms,
+            drops,
+            series,
             labels,
-            value,
-        });
+            arena: hist.arena,
+        })
     }
-    r.finish()?;
-    Ok(Batch {
-        process: ProcessIdentity {
-            instance_id,
-            pid,
-            service,
-            environment,
-            host,
-        },
-        sequence,
-        start_unix_ms,
-        end_unix_ms,
-        drops,
-        series,
-    })
 }
 
 /// Decodes an `Ack` payload.

@@ -18,8 +18,9 @@
 //!
 //! A reader first reads the header, checks magic, version, kind and length with
 //! [`FrameHeader::parse`] (so an oversized or foreign frame is refused before any payload is
-//! buffered), then reads exactly `len` bytes and hands them to [`decode_batch`] or
-//! [`decode_ack`].
+//! buffered), then reads exactly `len` bytes and hands them to [`BatchView::parse`] (a
+//! borrowing, fully checked view: what the agent merges from), [`decode_batch`] (the same
+//! checks, owned values) or [`decode_ack`].
 //!
 //! # Batch payload
 //!
@@ -43,9 +44,10 @@
 //!
 //! Histograms travel in the HdrHistogram V2 + DEFLATE format, which the Java, Go, C and Rust
 //! HdrHistogram implementations all read, so a batch can be inspected with standard tools. The
-//! decoder inflates with a hard output bound and checks the histogram's header (significant
-//! digits, value range, payload length) before handing it to `hdrhistogram`, so a hostile frame
-//! cannot make the agent allocate more than the limits allow.
+//! decoder inflates with a hard output bound, checks the histogram's header (significant
+//! digits, value range, payload length) and walks its counts with the checks HdrHistogram's
+//! deserializer makes, without allocating the counts array the declared range implies, so a
+//! hostile frame cannot make the agent allocate more than the limits allow.
 //!
 //! # Acks
 //!
@@ -62,10 +64,12 @@
 mod decode;
 mod encode;
 mod error;
+mod view;
 
 pub use decode::{decode_ack, decode_batch};
 pub use encode::{encode_ack, encode_batch, EncodeError};
 pub use error::DecodeError;
+pub use view::{BatchView, Counts, HistogramView, ProcessView, SeriesView, ValueView};
 
 use hdrhistogram::Histogram;
 
@@ -75,6 +79,8 @@ pub const MAGIC: [u8; 4] = *b"TALY";
 pub const VERSION: u16 = 1;
 /// Size of the fixed frame header in bytes.
 pub const HEADER_LEN: usize = 12;
+/// Size of HdrHistogram's V2 header inside an inflated histogram body.
+const V2_HEADER_SIZE: usize = 40;
 /// Longest metric name, label key or SDK-supplied identity string accepted (CloudWatch's limit
 /// for metric and dimension names).
 pub const MAX_NAME_LEN: usize = 255;
@@ -154,11 +160,17 @@ pub struct Limits {
     pub max_frame_len: usize,
     /// Most series in one batch (default 100,000).
     pub max_series_per_batch: usize,
-    /// Largest inflated histogram (V2 body) accepted, in bytes (default 1 MiB).
+    /// Largest inflated histogram (V2 body) accepted, in bytes (default 1 MiB). It is also the
+    /// most inflated histogram bytes one [`BatchView`] keeps: a histogram past that is kept
+    /// compressed and inflated again (into a buffer of its own size) when its counts are
+    /// walked, so a view never holds more than this plus one histogram in flight.
     pub max_histogram_bytes: usize,
-    /// Most histogram counters (8 bytes each) all histograms of one batch may allocate when
-    /// decoded (default 4 Mi counters = 32 MiB). A histogram's counters follow from its value
-    /// range and precision, not from its encoded size, so this is what bounds decode memory.
+    /// Most histogram counters (8 bytes each) all histograms of one batch may declare
+    /// (default 4 Mi counters = 32 MiB). A histogram's counters follow from its declared value
+    /// range and precision, not from its encoded size. [`BatchView`] never allocates them, but
+    /// its histograms may be materialised: [`decode_batch`] allocates exactly the declared
+    /// counters, and the agent gives a series it has not seen before a histogram covering the
+    /// used part of that range. This bound caps both, per batch.
     pub max_histogram_counts_per_batch: u64,
     /// Most significant digits a histogram may declare (HdrHistogram allows 0..=5).
     pub max_significant_digits: u8,
@@ -318,9 +330,12 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// Total samples in the batch (see [`SeriesValue::samples`]).
+    /// Total samples in the batch (see [`SeriesValue::samples`]), saturating: counter
+    /// deltas come from the sender and may add up past `u64::MAX`.
     pub fn samples(&self) -> u64 {
-        self.series.iter().map(|s| s.value.samples()).sum()
+        self.series
+            .iter()
+            .fold(0u64, |n, s| n.saturating_add(s.value.samples()))
     }
 }
 
@@ -344,5 +359,7 @@ pub struct Ack {
     pub status: AckStatus,
 }
 
+#[cfg(test)]
+mod reference;
 #[cfg(test)]
 mod tests;

@@ -364,3 +364,242 @@ proptest! {
         let _ = decode_batch(&p, &Limits::default());
     }
 }
+
+// ---- The borrowing view against the old decoder (kept in `reference.rs` as an oracle) ----
+
+use super::reference::decode_batch_reference;
+use hdrhistogram::serialization::{Serializer, V2Serializer};
+use std::io::Write;
+
+/// Asserts that the reference decoder, `decode_batch` and `BatchView::parse` judge `p` alike:
+/// the same accept/refuse decision, the same refusal reason, the same decoded batch, and a
+/// view whose series and histogram buckets are exactly the reference's.
+fn assert_agrees_with_reference(p: &[u8], limits: &Limits) -> Result<(), TestCaseError> {
+    let old = decode_batch_reference(p, limits);
+    let new = decode_batch(p, limits);
+    let view = BatchView::parse(p, limits);
+    match (&old, &new, &view) {
+        (Ok(o), Ok(n), Ok(v)) => {
+            prop_assert!(same(o, n), "{o:?} != {n:?}");
+            prop_assert_eq!(v.samples(), o.samples());
+            prop_assert_eq!(v.len(), o.series.len());
+            prop_assert_eq!(
+                (v.process.instance_id, v.process.pid, v.process.service),
+                (
+                    o.process.instance_id,
+                    o.process.pid,
+                    o.process.service.as_str()
+                )
+            );
+            for (vs, os) in v.series().zip(&o.series) {
+                prop_assert_eq!(vs.name, os.name.as_str());
+                prop_assert_eq!(vs.unit, os.unit);
+                let labels: Vec<(String, String)> = vs
+                    .labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect();
+                prop_assert_eq!(&labels, &os.labels);
+                prop_assert_eq!(vs.value.samples(), os.value.samples());
+                let pair = match (vs.value, &os.value) {
+                    (ValueView::Histogram(h), SeriesValue::Histogram { scale, histogram }) => {
+                        Some((h, *scale, histogram))
+                    }
+                    (
+                        ValueView::Event {
+                            values: Some(h), ..
+                        },
+                        SeriesValue::Event {
+                            values: Some((scale, histogram)),
+                            ..
+                        },
+                    ) => Some((h, *scale, histogram)),
+                    _ => None,
+                };
+                if let Some((h, scale, histogram)) = pair {
+                    prop_assert_eq!(h.scale().to_bits(), scale.to_bits());
+                    prop_assert_eq!(h.len(), histogram.len());
+                    let buckets: Vec<(u64, u64)> = h.counts().unwrap().collect();
+                    let expected: Vec<(u64, u64)> = histogram
+                        .iter_recorded()
+                        .map(|b| {
+                            (
+                                histogram.lowest_equivalent(b.value_iterated_to()),
+                                b.count_at_value(),
+                            )
+                        })
+                        .collect();
+                    prop_assert_eq!(buckets, expected);
+                    prop_assert_eq!(
+                        h.max_bucket_value(),
+                        (!histogram.is_empty())
+                            .then(|| histogram.lowest_equivalent(histogram.max()))
+                    );
+                }
+            }
+        }
+        (Err(o), Err(n), Err(v)) => {
+            prop_assert_eq!(o.reason(), n.reason(), "{} vs {}", o, n);
+            prop_assert_eq!(n, v);
+        }
+        _ => prop_assert!(
+            false,
+            "decoders disagree: reference {old:?}, decode_batch {new:?}, view {view:?}"
+        ),
+    }
+    Ok(())
+}
+
+/// A batch payload with one histogram series whose HdrHistogram blob is `blob`, verbatim.
+fn payload_with_histogram_blob(blob: &[u8]) -> Vec<u8> {
+    let mut p = Vec::new();
+    p.extend_from_slice(&7u64.to_le_bytes()); // instance id
+    p.push(1); // pid
+    for s in ["svc", "env", "host"] {
+        p.push(s.len() as u8);
+        p.extend_from_slice(s.as_bytes());
+    }
+    p.extend_from_slice(&[1, 2, 3, 0, 0, 0]); // sequence, start, end, drops
+    p.push(1); // one series
+    p.push(3);
+    p.extend_from_slice(b"lat");
+    p.extend_from_slice(&[3, Unit::Nanoseconds as u8, 0]); // histogram, unit, no labels
+    p.extend_from_slice(&1.0f64.to_le_bytes());
+    let mut n = blob.len();
+    while n >= 0x80 {
+        p.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    p.push(n as u8);
+    p.extend_from_slice(blob);
+    p
+}
+
+/// Wraps an (uncompressed) V2 body as the wire carries it: V2+DEFLATE cookie, length, zlib.
+fn deflate_v2(body: &[u8]) -> Vec<u8> {
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+    z.write_all(body).unwrap();
+    let z = z.finish().unwrap();
+    let mut blob = (0x1c84_9304u32 | 0x10).to_be_bytes().to_vec();
+    blob.extend_from_slice(&(z.len() as u32).to_be_bytes());
+    blob.extend_from_slice(&z);
+    blob
+}
+
+/// A histogram with any layout HdrHistogram accepts and values in (or near) its range.
+fn arb_any_layout_hist() -> impl Strategy<Value = Histogram<u64>> {
+    (
+        prop_oneof![Just(1u64), 1u64..1000, 1u64..(1 << 40)],
+        0u8..=3,
+        prop::collection::vec((0u64..64, any::<u64>(), 1u64..1000), 0..30),
+    )
+        .prop_map(|(low, sigfig, values)| {
+            let mut h = Histogram::<u64>::new_with_bounds(low, low * 4, sigfig).unwrap();
+            h.auto(true);
+            for (shift, v, n) in values {
+                let v = (v >> shift).max(low);
+                // Values near u64::MAX cannot be tracked; the rest grow the range.
+                let _ = h.record_n(v, n);
+            }
+            h
+        })
+}
+
+#[test]
+fn a_histogram_that_does_not_fit_the_arena_is_inflated_again_and_decodes_the_same() {
+    let mut batch = sample_batch();
+    // Three histograms of a few hundred bytes each; the arena holds at most one of them.
+    let wide = |seed: u64| {
+        let values: Vec<u64> = (1..200).map(|k| k * 7919 + seed).collect();
+        hist(&values)
+    };
+    batch.series = (0..3)
+        .map(|i| Series {
+            name: format!("h{i}"),
+            unit: Unit::Nanoseconds,
+            labels: vec![],
+            value: SeriesValue::Histogram {
+                scale: 1.0,
+                histogram: wide(i),
+            },
+        })
+        .collect();
+    let mut frame = Vec::new();
+    encode_batch(&batch, &mut frame).unwrap();
+    let p = payload(&frame);
+    let one = BatchView::parse(p, &Limits::default()).unwrap().arena.len() / 3;
+    let limits = Limits {
+        max_histogram_bytes: one + one / 2,
+        ..Limits::default()
+    };
+    let view = BatchView::parse(p, &limits).unwrap();
+    assert!(view.arena.len() <= limits.max_histogram_bytes);
+    assert!(view
+        .series
+        .iter()
+        .any(|s| matches!(&s.value, super::view::ValueEntry::Histogram(h) if matches!(h.body, super::view::Body::Deflated { .. }))));
+    let decoded = view.to_batch().unwrap();
+    assert!(same(&decoded, &batch), "{decoded:?}");
+    assert_agrees_with_reference(p, &limits).unwrap();
+}
+
+proptest! {
+    #[test]
+    fn the_view_and_decode_batch_agree_with_the_reference_on_valid_batches(batch in arb_batch()) {
+        let mut frame = Vec::new();
+        encode_batch(&batch, &mut frame).unwrap();
+        assert_agrees_with_reference(payload(&frame), &Limits::default())?;
+    }
+
+    #[test]
+    fn the_view_and_decode_batch_agree_with_the_reference_on_corrupted_batches(
+        batch in arb_batch(),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+        cut in any::<prop::sample::Index>(),
+        truncate in any::<bool>(),
+    ) {
+        let mut frame = Vec::new();
+        encode_batch(&batch, &mut frame).unwrap();
+        let mut p = payload(&frame).to_vec();
+        if !p.is_empty() {
+            for (at, byte) in edits {
+                let i = at.index(p.len());
+                p[i] = byte;
+            }
+            if truncate {
+                p.truncate(cut.index(p.len()));
+            }
+        }
+        assert_agrees_with_reference(&p, &Limits::default())?;
+    }
+
+    #[test]
+    fn histogram_bodies_of_any_layout_and_corruption_are_judged_like_hdrhistogram_judges_them(
+        h in arb_any_layout_hist(),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+        extra in prop::collection::vec(any::<u8>(), 0..12),
+        fix_length in any::<bool>(),
+        budget in prop_oneof![Just(4u64 << 20), 0u64..100_000],
+    ) {
+        let mut body = Vec::new();
+        V2Serializer::new().serialize(&h, &mut body).unwrap();
+        for (at, byte) in edits {
+            let i = at.index(body.len());
+            body[i] = byte;
+        }
+        body.extend_from_slice(&extra);
+        if fix_length && body.len() >= 40 {
+            let n = (body.len() - 40) as u32;
+            body[4..8].copy_from_slice(&n.to_be_bytes());
+        }
+        let limits = Limits { max_histogram_counts_per_batch: budget, ..Limits::default() };
+        assert_agrees_with_reference(&payload_with_histogram_blob(&deflate_v2(&body)), &limits)?;
+    }
+
+    #[test]
+    fn random_bytes_are_judged_like_the_reference_judges_them(
+        bytes in prop::collection::vec(any::<u8>(), 0..256)
+    ) {
+        assert_agrees_with_reference(&bytes, &Limits::default())?;
+    }
+}
