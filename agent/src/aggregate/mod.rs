@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hashbrown::HashMap;
-use tally::wire::{Batch, Series, SeriesValue};
+use tally::wire::{BatchView, HistogramView, SeriesView, ValueView};
 
 use crate::config::{Config, DerivedConfig, RollupConfig, TimeUnit};
 use crate::model::PeriodData;
@@ -212,7 +212,6 @@ pub struct Aggregator {
     closed_before: u64,
     stats: AggStats,
     log: RateLimitedLog,
-    scratch_labels: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for Aggregator {
@@ -249,7 +248,6 @@ impl Aggregator {
             closed_before,
             stats,
             log: RateLimitedLog::new(Duration::from_secs(10)),
-            scratch_labels: Vec::new(),
         }
     }
 
@@ -264,7 +262,7 @@ impl Aggregator {
     }
 
     /// Start (Unix seconds) of the period a batch lands in, counting re-stamps and late data.
-    fn period_for(&mut self, batch: &Batch, now: SystemTime) -> (u64, bool) {
+    fn period_for(&mut self, batch: &BatchView<'_>, now: SystemTime) -> (u64, bool) {
         let p = self.settings.period_secs;
         let now_s = period::unix_secs(now);
         let t = match period::classify(batch.end_unix_ms, now) {
@@ -301,11 +299,17 @@ impl Aggregator {
         }
     }
 
-    /// Merges a batch. Samples that cannot be merged are dropped and counted by reason; the
-    /// whole batch is refused only when its identity cannot become a dimension.
-    pub fn merge(&mut self, batch: Batch, now: SystemTime) -> Result<MergeReport, BatchReject> {
-        let service = pick(&self.settings.service, &batch.process.service);
-        let environment = pick(&self.settings.environment, &batch.process.environment);
+    /// Merges a batch straight from its borrowed view: a series already in the period is
+    /// looked up and merged without allocating; only a new series gets an owned key. Samples
+    /// that cannot be merged are dropped and counted by reason; the whole batch is refused
+    /// only when its identity cannot become a dimension.
+    pub fn merge(
+        &mut self,
+        batch: &BatchView<'_>,
+        now: SystemTime,
+    ) -> Result<MergeReport, BatchReject> {
+        let service = pick(&self.settings.service, batch.process.service);
+        let environment = pick(&self.settings.environment, batch.process.environment);
         for v in [service, environment] {
             if let Err(error) = rules::check_dimension_value(v) {
                 let r = BatchReject::Identity {
@@ -318,15 +322,15 @@ impl Aggregator {
         }
         let service: Box<str> = service.into();
         let environment: Box<str> = environment.into();
-        let (start, late) = self.period_for(&batch, now);
+        let (start, late) = self.period_for(batch, now);
         let max_series = self.settings.max_series;
         let period = self.periods.entry(start).or_insert_with(|| OpenPeriod {
             series: HashMap::new(),
             samples: 0,
         });
         let mut report = MergeReport::default();
-        let mut scratch = std::mem::take(&mut self.scratch_labels);
-        for s in batch.series {
+        let mut scratch = Vec::new();
+        for s in batch.series() {
             let n = s.value.samples();
             match merge_series(
                 &mut period.series,
@@ -346,7 +350,6 @@ impl Aggregator {
             }
         }
         period.samples += report.merged;
-        self.scratch_labels = scratch;
         self.stats.samples.add(report.merged);
         if late {
             self.stats.late_samples.add(report.merged);
@@ -424,20 +427,40 @@ fn pick<'a>(over: &'a str, from_sdk: &'a str) -> &'a str {
 
 type Refusal = (&'static str, String);
 
-fn to_agg(name: &str, value: SeriesValue) -> Result<Agg, Refusal> {
+fn non_finite(name: &str) -> Refusal {
+    (
+        "non_finite_value",
+        format!(
+            "gauge {name:?} carries NaN or an infinite value, which CloudWatch refuses: dropped"
+        ),
+    )
+}
+
+/// The value a series starts a period with.
+fn to_agg(name: &str, value: ValueView<'_>) -> Result<Agg, Refusal> {
+    let dist = |h: HistogramView<'_>| {
+        series::new_histogram(&h)
+            .map(|histogram| Agg::Dist {
+                scale: h.scale(),
+                histogram,
+            })
+            .map_err(|c| {
+                (
+                    c.reason(),
+                    format!("histogram of series {name:?} could not be built: dropped"),
+                )
+            })
+    };
     Ok(match value {
-        SeriesValue::Counter(d) => Agg::Counter(d),
-        SeriesValue::Gauge {
+        ValueView::Counter(d) => Agg::Counter(d),
+        ValueView::Gauge {
             last,
             min,
             max,
             updates,
         } => {
             if !(last.is_finite() && min.is_finite() && max.is_finite()) {
-                return Err((
-                    "non_finite_value",
-                    format!("gauge {name:?} carries NaN or an infinite value, which CloudWatch refuses: dropped"),
-                ));
+                return Err(non_finite(name));
             }
             Agg::Gauge {
                 last,
@@ -446,15 +469,14 @@ fn to_agg(name: &str, value: SeriesValue) -> Result<Agg, Refusal> {
                 updates,
             }
         }
-        SeriesValue::Histogram { scale, histogram } => Agg::Dist { scale, histogram },
-        SeriesValue::Event {
+        ValueView::Histogram(h) => dist(h)?,
+        ValueView::Event {
             count,
             values: None,
         } => Agg::Counter(count),
-        SeriesValue::Event {
-            values: Some((scale, histogram)),
-            ..
-        } => Agg::Dist { scale, histogram },
+        ValueView::Event {
+            values: Some(h), ..
+        } => dist(h)?,
     })
 }
 
@@ -465,12 +487,12 @@ fn check_new(key: &SeriesRef<'_>, extra: &[(String, String)]) -> Result<(), rule
             key.labels.len() + 2 + extra.len(),
         ));
     }
-    for (k, v) in key.labels {
+    for &(k, v) in key.labels {
         if k == tally::conventions::SERVICE_NAME
             || k == tally::conventions::ENVIRONMENT
             || extra.iter().any(|(e, _)| e == k)
         {
-            return Err(rules::RuleError::ReservedDimension(k.clone()));
+            return Err(rules::RuleError::ReservedDimension(k.to_owned()));
         }
         rules::check_dimension_name(k)?;
         rules::check_dimension_value(v)?;
@@ -478,26 +500,26 @@ fn check_new(key: &SeriesRef<'_>, extra: &[(String, String)]) -> Result<(), rule
     Ok(())
 }
 
-fn merge_series(
+fn merge_series<'v>(
     map: &mut HashMap<SeriesKey, Agg>,
-    s: Series,
+    s: SeriesView<'v>,
     service: &str,
     environment: &str,
     max_series: usize,
     extra: &[(String, String)],
-    scratch: &mut Vec<(String, String)>,
+    scratch: &mut Vec<(&'v str, &'v str)>,
 ) -> Result<(), Refusal> {
-    let Series {
+    let SeriesView {
         name,
         unit,
         labels,
         value,
     } = s;
-    let labels: &[(String, String)] = if labels.is_sorted_by(|a, b| a.0 < b.0) {
-        &labels
+    let labels: &[(&str, &str)] = if labels.is_sorted_by(|a, b| a.0 < b.0) {
+        labels
     } else {
         scratch.clear();
-        scratch.extend(labels.iter().cloned());
+        scratch.extend_from_slice(labels);
         scratch.sort();
         if scratch.windows(2).any(|w| w[0].0 == w[1].0) {
             return Err((
@@ -508,14 +530,14 @@ fn merge_series(
         scratch
     };
     let key = SeriesRef {
-        name: &name,
+        name,
         unit,
         service,
         environment,
         labels,
     };
     if let Some(agg) = map.get_mut(&key) {
-        return merge_value(agg, &name, value);
+        return merge_value(agg, name, value);
     }
     if map.len() >= max_series {
         return Err((
@@ -526,54 +548,70 @@ fn merge_series(
         ));
     }
     check_new(&key, extra).map_err(|e| (e.reason(), format!("series {name:?} refused: {e}")))?;
-    let agg = to_agg(&name, value)?;
+    let agg = to_agg(name, value)?;
     map.insert(key.to_owned_key(), agg);
     Ok(())
 }
 
-fn merge_value(agg: &mut Agg, name: &str, value: SeriesValue) -> Result<(), Refusal> {
+/// Merges one view value into a series' value without building an intermediate one.
+fn merge_value(agg: &mut Agg, name: &str, value: ValueView<'_>) -> Result<(), Refusal> {
     let conflict = |c: series::MergeConflict| {
         (
             c.reason(),
             format!("series {name:?} could not be merged ({}): a process records it with another kind or scale; dropped", c.reason()),
         )
     };
-    // Fast paths without building an intermediate value.
-    match (&mut *agg, &value) {
-        (Agg::Counter(a), SeriesValue::Counter(d))
+    match (&mut *agg, value) {
+        (Agg::Counter(a), ValueView::Counter(d))
         | (
             Agg::Counter(a),
-            SeriesValue::Event {
+            ValueView::Event {
                 count: d,
                 values: None,
             },
         ) => {
-            *a = a.saturating_add(*d);
+            *a = a.saturating_add(d);
             Ok(())
         }
-        (
-            Agg::Dist { scale, histogram },
-            SeriesValue::Histogram {
-                scale: s2,
-                histogram: h2,
-            },
-        )
+        (Agg::Dist { scale, histogram }, ValueView::Histogram(h))
         | (
             Agg::Dist { scale, histogram },
-            SeriesValue::Event {
-                values: Some((s2, h2)),
-                ..
+            ValueView::Event {
+                values: Some(h), ..
             },
         ) => {
-            if *scale != *s2 {
+            if *scale != h.scale() {
                 return Err(conflict(series::MergeConflict::ScaleMismatch));
             }
-            series::add_histogram(histogram, h2).map_err(conflict)
+            series::add_view(histogram, &h).map_err(conflict)
         }
-        _ => {
-            let other = to_agg(name, value)?;
-            agg.merge(&other).map_err(conflict)
+        // A non-finite gauge is refused as such, whatever the series holds.
+        (_, ValueView::Gauge { last, min, max, .. })
+            if !(last.is_finite() && min.is_finite() && max.is_finite()) =>
+        {
+            Err(non_finite(name))
         }
+        (
+            Agg::Gauge {
+                last,
+                min,
+                max,
+                updates,
+            },
+            ValueView::Gauge {
+                last: l2,
+                min: m2,
+                max: x2,
+                updates: u2,
+            },
+        ) => {
+            *last = l2;
+            *min = min.min(m2);
+            *max = max.max(x2);
+            *updates = updates.saturating_add(u2);
+            Ok(())
+        }
+        _ => Err(conflict(series::MergeConflict::KindMismatch)),
     }
 }
 

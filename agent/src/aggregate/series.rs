@@ -8,7 +8,7 @@ use std::hash::{Hash, Hasher};
 
 use hashbrown::Equivalent;
 use hdrhistogram::Histogram;
-use tally::wire::Unit;
+use tally::wire::{HistogramView, Unit};
 
 /// A series inside one period: name, recorded unit, global dimensions and labels (sorted).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,8 +36,8 @@ pub struct SeriesRef<'a> {
     pub service: &'a str,
     /// `Environment` value.
     pub environment: &'a str,
-    /// Labels sorted by name.
-    pub labels: &'a [(String, String)],
+    /// Labels sorted by name, borrowed from the frame.
+    pub labels: &'a [(&'a str, &'a str)],
 }
 
 fn hash_parts<'a, H: Hasher>(
@@ -80,7 +80,7 @@ impl Hash for SeriesRef<'_> {
             self.unit,
             self.service,
             self.environment,
-            self.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            self.labels.iter().copied(),
         );
     }
 }
@@ -96,7 +96,7 @@ impl Equivalent<SeriesKey> for SeriesRef<'_> {
                 .labels
                 .iter()
                 .zip(key.labels.iter())
-                .all(|((a, b), (c, d))| a == &**c && b == &**d)
+                .all(|((a, b), (c, d))| *a == &**c && *b == &**d)
     }
 }
 
@@ -111,7 +111,7 @@ impl SeriesRef<'_> {
             labels: self
                 .labels
                 .iter()
-                .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
+                .map(|&(k, v)| (k.into(), v.into()))
                 .collect(),
         }
     }
@@ -170,6 +170,45 @@ pub fn add_histogram(h: &mut Histogram<u64>, other: &Histogram<u64>) -> Result<(
     h.add(other).map_err(|_| MergeConflict::Histogram)
 }
 
+/// Adds a decoded histogram's buckets into `h`, growing its range when needed: the same
+/// result as `Histogram::add` of the histogram the sender serialized (every bucket recorded at
+/// its lowest value, counts and total saturating), without materializing that histogram.
+pub fn add_view(h: &mut Histogram<u64>, view: &HistogramView<'_>) -> Result<(), MergeConflict> {
+    let Some(top) = view.max_bucket_value() else {
+        return Ok(());
+    };
+    h.auto(true);
+    // Grow first, as `Histogram::add` does, so a failure cannot leave `h` half merged: a
+    // zero count at the sender's maximum. With the same layout that maximum is the top of
+    // the highest bucket (what `add` and the deserializer keep as the maximum); otherwise
+    // its lowest value, which `add` records first.
+    let same_layout =
+        h.low() == view.lowest_discernible_value() && h.sigfig() == view.significant_digits();
+    let top = if same_layout {
+        h.highest_equivalent(top)
+    } else {
+        top
+    };
+    h.record_n(top, 0).map_err(|_| MergeConflict::Histogram)?;
+    for (value, count) in view.counts().map_err(|_| MergeConflict::Histogram)? {
+        h.record_n(value, count)
+            .map_err(|_| MergeConflict::Histogram)?;
+    }
+    Ok(())
+}
+
+/// The histogram a series starts a period with: the sender's lowest discernible value and
+/// precision (so merges stay exact), but only the range its samples use, not the declared
+/// one (1 ns..60 s at 3 digits would be 240 KB), growing as later merges need.
+pub fn new_histogram(view: &HistogramView<'_>) -> Result<Histogram<u64>, MergeConflict> {
+    let low = view.lowest_discernible_value();
+    let high = view.max_bucket_value().unwrap_or(0).max(2 * low);
+    let mut h = Histogram::new_with_bounds(low, high, view.significant_digits())
+        .map_err(|_| MergeConflict::Histogram)?;
+    add_view(&mut h, view)?;
+    Ok(h)
+}
+
 impl Agg {
     /// Merges another value of the same series.
     pub fn merge(&mut self, other: &Agg) -> Result<(), MergeConflict> {
@@ -221,7 +260,7 @@ mod tests {
 
     #[test]
     fn a_borrowed_key_hashes_and_compares_like_its_owned_key() {
-        let labels = vec![("Method".to_owned(), "GET".to_owned())];
+        let labels = [("Method", "GET")];
         let r = SeriesRef {
             name: "RequestCount",
             unit: Unit::Count,

@@ -2,13 +2,31 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 use proptest::prelude::*;
-use tally::wire::{Batch, ProcessIdentity, Series, SeriesValue, Unit};
+use tally::wire::{
+    encode_batch, Batch, BatchView, Limits, ProcessIdentity, Series, SeriesValue, Unit, HEADER_LEN,
+};
 
 use super::*;
 use crate::config::{DerivedConfig, RollupConfig};
 use crate::model::AggregateValue;
 
 const T0: u64 = 1_700_000_080; // 40 s into a minute (1_700_000_040 is a minute boundary)
+
+/// Merges an owned batch the way the agent does: encoded as the SDK sends it, then parsed
+/// into a borrowed view.
+trait MergeOwned {
+    fn merge_owned(&mut self, b: Batch, now: SystemTime) -> Result<MergeReport, BatchReject>;
+}
+
+impl MergeOwned for Aggregator {
+    fn merge_owned(&mut self, b: Batch, now: SystemTime) -> Result<MergeReport, BatchReject> {
+        let mut frame = Vec::new();
+        encode_batch(&b, &mut frame).expect("a test batch encodes");
+        let view = BatchView::parse(&frame[HEADER_LEN..], &Limits::default())
+            .expect("a test batch decodes");
+        self.merge(&view, now)
+    }
+}
 
 fn at(secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs)
@@ -99,7 +117,7 @@ fn counters_and_histograms_from_several_processes_merge_into_one_series() {
     let stats = Stats::new();
     let mut a = Aggregator::new(settings(), &stats, at(T0));
     for id in 1..=3 {
-        a.merge(
+        a.merge_owned(
             batch(
                 id,
                 1,
@@ -155,7 +173,7 @@ fn counters_and_histograms_from_several_processes_merge_into_one_series() {
 fn a_period_stays_open_for_its_grace_and_closes_after() {
     let stats = Stats::new();
     let mut a = Aggregator::new(settings(), &stats, at(T0));
-    a.merge(
+    a.merge_owned(
         batch(
             1,
             1,
@@ -178,7 +196,7 @@ fn a_batch_for_a_closed_period_lands_in_the_current_one_and_is_counted_late() {
     let mut a = Aggregator::new(settings(), &stats, at(T0));
     let now = T0 + 120;
     a.close_due(at(now));
-    a.merge(
+    a.merge_owned(
         batch(
             1,
             1,
@@ -201,7 +219,7 @@ fn a_batch_for_a_closed_period_lands_in_the_current_one_and_is_counted_late() {
 fn timestamps_outside_cloudwatchs_window_are_restamped_and_counted() {
     let stats = Stats::new();
     let mut a = Aggregator::new(settings(), &stats, at(T0));
-    a.merge(
+    a.merge_owned(
         batch(
             1,
             1,
@@ -211,7 +229,7 @@ fn timestamps_outside_cloudwatchs_window_are_restamped_and_counted() {
         at(T0),
     )
     .unwrap();
-    a.merge(
+    a.merge_owned(
         batch(
             1,
             2,
@@ -256,7 +274,7 @@ fn rollups_publish_each_series_once_more_without_the_dropped_dimensions() {
         labels: vec![("Route".into(), route.into())],
         value: SeriesValue::Counter(n),
     };
-    a.merge(
+    a.merge_owned(
         batch(
             1,
             1,
@@ -308,7 +326,7 @@ fn no_error_rate_is_published_where_there_were_no_requests() {
     let mut s = settings();
     s.derived[0].exclude_dimensions.clear();
     let mut a = Aggregator::new(s, &stats, at(T0));
-    a.merge(
+    a.merge_owned(
         batch(
             1,
             1,
@@ -332,7 +350,7 @@ fn series_beyond_the_limit_are_dropped_and_counted() {
     s.max_series = 2;
     let mut a = Aggregator::new(s, &stats, at(T0));
     let r = a
-        .merge(
+        .merge_owned(
             batch(
                 1,
                 1,
@@ -364,7 +382,7 @@ fn series_beyond_the_limit_are_dropped_and_counted() {
     );
     // Known series still merge at the limit.
     let r = a
-        .merge(
+        .merge_owned(
             batch(
                 1,
                 2,
@@ -391,7 +409,7 @@ fn names_breaking_cloudwatch_rules_are_refused_with_their_reason() {
         value: SeriesValue::Counter(1),
     };
     let r = a
-        .merge(
+        .merge_owned(
             batch(
                 1,
                 1,
@@ -434,7 +452,7 @@ fn a_batch_whose_identity_cannot_be_a_dimension_is_refused_whole() {
     );
     b.process.service = "boutique-é".into();
     assert!(matches!(
-        a.merge(b, at(T0)),
+        a.merge_owned(b, at(T0)),
         Err(BatchReject::Identity { .. })
     ));
     assert_eq!(
@@ -456,7 +474,7 @@ fn configured_service_and_environment_override_the_sdks() {
         vec![http("RequestCount", "/a", "2xx", SeriesValue::Counter(1))],
     );
     b.process.environment.clear();
-    a.merge(b, at(T0)).unwrap();
+    a.merge_owned(b, at(T0)).unwrap();
     let p = a.close_all().remove(0).data;
     let dims = &p.metrics[0].0.dimensions;
     assert!(dims.contains(&("ServiceName".into(), "web-app".into())));
@@ -484,7 +502,7 @@ fn nan_gauges_and_conflicting_kinds_are_dropped_and_counted() {
         labels: vec![],
         value: SeriesValue::Counter(5),
     };
-    a.merge(batch(1, 1, T0, vec![g(f64::NAN), g(1.0), c]), at(T0))
+    a.merge_owned(batch(1, 1, T0, vec![g(f64::NAN), g(1.0), c]), at(T0))
         .unwrap();
     assert_eq!(
         stats.counter_value(DROPPED_SAMPLES, &[("reason", "non_finite_value")]),
@@ -502,7 +520,7 @@ fn high_resolution_periods_carry_storage_resolution_one() {
     let mut s = settings();
     s.period_secs = 10;
     let mut a = Aggregator::new(s, &stats, at(T0 + 5));
-    a.merge(
+    a.merge_owned(
         batch(
             1,
             1,
@@ -535,7 +553,7 @@ proptest! {
             reference.record(*v).unwrap();
         }
         for (i, chunk) in values.chunks(values.len().div_ceil(splits)).enumerate() {
-            a.merge(
+            a.merge_owned(
                 batch(i as u64 + 1, 1, T0, vec![http("ResponseTime", "/a", "2xx", hist(chunk))]),
                 at(T0),
             )
@@ -561,7 +579,7 @@ fn ecs_dimensions_are_added_to_every_metric_and_a_label_that_collides_is_refused
     let mut clash = http("RequestCount", "/b", "2xx", SeriesValue::Counter(4));
     clash.labels.push(("ClusterName".into(), "spoofed".into()));
     clash.labels.sort();
-    a.merge(
+    a.merge_owned(
         batch(
             1,
             1,
@@ -601,4 +619,84 @@ fn ecs_dimensions_are_added_to_every_metric_and_a_label_that_collides_is_refused
         4,
         "the colliding series is refused and counted"
     );
+}
+
+/// A histogram with any layout HdrHistogram accepts, as different SDK versions or settings
+/// might send it.
+fn arb_layout_hist() -> impl Strategy<Value = Histogram<u64>> {
+    (
+        prop_oneof![Just(1u64), 1u64..5000],
+        0u8..=3,
+        prop::collection::vec((0u32..60, any::<u64>(), 1u64..1000), 0..40),
+    )
+        .prop_map(|(low, sigfig, values)| {
+            let mut h = Histogram::<u64>::new_with_bounds(low, low * 4, sigfig).unwrap();
+            h.auto(true);
+            for (shift, v, n) in values {
+                let _ = h.record_n((v >> shift).max(low), n);
+            }
+            h
+        })
+}
+
+fn views_of(hists: &[Histogram<u64>]) -> Vec<u8> {
+    let series = hists
+        .iter()
+        .enumerate()
+        .map(|(i, h)| Series {
+            name: format!("h{i}"),
+            unit: Unit::Count,
+            labels: vec![],
+            value: SeriesValue::Histogram {
+                scale: 1.0,
+                histogram: h.clone(),
+            },
+        })
+        .collect();
+    let mut frame = Vec::new();
+    encode_batch(&batch(1, 1, T0, series), &mut frame).unwrap();
+    frame.split_off(HEADER_LEN)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Starting a series from a view and merging further views into it gives exactly what the
+    /// agent computed before views: HdrHistogram's deserializer, then `Histogram::add`.
+    #[test]
+    fn merging_histogram_views_equals_adding_the_deserialized_histograms(
+        hists in prop::collection::vec(arb_layout_hist(), 1..5)
+    ) {
+        let payload = views_of(&hists);
+        let view = BatchView::parse(&payload, &Limits::default()).unwrap();
+        let owned = view.to_batch().unwrap();
+        let mut views = view.series().map(|s| match s.value {
+            ValueView::Histogram(h) => h,
+            _ => unreachable!("only histograms were encoded"),
+        });
+        let mut expected = match &owned.series[0].value {
+            SeriesValue::Histogram { histogram, .. } => histogram.clone(),
+            _ => unreachable!(),
+        };
+        let mut merged = series::new_histogram(&views.next().unwrap()).unwrap();
+        for (v, s) in views.zip(&owned.series[1..]) {
+            let SeriesValue::Histogram { histogram, .. } = &s.value else { unreachable!() };
+            series::add_histogram(&mut expected, histogram).unwrap();
+            series::add_view(&mut merged, &v).unwrap();
+        }
+        prop_assert_eq!(merged.len(), expected.len());
+        prop_assert_eq!(merged.min_nz(), expected.min_nz());
+        prop_assert_eq!(merged.max(), expected.max());
+        prop_assert_eq!(merged.low(), expected.low());
+        prop_assert_eq!(merged.sigfig(), expected.sigfig());
+        let buckets = |h: &Histogram<u64>| -> Vec<(u64, u64)> {
+            h.iter_recorded().map(|b| (b.value_iterated_to(), b.count_at_value())).collect()
+        };
+        prop_assert_eq!(buckets(&merged), buckets(&expected));
+        for q in [0.0, 0.5, 0.9, 0.99, 0.999, 1.0] {
+            prop_assert_eq!(merged.value_at_quantile(q), expected.value_at_quantile(q));
+        }
+        // Only the used range is allocated, never more than the declared one.
+        prop_assert!(merged.distinct_values() <= expected.distinct_values());
+    }
 }

@@ -4,7 +4,9 @@
 //! created with mode 0600 or 0660 with a configured group). Each connection runs a [`session`]:
 //! it reads a 12-byte header, checks it with `FrameHeader::parse`, reserves the payload's bytes
 //! from a budget shared by all connections (so memory stays bounded however many clients send
-//! at once), reads and decodes the payload, and hands the batch to the [`Intake`]. The intake
+//! at once), reads the payload, parses it into a borrowed, fully checked `BatchView` (strings
+//! point into the payload buffer, histograms are walked without building them) and hands that
+//! to the [`Intake`]. The intake
 //! checks the batch's sequence ([`sequence`]), merges it into the aggregator under one lock, and
 //! only then does the session answer `Accepted`. Bad frames are counted by
 //! `DecodeError::reason()`: a bad header closes the connection (the stream cannot be
@@ -18,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use parking_lot::Mutex;
-use tally::wire::{AckStatus, Batch};
+use tally::wire::{AckStatus, BatchView};
 
 use crate::aggregate::{Aggregator, ClosedPeriod, DROPPED_SAMPLES};
 use crate::stats::{Counter, Stats};
@@ -103,7 +105,7 @@ impl Intake {
     }
 
     /// Checks the batch's sequence, merges it, and says how to acknowledge it.
-    pub fn accept(&self, batch: Batch) -> AckStatus {
+    pub fn accept(&self, batch: &BatchView<'_>) -> AckStatus {
         let id = batch.process.instance_id;
         let seq = batch.sequence;
         let drops = batch.drops;

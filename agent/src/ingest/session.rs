@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tally::wire::{
-    decode_batch, encode_ack, Ack, AckStatus, DecodeError, FrameHeader, FrameKind, Limits,
-    HEADER_LEN,
+    encode_ack, Ack, AckStatus, BatchView, DecodeError, FrameHeader, FrameKind, Limits, HEADER_LEN,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{watch, Semaphore};
@@ -195,11 +194,11 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         ctx.bytes.add((HEADER_LEN + len) as u64);
-        let (sequence, status) = match decode_batch(&buf, &ctx.limits) {
+        let (sequence, status) = match BatchView::parse(&buf, &ctx.limits) {
             Ok(batch) => {
                 drop(permit);
                 let seq = batch.sequence;
-                (seq, ctx.intake.accept(batch))
+                (seq, ctx.intake.accept(&batch))
             }
             Err(e) => {
                 drop(permit);
