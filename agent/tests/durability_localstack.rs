@@ -268,7 +268,11 @@ fn reader() -> Client {
         .behavior_version_latest()
         .region(Region::new("us-east-1"))
         .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
-            "test", "test", None, None, "tally-tests",
+            "test",
+            "test",
+            None,
+            None,
+            "tally-tests",
         )))
         .endpoint_url(endpoint())
         .build();
@@ -293,7 +297,10 @@ async fn totals(ns: &str, name: &str, from: SystemTime, to: SystemTime) -> (f64,
     }
     let out = req.send().await.expect("GetMetricStatistics");
     out.datapoints().iter().fold((0.0, 0.0), |(c, s), p| {
-        (c + p.sample_count().unwrap_or(0.0), s + p.sum().unwrap_or(0.0))
+        (
+            c + p.sample_count().unwrap_or(0.0),
+            s + p.sum().unwrap_or(0.0),
+        )
     })
 }
 

@@ -40,7 +40,9 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::stats::{Counter, Gauge, Stats};
-pub use segment::{read_record, segment_name, RecordRead, SegmentName, RECORD_HEADER};
+pub use segment::{
+    encode_record, read_record, segment_name, RecordRead, SegmentName, RECORD_HEADER,
+};
 
 /// `[durability]`: the write-ahead log that lets a killed agent publish what it had acked.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
