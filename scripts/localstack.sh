@@ -7,7 +7,7 @@
 #
 # Versions: localstack-core 4.13.1 is the newest release that runs on Python 3.11 and has the
 # CBOR timestamp fix aws-sdk-cloudwatch needs; the pins below are a set of its runtime
-# dependencies that work together (see docs: /work/shared/reference/localstack.md).
+# dependencies that work together (found by trial on Python 3.11; newer LocalStack needs Python 3.12).
 # Environment: LOCALSTACK_PORT (4566), LOCALSTACK_PYTHON (python3), LOCALSTACK_VENV
 # (.localstack-venv at the repository root).
 set -euo pipefail
