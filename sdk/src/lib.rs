@@ -73,7 +73,7 @@
 //! | histogram series, per range touched per shard | 8,448 (1024 counters + padding) |
 //! | histogram series, worst case | `S x 466 KiB` (all 55 ranges of `u64`) |
 //! | event series | a counter + a histogram |
-//! | per thread | 8 (its slot number); nothing per thread per series |
+//! | per thread | 8 (its slot number) + its label-set cache (<= 4096 x ~48 B, labelled path only) |
 //!
 //! A latency series recorded in nanoseconds between 50 us and 5 s touches 17 ranges: 144 KiB
 //! per shard if every shard sees every range, typically far less (shards only allocate the
@@ -86,8 +86,12 @@
 //! ## Labelled families (`registry/`)
 //!
 //! `family.increment(&["/orders/{id}", "GET", "2xx"], 1)` hashes the values, looks them up in
-//! its shard's cache (an uncontended read lock, string compares, no allocation) and records
-//! into the series' cells. A label set seen for the first time goes through the family's
+//! this thread's own cache (keyed by family id + values: no lock, no allocation, nothing
+//! another thread writes) and records into the series' cells. A thread that meets a set
+//! another thread resolved takes it once from the family's shared, per-shard cache (a read
+//! lock). Each thread caches at most 4096 label sets (~48 bytes each, values shared, not
+//! copied); a full cache is cleared and refilled. A label set seen for the first time goes
+//! through the family's
 //! [`label limits`](CounterFamily::label_limit): each label key admits up to its limit of
 //! distinct values (default 1000, [`Builder::label_limit`]); past it, *that label's* value
 //! becomes [`conventions::OVERFLOW_VALUE`] (`__other__`) while the other labels keep theirs,
