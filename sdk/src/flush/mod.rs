@@ -18,7 +18,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{select, Receiver, Sender};
 
-pub(crate) use collect::{collect, merge_value};
+pub(crate) use collect::collect;
+#[cfg(feature = "testing")]
+pub(crate) use collect::merge_value;
+#[cfg(feature = "testing")]
+pub(crate) use outbox::encode_deltas;
 use outbox::Outbox;
 
 use crate::registry::Registry;
