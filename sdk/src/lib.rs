@@ -57,9 +57,12 @@
 //!
 //! Histograms keep, per shard, an HdrHistogram-compatible counts array cut into chunks of one
 //! power-of-two range each, allocated the first time that shard sees a value in that range.
-//! The index arithmetic is HdrHistogram's own, so the flusher converts the counts into an
-//! [`hdrhistogram::Histogram`] *exactly* (precision configurable,
-//! [`Builder::significant_digits`], default 3: every value within 0.1 %).
+//! The index arithmetic is HdrHistogram's own, so the counts *are* an HdrHistogram's, exactly
+//! (precision configurable, [`Builder::significant_digits`], default 3: every value within
+//! 0.1 %). A sticky bitmap in each chunk's padding marks the groups of counters ever
+//! written, so the flusher reads only those; it drains them into a sparse list of
+//! (index, count) and writes the HdrHistogram V2 encoding straight from it (byte-identical to
+//! `hdrhistogram`'s serializer), so flush cost follows the values recorded, not their range.
 //!
 //! ## Memory bounds
 //!
@@ -118,7 +121,10 @@
 //!
 //! [`Tally::shutdown`] (or dropping the last clone) drains the cells one last time and waits
 //! up to [`Builder::shutdown_timeout`] (default 5 s) for the agent's acks; what is left
-//! unacknowledged is reported in [`Stats::samples_lost_at_shutdown`].
+//! unacknowledged is reported in [`Stats::samples_lost_at_shutdown`]. Handles keep
+//! working after shutdown (recording never fails), but nothing is sent any more: what they
+//! record is drained and counted in [`Stats::samples_after_shutdown`] whenever
+//! [`Tally::stats`] is read.
 //!
 //! One ambiguity remains: if the agent accepted a batch but its ack was lost with the
 //! connection, and the bound then forces that batch out, the batch is counted both as

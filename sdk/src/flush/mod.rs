@@ -60,6 +60,10 @@ pub(crate) struct StatsCells {
     pub(crate) batches_rejected: AtomicU64,
     pub(crate) samples_rejected: AtomicU64,
     pub(crate) samples_lost_at_shutdown: AtomicU64,
+    /// Samples recorded after shutdown (drained and counted when stats are read).
+    pub(crate) samples_after_shutdown: AtomicU64,
+    /// Set once shutdown has finished: the flusher no longer drains the cells.
+    pub(crate) shut_down: AtomicBool,
     pub(crate) unsent_bytes: AtomicU64,
     pub(crate) connects: AtomicU64,
     pub(crate) connect_failures: AtomicU64,
