@@ -93,6 +93,10 @@ pub struct Stats {
     pub samples_rejected: u64,
     /// Samples still unacknowledged when shutdown's timeout ran out.
     pub samples_lost_at_shutdown: u64,
+    /// Samples recorded after [`Tally::shutdown`] (through handles or families still in
+    /// use): never sent, counted here so that nothing is lost silently. Counted each time
+    /// stats are read, so read them once recording has stopped to see the final figure.
+    pub samples_after_shutdown: u64,
     /// Bytes waiting for the agent (sealed frames plus an estimate of open data).
     pub unsent_bytes: u64,
     /// Successful connections.
@@ -345,7 +349,9 @@ impl Inner {
             // A panic in the flusher would be a bug; it has already been reported by the
             // panic hook, and shutdown must not panic in turn.
             let _ = thread.join();
-        }
+        } // From here on nothing drains the cells but `Tally::stats`, which counts what it
+          // finds as recorded after shutdown.
+        self.stats.shut_down.store(true, Ordering::Release);
     }
 }
 
@@ -469,6 +475,10 @@ impl Tally {
     /// Flushes what is left (waiting up to the shutdown timeout for acks) and stops the
     /// flusher. Idempotent; dropping the last clone does the same. Returns the final stats:
     /// [`Stats::samples_lost_at_shutdown`] says what the agent did not acknowledge in time.
+    ///
+    /// Handles and families keep working afterwards (recording never fails), but what they
+    /// record is no longer sent: [`Tally::stats`] drains it and counts it in
+    /// [`Stats::samples_after_shutdown`].
     pub fn shutdown(&self) -> Stats {
         self.inner.shutdown();
         self.stats()
@@ -478,6 +488,13 @@ impl Tally {
     pub fn stats(&self) -> Stats {
         let s = &self.inner.stats;
         let r = self.registry();
+        if s.shut_down.load(Ordering::Acquire) {
+            let late: u64 = flush::collect(&r.series())
+                .iter()
+                .map(|(_, d)| d.samples())
+                .sum();
+            s.samples_after_shutdown.fetch_add(late, Ordering::Relaxed);
+        }
         let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         Stats {
             dropped_samples: l(&s.dropped_samples),
@@ -490,6 +507,7 @@ impl Tally {
             batches_rejected: l(&s.batches_rejected),
             samples_rejected: l(&s.samples_rejected),
             samples_lost_at_shutdown: l(&s.samples_lost_at_shutdown),
+            samples_after_shutdown: l(&s.samples_after_shutdown),
             unsent_bytes: l(&s.unsent_bytes),
             connects: l(&s.connects),
             connect_failures: l(&s.connect_failures),

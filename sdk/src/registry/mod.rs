@@ -53,6 +53,7 @@ impl CellRef {
 pub(crate) trait Typed: Send + Sync + 'static {
     const KIND: Kind;
     fn extract(c: &CellRef) -> Option<&Arc<Self>>;
+    fn wrap(c: Arc<Self>) -> CellRef;
 }
 
 macro_rules! typed {
@@ -64,6 +65,9 @@ macro_rules! typed {
                     CellRef::$kind(x) => Some(x),
                     _ => None,
                 }
+            }
+            fn wrap(c: Arc<Self>) -> CellRef {
+                CellRef::$kind(c)
             }
         }
     };

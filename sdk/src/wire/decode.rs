@@ -12,9 +12,9 @@ use super::{
 };
 
 /// V2 cookies as HdrHistogram writes them (see HdrHistogram's `serialization` module).
-const V2_COOKIE: u32 = 0x1c84_9303 | 0x10;
-const V2_COMPRESSED_COOKIE: u32 = 0x1c84_9304 | 0x10;
-const V2_HEADER_SIZE: usize = 40;
+pub(super) const V2_COOKIE: u32 = 0x1c84_9303 | 0x10;
+pub(super) const V2_COMPRESSED_COOKIE: u32 = 0x1c84_9304 | 0x10;
+pub(super) const V2_HEADER_SIZE: usize = 40;
 
 struct Reader<'a> {
     buf: &'a [u8],
@@ -92,7 +92,7 @@ impl<'a> Reader<'a> {
 
 /// Number of counts an HdrHistogram with these bounds allocates (mirrors its constructor), so
 /// the decoder can refuse a histogram before allocating it.
-fn hdr_counts_len(low: u64, high: u64, sigfig: u8) -> Option<u64> {
+pub(crate) fn hdr_counts_len(low: u64, high: u64, sigfig: u8) -> Option<u64> {
     if low < 1 || sigfig > 5 || high < low.checked_mul(2)? {
         return None;
     }

@@ -63,8 +63,10 @@ mod decode;
 mod encode;
 mod error;
 
+pub(crate) use decode::hdr_counts_len;
 pub use decode::{decode_ack, decode_batch};
 pub use encode::{encode_ack, encode_batch, EncodeError};
+pub(crate) use encode::{BatchHead, Encoder, HistRef, SeriesRef, ValueRef};
 pub use error::DecodeError;
 
 use hdrhistogram::Histogram;
