@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // Each test binary uses a different subset of the helpers.
 
+pub mod fault_proxy;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
