@@ -127,7 +127,9 @@ async fn read_header<S: AsyncRead + Unpin>(
             r = timeout(ctx.idle_timeout, stream.read(&mut hdr[n..])) => r,
         };
         match read {
-            Err(_) => return Ok(HeaderRead::Idle),
+            Err(_) if n == 0 => return Ok(HeaderRead::Idle),
+            // Part of a header and then silence: a stalled sender, not an idle one.
+            Err(_) => return Ok(HeaderRead::Truncated),
             Ok(Ok(0)) if n == 0 => return Ok(HeaderRead::Closed),
             Ok(Ok(0)) => return Ok(HeaderRead::Truncated),
             Ok(Ok(k)) => n += k,
@@ -189,20 +191,20 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             ctx.frame_timeout
         };
         buf.clear();
-        let permit = match timeout(wait, read_payload(&mut stream, &ctx.budget, len, &mut buf)).await
-        {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(PayloadError::BudgetClosed)) => return,
-            Ok(Err(PayloadError::Io)) | Err(_) => {
-                ctx.decode_error(
-                    &peer,
-                    &DecodeError::Truncated {
-                        field: "frame payload",
-                    },
-                );
-                return;
-            }
-        };
+        let permit =
+            match timeout(wait, read_payload(&mut stream, &ctx.budget, len, &mut buf)).await {
+                Ok(Ok(permit)) => permit,
+                Ok(Err(PayloadError::BudgetClosed)) => return,
+                Ok(Err(PayloadError::Io)) | Err(_) => {
+                    ctx.decode_error(
+                        &peer,
+                        &DecodeError::Truncated {
+                            field: "frame payload",
+                        },
+                    );
+                    return;
+                }
+            };
         ctx.bytes.add((HEADER_LEN + len) as u64);
         let (sequence, status) = match decode_batch(&buf, &ctx.limits) {
             Ok(batch) => {
@@ -260,10 +262,7 @@ async fn read_payload<'a, S: AsyncRead + Unpin>(
     };
     let mut permit = reserve(first).await?;
     buf.resize(first, 0);
-    stream
-        .read_exact(buf)
-        .await
-        .map_err(|_| PayloadError::Io)?;
+    stream.read_exact(buf).await.map_err(|_| PayloadError::Io)?;
     if len > first {
         permit.merge(reserve(len - first).await?);
         buf.resize(len, 0);

@@ -140,4 +140,3 @@ pub async fn start_counting_proxy(
     });
     addr
 }
-
