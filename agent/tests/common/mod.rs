@@ -2,6 +2,7 @@
 
 #![allow(dead_code)] // Each test binary uses a different subset of the helpers.
 
+pub mod cloudwatch;
 pub mod fault_proxy;
 
 use std::io::{Read, Write};
