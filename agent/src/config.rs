@@ -27,6 +27,7 @@ use thiserror::Error;
 
 use crate::alarms::config::{AlarmDefaults, AlarmManagement};
 use crate::alarms::{AlarmSpec, AlarmsConfig, DashboardConfig};
+use crate::durability::DurabilityConfig;
 use crate::ecs::EcsConfig;
 use crate::publish::PublishConfig;
 use crate::sinks::stdout::StdoutFormat;
@@ -49,6 +50,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "alarm_management",
     "dashboard",
     "ecs",
+    "durability",
 ];
 
 /// Prefix of configuration environment variables.
@@ -92,6 +94,8 @@ pub struct Config {
     pub alarm_management: AlarmManagement,
     /// `[dashboard]`: the per-service CloudWatch dashboard.
     pub dashboard: DashboardConfig,
+    /// `[durability]`: the write-ahead log that keeps acknowledged batches across a crash.
+    pub durability: DurabilityConfig,
 }
 
 impl Default for Config {
@@ -113,6 +117,7 @@ impl Default for Config {
             alarm_defaults: AlarmDefaults::default(),
             alarm_management: AlarmManagement::default(),
             dashboard: DashboardConfig::default(),
+            durability: DurabilityConfig::default(),
         }
     }
 }
@@ -759,6 +764,7 @@ impl Config {
         errs.extend(crate::alarms::validate::check_management(
             &self.alarm_management,
         ));
+        errs.extend(self.durability.problems());
         if errs.is_empty() {
             Ok(())
         } else {

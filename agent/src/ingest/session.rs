@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::timeout;
 
-use super::Intake;
+use super::{FrameOutcome, Intake};
 use crate::stats::{Counter, Stats};
 use crate::util::RateLimitedLog;
 
@@ -210,7 +210,25 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(batch) => {
                 drop(permit);
                 let seq = batch.sequence;
-                (seq, ctx.intake.accept(batch))
+                match ctx.intake.accept_frame(batch, &buf) {
+                    FrameOutcome::Ack { status, sync: None } => (seq, status),
+                    FrameOutcome::Ack {
+                        status,
+                        sync: Some(file),
+                    } => {
+                        if !sync_segment(&ctx, file).await {
+                            return;
+                        }
+                        (seq, status)
+                    }
+                    FrameOutcome::Refuse => {
+                        ctx.log.lock().warn(
+                            "wal_full",
+                            format_args!("write-ahead log is at durability.max_bytes: batch {seq} from {peer} not acknowledged (the SDK resends it); check that periods are being published, or raise durability.max_bytes"),
+                        );
+                        return;
+                    }
+                }
             }
             Err(e) => {
                 drop(permit);
@@ -272,6 +290,27 @@ async fn read_payload<'a, S: AsyncRead + Unpin>(
             .map_err(|_| PayloadError::Io)?;
     }
     Ok(permit)
+}
+
+/// Forces a write-ahead log segment to disk before the ack (`durability.sync = "every_batch"`).
+/// On failure the batch stays merged but unacknowledged: the connection is closed, and the
+/// SDK's resend is answered `Duplicate`.
+async fn sync_segment(ctx: &SessionContext, file: Arc<std::fs::File>) -> bool {
+    let Some(wal) = ctx.intake.wal().cloned() else {
+        return true;
+    };
+    let path = wal.dir().display().to_string();
+    match tokio::task::spawn_blocking(move || wal.sync_file(&file)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::error!(dir = %path, error = %e, "fdatasync of the write-ahead log failed; closing the connection without acknowledging (check the disk under durability.dir)");
+            false
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the write-ahead log sync task failed");
+            false
+        }
+    }
 }
 
 /// Reads the sequence number from the front of a payload that failed to decode further, so

@@ -181,9 +181,9 @@ pub fn render_table(p: &PeriodData) -> String {
         let (count, sum, _min, max, p50, p99) = summary(value);
         let unit = cloudwatch_unit(key.unit);
         let (c, a, b, m) = match value {
-            AggregateValue::Counter(_) | AggregateValue::Derived(_) => {
-                (format!("{sum}"), "-".into(), "-".into(), "-".into())
-            }
+            AggregateValue::Counter(_) => (format!("{sum}"), "-".into(), "-".into(), "-".into()),
+            // A derived value (ErrorRate) is a ratio: three decimals, in the count column.
+            AggregateValue::Derived(_) => (format!("{sum:.3}"), "-".into(), "-".into(), "-".into()),
             _ => (
                 count.to_string(),
                 format!("{p50:.3}"),

@@ -44,6 +44,10 @@ struct Args {
     /// Requests per second the load generator sends.
     #[arg(long, default_value_t = 200)]
     rate: u32,
+    /// The agent's configuration file (default: examples/quickstart-agent.toml, which adds the
+    /// rollup that derives ErrorRate per route).
+    #[arg(long)]
+    agent_config: Option<PathBuf>,
     /// Extra agent settings, passed on as `--set KEY=VALUE`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     agent_settings: Vec<String>,
@@ -70,8 +74,16 @@ fn agent_binary(args: &Args) -> PathBuf {
 async fn start_agent(args: &Args) -> Result<Child, String> {
     let bin = agent_binary(args);
     let mut command = Command::new(&bin);
+    let config = args.agent_config.clone().unwrap_or_else(|| {
+        PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/quickstart-agent.toml"
+        ))
+    });
     command
         .arg("run")
+        .arg("--config")
+        .arg(&config)
         .arg("--set")
         .arg(format!("period_secs={}", args.period_secs))
         .arg("--set")

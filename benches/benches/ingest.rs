@@ -1,0 +1,126 @@
+//! Agent ingest: decode + merge throughput of SDK batches on one core, in series updates per
+//! second (one update = one series of one batch merged into the open period).
+//!
+//! Groups:
+//! - `agent_ingest/counters`: batches of 1,000 counter series (3 labels each) from one
+//!   process, decoded with `tally::wire::decode_batch` and merged by the agent's `Aggregator`
+//!   into a period that already holds those series (the steady state).
+//! - `agent_ingest/histograms`: batches of 100 latency histograms (about 20 distinct values
+//!   each, HdrHistogram V2+DEFLATE on the wire), same path.
+//! - `decode_only` rows in each group split decoding from merging.
+//!
+//! Goal (issue 3): at least 5 million series updates per second per core.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use hdrhistogram::Histogram;
+use tally::wire::{
+    decode_batch, encode_batch, Batch, Limits, ProcessIdentity, Series, SeriesValue, Unit,
+    HEADER_LEN,
+};
+use tally_agent::aggregate::{Aggregator, Settings};
+use tally_agent::config::{Config, TimeUnit};
+use tally_agent::stats::Stats;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn frame(series: Vec<Series>) -> Vec<u8> {
+    let b = Batch {
+        process: ProcessIdentity {
+            instance_id: 1,
+            pid: 1,
+            service: "shop".into(),
+            environment: "prod".into(),
+            host: "h".into(),
+        },
+        sequence: 1,
+        start_unix_ms: now_ms() - 1000,
+        end_unix_ms: now_ms(),
+        drops: Default::default(),
+        series,
+    };
+    let mut out = Vec::new();
+    encode_batch(&b, &mut out).unwrap();
+    out
+}
+
+fn labels(i: usize) -> Vec<(String, String)> {
+    vec![
+        ("Method".into(), ["GET", "POST"][i % 2].into()),
+        ("Route".into(), format!("/api/v1/resource{}", i / 4)),
+        ("StatusClass".into(), ["2xx", "5xx"][(i / 2) % 2].into()),
+    ]
+}
+
+fn aggregator() -> Aggregator {
+    let mut settings = Settings::from_config(&Config::default());
+    settings.time_unit = TimeUnit::Milliseconds;
+    settings.max_series = 1_000_000;
+    Aggregator::new(settings, &Stats::new(), SystemTime::now())
+}
+
+fn bench_path(c: &mut Criterion, group_name: &str, payload: &[u8], series: u64) {
+    let limits = Limits::default();
+    let mut g = c.benchmark_group(group_name);
+    g.throughput(Throughput::Elements(series));
+    g.bench_function(BenchmarkId::new("decode_only", series), |b| {
+        b.iter(|| decode_batch(payload, &limits).unwrap())
+    });
+    let mut agg = aggregator();
+    agg.merge(decode_batch(payload, &limits).unwrap(), SystemTime::now())
+        .unwrap();
+    g.bench_function(BenchmarkId::new("decode_and_merge", series), |b| {
+        b.iter(|| {
+            let batch = decode_batch(payload, &limits).unwrap();
+            agg.merge(batch, SystemTime::now()).unwrap()
+        })
+    });
+    g.finish();
+}
+
+fn counters(c: &mut Criterion) {
+    let n = 1000;
+    let series = (0..n)
+        .map(|i| Series {
+            name: "RequestCount".into(),
+            unit: Unit::Count,
+            labels: labels(i),
+            value: SeriesValue::Counter(3),
+        })
+        .collect();
+    let f = frame(series);
+    bench_path(c, "agent_ingest/counters", &f[HEADER_LEN..], n as u64);
+}
+
+fn histograms(c: &mut Criterion) {
+    let n = 100;
+    let series = (0..n)
+        .map(|i| {
+            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+            h.auto(true);
+            for k in 0..20u64 {
+                h.record(1_000_000 + k * 137_000 + i as u64).unwrap();
+            }
+            Series {
+                name: "ResponseTime".into(),
+                unit: Unit::Nanoseconds,
+                labels: labels(i),
+                value: SeriesValue::Histogram {
+                    scale: 1.0,
+                    histogram: h,
+                },
+            }
+        })
+        .collect();
+    let f = frame(series);
+    bench_path(c, "agent_ingest/histograms", &f[HEADER_LEN..], n as u64);
+}
+
+criterion_group!(benches, counters, histograms);
+criterion_main!(benches);
