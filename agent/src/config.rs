@@ -181,6 +181,10 @@ pub struct IngestConfig {
     pub max_histogram_counts_per_batch: u64,
     /// Seconds a connection may stay silent before the agent closes it. Default 300.
     pub idle_timeout_secs: u64,
+    /// Seconds a frame may take to arrive completely once its header is in; a slower or
+    /// stalled sender is disconnected (`reason="truncated"`) and its buffered bytes released,
+    /// so it cannot hold the shared byte budget. Default 10.
+    pub frame_timeout_secs: u64,
 }
 
 impl Default for IngestConfig {
@@ -198,6 +202,7 @@ impl Default for IngestConfig {
             max_histogram_bytes: l.max_histogram_bytes,
             max_histogram_counts_per_batch: l.max_histogram_counts_per_batch,
             idle_timeout_secs: 300,
+            frame_timeout_secs: 10,
         }
     }
 }
@@ -655,6 +660,7 @@ impl Config {
                 1,
             ),
             ("ingest.idle_timeout_secs", i.idle_timeout_secs, 1),
+            ("ingest.frame_timeout_secs", i.frame_timeout_secs, 1),
             ("aggregate.max_series", self.aggregate.max_series as u64, 1),
             (
                 "aggregate.max_processes",

@@ -137,6 +137,7 @@ pub async fn run(
         config.ingest.limits(),
         config.ingest.max_buffered_bytes,
         Duration::from_secs(config.ingest.idle_timeout_secs),
+        Duration::from_secs(config.ingest.frame_timeout_secs),
         stop_rx.clone(),
         &stats,
     ));
