@@ -158,8 +158,10 @@ fn stalled_and_slow_senders_cannot_stall_other_clients_or_the_publisher() {
     assert_eq!(routes.len(), 3_000);
     let sum: f64 = wide.iter().map(|v| v["sum"].as_f64().unwrap()).sum();
     assert_eq!(sum, 3_000.0);
+    // Log lines are rate-limited per reason: whichever stalled sender is cut off first (half a
+    // header, or a header without its payload) is the one explained.
     assert!(
-        err.contains("frame truncated while reading frame payload"),
+        err.contains("frame truncated while reading frame"),
         "the stall is explained in the log:\n{err}"
     );
 }
