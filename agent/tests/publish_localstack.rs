@@ -21,7 +21,7 @@ use aws_sdk_cloudwatch::Client;
 use bytes::Bytes;
 use common::fault_proxy::{start_proxy, CLOSE, FORWARD, REJECT_POISON, THROTTLE, UNAVAILABLE};
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::Full;
 use tally::wire::Unit;
 use tally_agent::model::{AggregateValue, MetricKey, PeriodData};
 use tally_agent::publish::retry::ErrorKind;
