@@ -124,6 +124,7 @@ pub struct Builder {
     flush_interval: Duration,
     max_unsent_bytes: usize,
     label_limit: usize,
+    max_series: usize,
     significant_digits: u8,
     shards: Option<usize>,
     shutdown_timeout: Duration,
@@ -139,6 +140,7 @@ impl Default for Builder {
             flush_interval: Duration::from_secs(10),
             max_unsent_bytes: 64 << 20,
             label_limit: 1000,
+            max_series: 100_000,
             significant_digits: 3,
             shards: None,
             shutdown_timeout: Duration::from_secs(5),
@@ -188,6 +190,15 @@ impl Builder {
     /// Default number of distinct values each label of a family may take (default 1000).
     pub fn label_limit(mut self, limit: usize) -> Self {
         self.label_limit = limit;
+        self
+    }
+
+    /// Most distinct series this process keeps (default 100,000, as the agent's
+    /// `aggregate.max_series`). Past it, a new series' label values all become the overflow
+    /// value (`__other__`), counted in [`Stats::label_overflows`]: recording a million
+    /// distinct label values through handles or the `metrics` facade keeps memory bounded.
+    pub fn max_series(mut self, max: usize) -> Self {
+        self.max_series = max;
         self
     }
 
@@ -268,6 +279,7 @@ impl Builder {
             layout: Layout::new(self.significant_digits),
             event_scale: self.event_scale,
             label_limit: self.label_limit,
+            max_series: self.max_series,
         }));
         let stats = Arc::new(StatsCells::default());
         let (ctl, thread) = flush::spawn(

@@ -422,6 +422,7 @@ mod tests {
             layout: Layout::new(3),
             event_scale: 1000.0,
             label_limit: limit,
+            max_series: 100_000,
         }))
     }
 
