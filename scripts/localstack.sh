@@ -7,16 +7,18 @@
 #
 # Versions: localstack-core 4.13.1 is the newest release that runs on Python 3.11 and has the
 # CBOR timestamp fix aws-sdk-cloudwatch needs; the pins below are a set of its runtime
-# dependencies that work together (see docs: /work/shared/reference/localstack.md).
-# Environment: LOCALSTACK_PORT (4566), LOCALSTACK_PYTHON (python3), LOCALSTACK_VENV
-# (.localstack-venv at the repository root).
+# dependencies that work together (found by trial on Python 3.11; newer LocalStack needs Python 3.12).
+# Environment: LOCALSTACK_PORT (4566; each port has its own pid file, log and data under
+# target/), LOCALSTACK_PYTHON (python3), LOCALSTACK_VENV (.localstack-venv at the repository root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PORT="${LOCALSTACK_PORT:-4566}"
 PYTHON="${LOCALSTACK_PYTHON:-python3}"
 VENV="${LOCALSTACK_VENV:-$PWD/.localstack-venv}"
-STATE="$PWD/target/localstack"
+# One state folder (pid file, log, data) per port, so an instance started on another port (a
+# test that stops and restarts its own CloudWatch) never touches the shared one on 4566.
+if [ "$PORT" = 4566 ]; then STATE="$PWD/target/localstack"; else STATE="$PWD/target/localstack-$PORT"; fi
 PIDFILE="$STATE/localstack.pid"
 LOG="$STATE/localstack.log"
 HEALTH="http://127.0.0.1:$PORT/_localstack/health"

@@ -27,6 +27,7 @@ use thiserror::Error;
 
 use crate::alarms::config::{AlarmDefaults, AlarmManagement};
 use crate::alarms::{AlarmSpec, AlarmsConfig, DashboardConfig};
+use crate::durability::DurabilityConfig;
 use crate::ecs::EcsConfig;
 use crate::publish::PublishConfig;
 use crate::sinks::stdout::StdoutFormat;
@@ -49,6 +50,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "alarm_management",
     "dashboard",
     "ecs",
+    "durability",
 ];
 
 /// Prefix of configuration environment variables.
@@ -92,6 +94,8 @@ pub struct Config {
     pub alarm_management: AlarmManagement,
     /// `[dashboard]`: the per-service CloudWatch dashboard.
     pub dashboard: DashboardConfig,
+    /// `[durability]`: the write-ahead log that keeps acknowledged batches across a crash.
+    pub durability: DurabilityConfig,
 }
 
 impl Default for Config {
@@ -113,6 +117,7 @@ impl Default for Config {
             alarm_defaults: AlarmDefaults::default(),
             alarm_management: AlarmManagement::default(),
             dashboard: DashboardConfig::default(),
+            durability: DurabilityConfig::default(),
         }
     }
 }
@@ -176,6 +181,10 @@ pub struct IngestConfig {
     pub max_histogram_counts_per_batch: u64,
     /// Seconds a connection may stay silent before the agent closes it. Default 300.
     pub idle_timeout_secs: u64,
+    /// Seconds a frame may take to arrive completely once its header is in; a slower or
+    /// stalled sender is disconnected (`reason="truncated"`) and its buffered bytes released,
+    /// so it cannot hold the shared byte budget. Default 10.
+    pub frame_timeout_secs: u64,
 }
 
 impl Default for IngestConfig {
@@ -193,6 +202,7 @@ impl Default for IngestConfig {
             max_histogram_bytes: l.max_histogram_bytes,
             max_histogram_counts_per_batch: l.max_histogram_counts_per_batch,
             idle_timeout_secs: 300,
+            frame_timeout_secs: 10,
         }
     }
 }
@@ -650,6 +660,7 @@ impl Config {
                 1,
             ),
             ("ingest.idle_timeout_secs", i.idle_timeout_secs, 1),
+            ("ingest.frame_timeout_secs", i.frame_timeout_secs, 1),
             ("aggregate.max_series", self.aggregate.max_series as u64, 1),
             (
                 "aggregate.max_processes",
@@ -753,6 +764,7 @@ impl Config {
         errs.extend(crate::alarms::validate::check_management(
             &self.alarm_management,
         ));
+        errs.extend(self.durability.problems());
         if errs.is_empty() {
             Ok(())
         } else {

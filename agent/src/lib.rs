@@ -22,6 +22,9 @@
 //!   (`ErrorRate`) are computed when a period closes; CloudWatch's naming rules and the
 //!   series bound are enforced with counted, explained refusals.
 //! - [`sinks`]: the [`sinks::Sink`] trait and the stdout sink.
+//! - [`durability`]: the optional write-ahead log (`[durability] dir`): a batch is appended
+//!   before it is acknowledged, its period's segment deleted once published, and what a
+//!   killed agent left is replayed at start.
 //! - [`runtime`]: wiring and the ordered shutdown (stop accepting, drain sessions, close the
 //!   open period early, deliver within the deadline).
 //! - [`admin`]: health, Prometheus self-metrics, monthly cost estimate.
@@ -38,6 +41,7 @@ pub mod aggregate;
 pub mod alarms;
 pub mod catalog;
 pub mod config;
+pub mod durability;
 pub mod ecs;
 pub mod ingest;
 pub mod model;

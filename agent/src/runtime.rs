@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use crate::admin::{self, AdminState};
 use crate::aggregate::{Aggregator, ClosedPeriod, Settings, DROPPED_SAMPLES};
 use crate::config::Config;
+use crate::durability::{Wal, WalError};
 use crate::ingest::listen::{ListenError, Listeners};
 use crate::ingest::sequence::Sequences;
 use crate::ingest::session::SessionContext;
@@ -33,6 +34,9 @@ pub enum RunError {
     /// The ingest listeners could not start.
     #[error(transparent)]
     Listen(#[from] ListenError),
+    /// The write-ahead log (`[durability]`) could not be opened or replayed.
+    #[error(transparent)]
+    Durability(#[from] WalError),
     /// The admin endpoint could not start.
     #[error("cannot listen on admin.addr {addr}: {source} (change admin.addr, or set it to \"\" to disable the endpoint)")]
     Admin {
@@ -98,21 +102,42 @@ pub async fn run(
         admin_addr: admin_listener.as_ref().and_then(|l| l.local_addr().ok()),
     };
 
+    let wal = if config.durability.enabled() {
+        Some(Wal::open(&config.durability, &stats)?)
+    } else {
+        None
+    };
     let mut settings = Settings::from_config(&config);
     settings.extra_dimensions = extra_dimensions;
     settings.extra_dimensions.sort();
-    let aggregator = Aggregator::new(settings, &stats, SystemTime::now());
+    // Periods a previous run left in the write-ahead log open again, so their batches are
+    // published with their own timestamps.
+    let oldest = wal
+        .as_ref()
+        .and_then(|(_, left)| left.oldest_period())
+        .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+    let now = SystemTime::now();
+    let aggregator = Aggregator::new(settings, &stats, oldest.map_or(now, |o| o.min(now)));
     let sequences = Sequences::new(
         config.aggregate.max_processes,
         Duration::from_secs(config.aggregate.process_ttl_secs),
     );
-    let intake = Intake::new(aggregator, sequences, &stats);
+    let mut intake = Intake::new(aggregator, sequences, &stats);
+    let wal = match wal {
+        Some((wal, leftovers)) => {
+            intake = intake.with_wal(wal.clone());
+            replay(&intake, &wal, leftovers, &config)?;
+            Some(wal)
+        }
+        None => None,
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let ctx = Arc::new(SessionContext::new(
         intake.clone(),
         config.ingest.limits(),
         config.ingest.max_buffered_bytes,
         Duration::from_secs(config.ingest.idle_timeout_secs),
+        Duration::from_secs(config.ingest.frame_timeout_secs),
         stop_rx.clone(),
         &stats,
     ));
@@ -124,7 +149,7 @@ pub async fn run(
     );
     let (tx, rx) = mpsc::channel::<SinkMsg>(config.sink.queue_periods);
 
-    let sink_task = tokio::spawn(sink_loop(sink, rx, depth.clone()));
+    let sink_task = tokio::spawn(sink_loop(sink, rx, depth.clone(), wal.clone()));
     let serve_task = {
         let stats = stats.clone();
         let max = config.ingest.max_connections;
@@ -180,7 +205,16 @@ pub async fn run(
     let _ = ticker.await;
     let last = intake.close_all();
     for p in last {
-        send_period(&tx, p, &depth, &stats, &summary, Some(deadline)).await;
+        send_period(
+            &tx,
+            p,
+            &depth,
+            &stats,
+            &summary,
+            Some(deadline),
+            wal.as_ref(),
+        )
+        .await;
     }
     let _ = tokio::time::timeout_at(deadline, tx.send(SinkMsg::Shutdown(deadline))).await;
     drop(tx);
@@ -202,6 +236,46 @@ pub async fn run(
     Ok(s)
 }
 
+/// Merges and re-logs what a previous run left in the write-ahead log.
+fn replay(
+    intake: &Intake,
+    wal: &Wal,
+    leftovers: crate::durability::Leftovers,
+    config: &Config,
+) -> Result<(), WalError> {
+    if leftovers.is_empty() {
+        return Ok(());
+    }
+    let files = leftovers.len();
+    let limits = config.ingest.limits();
+    let mut undecodable = 0u64;
+    let n = wal.replay(leftovers, |payload| {
+        match tally::wire::BatchView::parse(payload, &limits) {
+            Ok(batch) => {
+                intake.replay_frame(&batch, payload);
+                true
+            }
+            Err(e) => {
+                // It was decoded with the same limits before being logged: only a change of
+                // [ingest] limits between the runs can refuse it now.
+                undecodable += 1;
+                tracing::error!(error = %e, "a logged batch no longer decodes (were the [ingest] limits lowered?); its samples are lost");
+                false
+            }
+        }
+    })?;
+    if undecodable > 0 {
+        intake.count_undecodable_replay(undecodable);
+    }
+    tracing::info!(
+        files,
+        batches = n,
+        dir = %wal.dir().display(),
+        "replayed the write-ahead log of the previous run; its periods will be published"
+    );
+    Ok(())
+}
+
 async fn send_period(
     tx: &mpsc::Sender<SinkMsg>,
     p: ClosedPeriod,
@@ -209,7 +283,9 @@ async fn send_period(
     stats: &Stats,
     summary: &parking_lot::Mutex<RunSummary>,
     deadline: Option<Instant>,
+    wal: Option<&Arc<Wal>>,
 ) {
+    let start = crate::aggregate::period::unix_secs(p.data.timestamp);
     // Wait for room for at most a period (or until the shutdown deadline), then count the loss.
     let wait = match deadline {
         Some(d) => d.saturating_duration_since(Instant::now()),
@@ -238,6 +314,10 @@ async fn send_period(
                 .add(samples);
             summary.lock().dropped_samples += samples;
             tracing::error!(samples, reason, "a closed period could not be handed to the sink (raise sink.queue_periods or check the sink)");
+            // Its loss is counted: the write-ahead log does not keep it for a later replay.
+            if let Some(w) = wal {
+                w.release(start);
+            }
         }
     }
 }
@@ -260,30 +340,57 @@ async fn tick_loop(
             _ = stop.wait_for(|s| *s) => return,
             _ = tokio::time::sleep(wait) => {}
         }
+        // Replayed periods are due at once (their close time has passed).
         for p in intake.close_due(SystemTime::now()) {
-            send_period(&tx, p, &depth, &stats, &summary, None).await;
+            send_period(&tx, p, &depth, &stats, &summary, None, intake.wal()).await;
         }
     }
 }
 
-async fn sink_loop(mut sink: Box<dyn Sink>, mut rx: mpsc::Receiver<SinkMsg>, depth: Gauge) {
+async fn sink_loop(
+    mut sink: Box<dyn Sink>,
+    mut rx: mpsc::Receiver<SinkMsg>,
+    depth: Gauge,
+    wal: Option<Arc<Wal>>,
+) {
     let mut deadline = None;
-    while let Some(msg) = rx.recv().await {
-        match msg {
-            SinkMsg::Period(p) => {
-                depth.add(-1);
-                if let Err(e) = sink.send(p).await {
-                    tracing::error!(sink = sink.name(), "{e}");
+    let mut settled = sink.settled();
+    let mut sent = 0u64;
+    loop {
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(SinkMsg::Period(p)) => {
+                    depth.add(-1);
+                    if let Some(w) = &wal {
+                        w.handed_off(crate::aggregate::period::unix_secs(p.timestamp));
+                    }
+                    sent += 1;
+                    if let Err(e) = sink.send(p).await {
+                        tracing::error!(sink = sink.name(), "{e}");
+                    }
+                    if let (Some(w), None) = (&wal, &settled) {
+                        w.settle(sent);
+                    }
                 }
-            }
-            SinkMsg::Shutdown(d) => {
-                deadline = Some(d);
-                break;
+                Some(SinkMsg::Shutdown(d)) => {
+                    deadline = Some(d);
+                    break;
+                }
+                None => break,
+            },
+            Ok(()) = async { settled.as_mut().expect("guarded").changed().await }, if settled.is_some() && wal.is_some() => {
+                let n = *settled.as_mut().expect("guarded").borrow_and_update();
+                if let Some(w) = &wal {
+                    w.settle(n);
+                }
             }
         }
     }
     let d = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(20));
     if let Err(e) = sink.shutdown(d).await {
         tracing::error!(sink = sink.name(), "{e}");
+    }
+    if let (Some(w), Some(s)) = (&wal, &settled) {
+        w.settle(*s.borrow());
     }
 }

@@ -7,9 +7,9 @@
 //! another (LocalStack matches dimensions with `LIKE`), and stays in the tens of thousands of
 //! samples (LocalStack stores one row per count).
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,14 +19,14 @@ use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{Dimension, Statistic};
 use aws_sdk_cloudwatch::Client;
 use bytes::Bytes;
+use common::fault_proxy::{start_proxy, CLOSE, FORWARD, REJECT_POISON, THROTTLE, UNAVAILABLE};
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use tally::wire::Unit;
 use tally_agent::model::{AggregateValue, MetricKey, PeriodData};
 use tally_agent::publish::retry::ErrorKind;
 use tally_agent::publish::{ClientOverrides, CloudWatchSink, DropReason, PublishConfig};
 use tally_agent::stats::Stats;
-use tokio::net::TcpListener;
 
 fn endpoint() -> String {
     std::env::var("TALLY_TEST_CLOUDWATCH_ENDPOINT")
@@ -407,122 +407,11 @@ async fn more_than_2500_series_go_out_in_several_requests_none_over_a_limit() {
     );
 }
 
-// ---------- the fault proxy ----------
-
-const FORWARD: u8 = 0;
-const THROTTLE: u8 = 1;
-const UNAVAILABLE: u8 = 2;
-const CLOSE: u8 = 3;
-const REJECT_POISON: u8 = 4;
-
-/// CBOR text string.
-fn cbor_text(out: &mut Vec<u8>, s: &str) {
-    if s.len() < 24 {
-        out.push(0x60 + s.len() as u8);
-    } else {
-        out.push(0x78);
-        out.push(s.len() as u8);
-    }
-    out.extend_from_slice(s.as_bytes());
-}
-
-/// An rpc-v2-cbor error answer.
-fn error_answer(status: u16, code: &str, message: &str) -> hyper::Response<Full<Bytes>> {
-    let mut body = vec![0xa2];
-    cbor_text(&mut body, "__type");
-    cbor_text(&mut body, &format!("com.amazonaws.cloudwatch#{code}"));
-    cbor_text(&mut body, "message");
-    cbor_text(&mut body, message);
-    hyper::Response::builder()
-        .status(status)
-        .header("content-type", "application/cbor")
-        .header("smithy-protocol", "rpc-v2-cbor")
-        .header("x-amzn-query-error", format!("{code};Sender"))
-        .body(Full::new(Bytes::from(body)))
-        .unwrap()
-}
-
-/// A loopback HTTP proxy in front of LocalStack whose behaviour the test switches.
-async fn start_proxy(mode: Arc<AtomicU8>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let upstream = endpoint();
-    tokio::spawn(async move {
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http::<Full<Bytes>>();
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            if mode.load(Ordering::SeqCst) == CLOSE {
-                drop(stream); // The connection closes before any answer.
-                continue;
-            }
-            let (mode, client, upstream) = (mode.clone(), client.clone(), upstream.clone());
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (mode, client, upstream) =
-                            (mode.clone(), client.clone(), upstream.clone());
-                        async move {
-                            let (parts, body) = req.into_parts();
-                            let body = body
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            let answer = match mode.load(Ordering::SeqCst) {
-                                THROTTLE => error_answer(400, "Throttling", "Rate exceeded"),
-                                UNAVAILABLE => error_answer(503, "ServiceUnavailable", "try later"),
-                                REJECT_POISON if body.windows(6).any(|w| w == b"Poison") => {
-                                    error_answer(
-                                        400,
-                                        "InvalidParameterValue",
-                                        "the value of Poison is invalid",
-                                    )
-                                }
-                                _ => {
-                                    let uri = format!("{upstream}{}", parts.uri.path());
-                                    let mut fwd =
-                                        hyper::Request::builder().method(parts.method).uri(uri);
-                                    for (k, v) in &parts.headers {
-                                        fwd = fwd.header(k, v);
-                                    }
-                                    match client.request(fwd.body(Full::new(body)).unwrap()).await {
-                                        Ok(res) => {
-                                            let (p, b) = res.into_parts();
-                                            let b = b
-                                                .collect()
-                                                .await
-                                                .map(|b| b.to_bytes())
-                                                .unwrap_or_default();
-                                            hyper::Response::from_parts(p, Full::new(b))
-                                        }
-                                        Err(_) => {
-                                            error_answer(502, "BadGateway", "upstream unreachable")
-                                        }
-                                    }
-                                }
-                            };
-                            Ok::<_, Infallible>(answer)
-                        }
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_throttling_503s_and_closed_connections_for_several_periods_totals_are_exact() {
     require_localstack().await;
     let mode = Arc::new(AtomicU8::new(THROTTLE));
-    let proxy = start_proxy(mode.clone()).await;
+    let proxy = start_proxy(endpoint(), mode.clone()).await;
     let ns = namespace("outage");
     let stats = Stats::new();
     let bound = 4 * 1024 * 1024;
@@ -620,7 +509,7 @@ fn failed(sink: &CloudWatchSink) -> u64 {
 async fn a_datum_cloudwatch_refuses_is_counted_and_does_not_sink_its_request() {
     require_localstack().await;
     let mode = Arc::new(AtomicU8::new(REJECT_POISON));
-    let proxy = start_proxy(mode).await;
+    let proxy = start_proxy(endpoint(), mode).await;
     let ns = namespace("poison");
     let stats = Stats::new();
     // Uncompressed bodies, so the proxy can see the poisoned name.

@@ -93,6 +93,10 @@ pub struct Stats {
     pub samples_rejected: u64,
     /// Samples still unacknowledged when shutdown's timeout ran out.
     pub samples_lost_at_shutdown: u64,
+    /// Samples recorded after [`Tally::shutdown`] (through handles or families still in
+    /// use): never sent, counted here so that nothing is lost silently. Counted each time
+    /// stats are read, so read them once recording has stopped to see the final figure.
+    pub samples_after_shutdown: u64,
     /// Bytes waiting for the agent (sealed frames plus an estimate of open data).
     pub unsent_bytes: u64,
     /// Successful connections.
@@ -120,6 +124,7 @@ pub struct Builder {
     flush_interval: Duration,
     max_unsent_bytes: usize,
     label_limit: usize,
+    max_series: usize,
     significant_digits: u8,
     shards: Option<usize>,
     shutdown_timeout: Duration,
@@ -135,6 +140,7 @@ impl Default for Builder {
             flush_interval: Duration::from_secs(10),
             max_unsent_bytes: 64 << 20,
             label_limit: 1000,
+            max_series: 100_000,
             significant_digits: 3,
             shards: None,
             shutdown_timeout: Duration::from_secs(5),
@@ -184,6 +190,15 @@ impl Builder {
     /// Default number of distinct values each label of a family may take (default 1000).
     pub fn label_limit(mut self, limit: usize) -> Self {
         self.label_limit = limit;
+        self
+    }
+
+    /// Most distinct series this process keeps (default 100,000, as the agent's
+    /// `aggregate.max_series`). Past it, a new series' label values all become the overflow
+    /// value (`__other__`), counted in [`Stats::label_overflows`]: recording a million
+    /// distinct label values through handles or the `metrics` facade keeps memory bounded.
+    pub fn max_series(mut self, max: usize) -> Self {
+        self.max_series = max;
         self
     }
 
@@ -264,6 +279,7 @@ impl Builder {
             layout: Layout::new(self.significant_digits),
             event_scale: self.event_scale,
             label_limit: self.label_limit,
+            max_series: self.max_series,
         }));
         let stats = Arc::new(StatsCells::default());
         let (ctl, thread) = flush::spawn(
@@ -345,7 +361,9 @@ impl Inner {
             // A panic in the flusher would be a bug; it has already been reported by the
             // panic hook, and shutdown must not panic in turn.
             let _ = thread.join();
-        }
+        } // From here on nothing drains the cells but `Tally::stats`, which counts what it
+          // finds as recorded after shutdown.
+        self.stats.shut_down.store(true, Ordering::Release);
     }
 }
 
@@ -469,6 +487,10 @@ impl Tally {
     /// Flushes what is left (waiting up to the shutdown timeout for acks) and stops the
     /// flusher. Idempotent; dropping the last clone does the same. Returns the final stats:
     /// [`Stats::samples_lost_at_shutdown`] says what the agent did not acknowledge in time.
+    ///
+    /// Handles and families keep working afterwards (recording never fails), but what they
+    /// record is no longer sent: [`Tally::stats`] drains it and counts it in
+    /// [`Stats::samples_after_shutdown`].
     pub fn shutdown(&self) -> Stats {
         self.inner.shutdown();
         self.stats()
@@ -478,6 +500,13 @@ impl Tally {
     pub fn stats(&self) -> Stats {
         let s = &self.inner.stats;
         let r = self.registry();
+        if s.shut_down.load(Ordering::Acquire) {
+            let late: u64 = flush::collect(&r.series())
+                .iter()
+                .map(|(_, d)| d.samples())
+                .sum();
+            s.samples_after_shutdown.fetch_add(late, Ordering::Relaxed);
+        }
         let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
         Stats {
             dropped_samples: l(&s.dropped_samples),
@@ -490,6 +519,7 @@ impl Tally {
             batches_rejected: l(&s.batches_rejected),
             samples_rejected: l(&s.samples_rejected),
             samples_lost_at_shutdown: l(&s.samples_lost_at_shutdown),
+            samples_after_shutdown: l(&s.samples_after_shutdown),
             unsent_bytes: l(&s.unsent_bytes),
             connects: l(&s.connects),
             connect_failures: l(&s.connect_failures),

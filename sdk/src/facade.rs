@@ -132,11 +132,25 @@ impl TallyRecorder {
         }
     }
 
-    fn cached<H: Clone>(map: &RwLock<HashMap<Key, H>>, key: &Key, make: impl FnOnce() -> H) -> H {
+    /// The handle of `key`, built once and cached. The cache holds at most the registry's
+    /// `max_series` keys: past that, handles are built on each call (the registry folds their
+    /// label values into the overflow series), so a million distinct label values cannot grow
+    /// it without bound. A `Counter::absolute` on such an uncached key counts its full value.
+    fn cached<H: Clone>(
+        &self,
+        map: &RwLock<HashMap<Key, H>>,
+        key: &Key,
+        make: impl FnOnce() -> H,
+    ) -> H {
         if let Some(h) = map.read().get(key) {
             return h.clone();
         }
-        map.write().entry(key.clone()).or_insert_with(make).clone()
+        let mut w = map.write();
+        if w.len() >= self.inner.tally.registry().config.max_series {
+            drop(w);
+            return make();
+        }
+        w.entry(key.clone()).or_insert_with(make).clone()
     }
 }
 
@@ -152,7 +166,7 @@ impl metrics::Recorder for TallyRecorder {
     }
 
     fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> metrics::Counter {
-        Self::cached(&self.inner.counters, key, || {
+        self.cached(&self.inner.counters, key, || {
             let cell = self.inner.tally.counter(key.name(), &labels(key)).cell;
             metrics::Counter::from_arc(Arc::new(FacadeCounter {
                 cell,
@@ -162,14 +176,14 @@ impl metrics::Recorder for TallyRecorder {
     }
 
     fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> metrics::Gauge {
-        Self::cached(&self.inner.gauges, key, || {
+        self.cached(&self.inner.gauges, key, || {
             let cell = self.inner.tally.gauge(key.name(), &labels(key)).cell;
             metrics::Gauge::from_arc(Arc::new(FacadeGauge(cell)))
         })
     }
 
     fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> metrics::Histogram {
-        Self::cached(&self.inner.histograms, key, || {
+        self.cached(&self.inner.histograms, key, || {
             let described = self.inner.units.lock().get(key.name()).copied();
             let (unit, factor, scale) = histogram_unit(described);
             let registry = self.inner.tally.registry();

@@ -87,6 +87,35 @@ fn every_kind_of_series_arrives_with_its_labels_and_the_process_identity() {
 }
 
 #[test]
+fn records_after_shutdown_are_not_sent_but_counted() {
+    let agent = CaptureAgent::start();
+    let tally = tally_for(&agent);
+    let hits = tally.counter("Hits", &[]);
+    let latency = tally.histogram_family("Latency", Unit::Nanoseconds, &["Route"]);
+    hits.increment(2);
+    latency.record(&["/"], 10);
+    let at_shutdown = tally.shutdown();
+    assert_eq!(at_shutdown.samples_after_shutdown, 0);
+    assert_eq!(at_shutdown.samples_lost_at_shutdown, 0);
+    hits.increment(5);
+    latency.record(&["/"], 20);
+    latency.record(&["/new"], 30);
+    tally.event("Sale", &[]).emit_value(1.5);
+    assert_eq!(tally.stats().samples_after_shutdown, 5 + 1 + 1 + 1);
+    // Counted once: a second read finds nothing new.
+    assert_eq!(tally.stats().samples_after_shutdown, 8);
+    let totals = agent.totals();
+    assert_eq!(totals.counter("Hits", &[]), 2);
+    assert_eq!(
+        totals
+            .histogram("Latency", &[("Route", "/")])
+            .map(|h| h.len()),
+        Some(1)
+    );
+    assert_eq!(totals.samples(), 3);
+}
+
+#[test]
 fn invalid_configurations_are_refused_with_the_setting_to_change() {
     let short = Tally::builder()
         .flush_interval(Duration::from_millis(500))

@@ -119,6 +119,8 @@ pub struct MergeReport {
     pub merged: u64,
     /// Samples dropped (counted by reason in the stats).
     pub dropped: u64,
+    /// Start (Unix seconds) of the period the batch was merged into.
+    pub period_start: u64,
 }
 
 struct OpenPeriod {
@@ -328,7 +330,10 @@ impl Aggregator {
             series: HashMap::new(),
             samples: 0,
         });
-        let mut report = MergeReport::default();
+        let mut report = MergeReport {
+            period_start: start,
+            ..MergeReport::default()
+        };
         let mut scratch = Vec::new();
         for s in batch.series() {
             let n = s.value.samples();

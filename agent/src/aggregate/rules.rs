@@ -1,6 +1,6 @@
 //! CloudWatch's naming rules, checked before a series is admitted so that a datum is never
-//! refused by `PutMetricData` for its name (limits from the CloudWatch API model; see
-//! `/work/shared/reference/cloudwatch-and-ecs.md`).
+//! refused by `PutMetricData` for its name (limits from the CloudWatch API model:
+//! PutMetricData, MetricDatum and Dimension in the CloudWatch API reference).
 
 use thiserror::Error;
 

@@ -373,7 +373,8 @@ fn series_beyond_the_limit_are_dropped_and_counted() {
         r,
         MergeReport {
             merged: 6,
-            dropped: 9
+            dropped: 9,
+            period_start: r.period_start,
         }
     );
     assert_eq!(
@@ -428,7 +429,8 @@ fn names_breaking_cloudwatch_rules_are_refused_with_their_reason() {
         r,
         MergeReport {
             merged: 1,
-            dropped: 3
+            dropped: 3,
+            period_start: r.period_start,
         }
     );
     for reason in ["non_ascii_dimension", "empty_name", "reserved_dimension"] {

@@ -98,7 +98,7 @@ fn check_dashboard(d: &DashboardConfig, target: &Target<'_>) -> Vec<String> {
         ));
     }
     if !(d.period_secs == 1 || d.period_secs == 5 || d.period_secs == 10 || d.period_secs == 30)
-        && (d.period_secs == 0 || d.period_secs % 60 != 0)
+        && (d.period_secs == 0 || !d.period_secs.is_multiple_of(60))
     {
         p.push(format!(
             "[dashboard] period_secs = {}: set 1, 5, 10, 30 or a multiple of 60",
@@ -123,12 +123,12 @@ pub fn check_shape(alarm: &str, full_name: &str, shape: &Shape, agent_period: u3
         ));
     }
     let period = shape.period_secs;
-    if !(period == 10 || period == 30 || (period > 0 && period % 60 == 0)) {
+    if !(period == 10 || period == 30 || (period > 0 && period.is_multiple_of(60))) {
         p.push(format!(
             "alarm {alarm:?}: period_secs = {period}: CloudWatch accepts 10, 30 or a multiple \
              of 60"
         ));
-    } else if agent_period > 0 && period % agent_period != 0 {
+    } else if agent_period > 0 && !period.is_multiple_of(agent_period) {
         p.push(format!(
             "alarm {alarm:?}: period_secs = {period} is not a multiple of the agent's \
              period_secs = {agent_period}: some alarm periods would hold no datapoint; set \

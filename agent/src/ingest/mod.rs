@@ -23,6 +23,7 @@ use parking_lot::Mutex;
 use tally::wire::{AckStatus, BatchView};
 
 use crate::aggregate::{Aggregator, ClosedPeriod, DROPPED_SAMPLES};
+use crate::durability::{Full, Wal};
 use crate::stats::{Counter, Stats};
 use sequence::{Sequences, Verdict};
 
@@ -48,6 +49,22 @@ struct IntakeStats {
 pub struct Intake {
     core: Arc<Mutex<Core>>,
     stats: Arc<IntakeStats>,
+    wal: Option<Arc<Wal>>,
+}
+
+/// How to answer a frame once the intake has dealt with it (see [`Intake::accept_frame`]).
+#[derive(Debug)]
+pub enum FrameOutcome {
+    /// Answer with this status (after forcing `sync` to disk, when given).
+    Ack {
+        /// The status.
+        status: AckStatus,
+        /// A write-ahead log segment to `fdatasync` before answering.
+        sync: Option<Arc<std::fs::File>>,
+    },
+    /// The write-ahead log is full: do not answer; close the connection so the SDK keeps
+    /// the batch and resends it later.
+    Refuse,
 }
 
 impl std::fmt::Debug for Intake {
@@ -101,11 +118,53 @@ impl Intake {
                 sequences,
             })),
             stats: Arc::new(s),
+            wal: None,
         }
     }
 
-    /// Checks the batch's sequence, merges it, and says how to acknowledge it.
+    /// Logs every new batch accepted through [`Intake::accept_frame`] to `wal` before it is
+    /// acknowledged.
+    pub fn with_wal(mut self, wal: Arc<Wal>) -> Self {
+        self.wal = Some(wal);
+        self
+    }
+
+    /// The write-ahead log, when durability is on.
+    pub fn wal(&self) -> Option<&Arc<Wal>> {
+        self.wal.as_ref()
+    }
+
+    /// Checks the batch's sequence, merges it, and says how to acknowledge it. Not logged to
+    /// the write-ahead log (the payload is not at hand): sessions use [`Intake::accept_frame`].
     pub fn accept(&self, batch: &BatchView<'_>) -> AckStatus {
+        match self.accept_logged(batch, None, false) {
+            FrameOutcome::Ack { status, .. } => status,
+            FrameOutcome::Refuse => unreachable!("only a logged batch can be refused"),
+        }
+    }
+
+    /// Like [`Intake::accept`], and when the write-ahead log is on, appends the frame's
+    /// `payload` to it (under the merge lock, before the answer); a batch that finds the log
+    /// full is neither merged nor answered.
+    pub fn accept_frame(&self, batch: &BatchView<'_>, payload: &[u8]) -> FrameOutcome {
+        self.accept_logged(batch, Some(payload), true)
+    }
+
+    /// Replays a logged batch at start: merged and logged again, never refused for room.
+    pub fn replay_frame(&self, batch: &BatchView<'_>, payload: &[u8]) -> AckStatus {
+        match self.accept_logged(batch, Some(payload), false) {
+            FrameOutcome::Ack { status, .. } => status,
+            FrameOutcome::Refuse => unreachable!("replay does not check room"),
+        }
+    }
+
+    fn accept_logged(
+        &self,
+        batch: &BatchView<'_>,
+        payload: Option<&[u8]>,
+        check_room: bool,
+    ) -> FrameOutcome {
+        let wal = self.wal.as_deref().zip(payload);
         let id = batch.process.instance_id;
         let seq = batch.sequence;
         let drops = batch.drops;
@@ -115,7 +174,10 @@ impl Intake {
         match core.sequences.check(id, seq) {
             Verdict::Duplicate => {
                 self.stats.duplicate.inc();
-                AckStatus::Duplicate
+                FrameOutcome::Ack {
+                    status: AckStatus::Duplicate,
+                    sync: None,
+                }
             }
             Verdict::Stale => {
                 self.stats.stale.inc();
@@ -125,10 +187,27 @@ impl Intake {
                     sequence = seq,
                     "batch is older than the sequence window: it may already have been merged, so it is refused and counted"
                 );
-                AckStatus::Rejected
+                FrameOutcome::Ack {
+                    status: AckStatus::Rejected,
+                    sync: None,
+                }
             }
             Verdict::New => {
+                if let Some((wal, payload)) = wal.filter(|_| check_room) {
+                    if wal.check_room(payload.len()) == Err(Full) {
+                        return FrameOutcome::Refuse;
+                    }
+                }
                 let merged = core.aggregator.merge(batch, now);
+                let mut sync = None;
+                if let (Some((wal, payload)), Ok(report)) = (wal, &merged) {
+                    match wal.append(report.period_start, payload) {
+                        Ok(s) => sync = s,
+                        Err(e) => tracing::error!(
+                            "{e}; batch {seq} of instance {id} is merged and acknowledged but not protected against a crash"
+                        ),
+                    }
+                }
                 let c = core.sequences.commit(id, seq, drops, Instant::now());
                 drop(core);
                 self.stats
@@ -143,7 +222,7 @@ impl Intake {
                 self.stats
                     .sdk_label_overflows
                     .add(c.sdk_drops.label_overflows);
-                match merged {
+                let status = match merged {
                     Ok(_) => {
                         self.stats.accepted.inc();
                         AckStatus::Accepted
@@ -153,9 +232,23 @@ impl Intake {
                         tracing::warn!(reason = e.reason(), "batch refused: {e}");
                         AckStatus::Rejected
                     }
-                }
+                };
+                FrameOutcome::Ack { status, sync }
             }
         }
+    }
+
+    /// Counts logged batches that could not be decoded at replay (their samples are unknown).
+    pub fn count_undecodable_replay(&self, batches: u64) {
+        self.stats.rejected.add(batches);
+        self.stats
+            .stats
+            .counter(
+                "tally_agent_wal_undecodable_batches_total",
+                "Logged batches that no longer decode at replay (lost; were the [ingest] limits lowered?).",
+                &[],
+            )
+            .add(batches);
     }
 
     /// Counts a rejected batch whose payload could not be decoded.

@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::timeout;
 
-use super::Intake;
+use super::{FrameOutcome, Intake};
 use crate::stats::{Counter, Stats};
 use crate::util::RateLimitedLog;
 
@@ -20,6 +20,13 @@ use crate::util::RateLimitedLog;
 const KEEP_BUFFER: usize = 256 * 1024;
 /// How long a frame whose header has arrived may take to arrive completely during shutdown.
 const SHUTDOWN_PAYLOAD_TIMEOUT: Duration = Duration::from_secs(2);
+/// Payload bytes reserved from the shared budget before any payload has arrived. The rest of
+/// a larger frame is reserved only once these bytes are in, so a client that declares a large
+/// frame and stalls holds at most this much of the budget (and only until `frame_timeout`).
+/// While `max_buffered_bytes >= max_frame_bytes + max_connections * FIRST_CHUNK` (true with
+/// the defaults: 16 MiB + 1024 * 16 KiB <= 64 MiB), a frame that has started always gets the
+/// rest of its reservation once frames ahead of it complete: no waiting cycle is possible.
+pub const FIRST_CHUNK: usize = 16 * 1024;
 
 /// Everything sessions share.
 pub struct SessionContext {
@@ -31,6 +38,8 @@ pub struct SessionContext {
     pub budget: Arc<Semaphore>,
     /// Silence after which a connection is closed.
     pub idle_timeout: Duration,
+    /// Time a frame may take to arrive completely once its header is in.
+    pub frame_timeout: Duration,
     /// Flips to `true` at shutdown: sessions finish the frame in hand and close.
     pub shutdown: watch::Receiver<bool>,
     stats: Stats,
@@ -54,6 +63,7 @@ impl SessionContext {
         limits: Limits,
         max_buffered_bytes: usize,
         idle_timeout: Duration,
+        frame_timeout: Duration,
         shutdown: watch::Receiver<bool>,
         stats: &Stats,
     ) -> Self {
@@ -62,6 +72,7 @@ impl SessionContext {
             limits,
             budget: Arc::new(Semaphore::new(max_buffered_bytes)),
             idle_timeout,
+            frame_timeout,
             shutdown,
             stats: stats.clone(),
             frames: stats.counter(
@@ -115,7 +126,9 @@ async fn read_header<S: AsyncRead + Unpin>(
             r = timeout(ctx.idle_timeout, stream.read(&mut hdr[n..])) => r,
         };
         match read {
-            Err(_) => return Ok(HeaderRead::Idle),
+            Err(_) if n == 0 => return Ok(HeaderRead::Idle),
+            // Part of a header and then silence: a stalled sender, not an idle one.
+            Err(_) => return Ok(HeaderRead::Truncated),
             Ok(Ok(0)) if n == 0 => return Ok(HeaderRead::Closed),
             Ok(Ok(0)) => return Ok(HeaderRead::Truncated),
             Ok(Ok(k)) => n += k,
@@ -171,34 +184,50 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             }
         };
         let len = header.len as usize;
-        let Ok(permit) = ctx.budget.acquire_many(header.len).await else {
-            return;
+        let wait = if *shutdown.borrow() {
+            SHUTDOWN_PAYLOAD_TIMEOUT.min(ctx.frame_timeout)
+        } else {
+            ctx.frame_timeout
         };
         buf.clear();
-        buf.resize(len, 0);
-        let wait = if *shutdown.borrow() {
-            SHUTDOWN_PAYLOAD_TIMEOUT
-        } else {
-            ctx.idle_timeout
-        };
-        match timeout(wait, stream.read_exact(&mut buf)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) | Err(_) => {
-                ctx.decode_error(
-                    &peer,
-                    &DecodeError::Truncated {
-                        field: "frame payload",
-                    },
-                );
-                return;
-            }
-        }
+        let permit =
+            match timeout(wait, read_payload(&mut stream, &ctx.budget, len, &mut buf)).await {
+                Ok(Ok(permit)) => permit,
+                Ok(Err(PayloadError::BudgetClosed)) => return,
+                Ok(Err(PayloadError::Io)) | Err(_) => {
+                    ctx.decode_error(
+                        &peer,
+                        &DecodeError::Truncated {
+                            field: "frame payload",
+                        },
+                    );
+                    return;
+                }
+            };
         ctx.bytes.add((HEADER_LEN + len) as u64);
         let (sequence, status) = match BatchView::parse(&buf, &ctx.limits) {
             Ok(batch) => {
                 drop(permit);
                 let seq = batch.sequence;
-                (seq, ctx.intake.accept(&batch))
+                match ctx.intake.accept_frame(&batch, &buf) {
+                    FrameOutcome::Ack { status, sync: None } => (seq, status),
+                    FrameOutcome::Ack {
+                        status,
+                        sync: Some(file),
+                    } => {
+                        if !sync_segment(&ctx, file).await {
+                            return;
+                        }
+                        (seq, status)
+                    }
+                    FrameOutcome::Refuse => {
+                        ctx.log.lock().warn(
+                            "wal_full",
+                            format_args!("write-ahead log is at durability.max_bytes: batch {seq} from {peer} not acknowledged (the SDK resends it); check that periods are being published, or raise durability.max_bytes"),
+                        );
+                        return;
+                    }
+                }
             }
             Err(e) => {
                 drop(permit);
@@ -218,6 +247,67 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 tracing::debug!(%peer, "could not write ack; closing");
                 return;
             }
+        }
+    }
+}
+
+/// Why a payload could not be read.
+enum PayloadError {
+    /// The connection failed or closed mid-frame.
+    Io,
+    /// The byte budget was closed (the agent is stopping).
+    BudgetClosed,
+}
+
+/// Reads `len` payload bytes into `buf`: first up to [`FIRST_CHUNK`] bytes, then the rest,
+/// reserving each part from `budget` just before reading it. Returns the reservation (released
+/// once the payload has been decoded).
+async fn read_payload<'a, S: AsyncRead + Unpin>(
+    stream: &mut S,
+    budget: &'a Semaphore,
+    len: usize,
+    buf: &mut Vec<u8>,
+) -> Result<tokio::sync::SemaphorePermit<'a>, PayloadError> {
+    let first = len.min(FIRST_CHUNK);
+    let reserve = |n: usize| async move {
+        // `len` is at most `max_frame_bytes`, which `FrameHeader::parse` keeps within u32.
+        let n = u32::try_from(n).map_err(|_| PayloadError::BudgetClosed)?;
+        budget
+            .acquire_many(n)
+            .await
+            .map_err(|_| PayloadError::BudgetClosed)
+    };
+    let mut permit = reserve(first).await?;
+    buf.resize(first, 0);
+    stream.read_exact(buf).await.map_err(|_| PayloadError::Io)?;
+    if len > first {
+        permit.merge(reserve(len - first).await?);
+        buf.resize(len, 0);
+        stream
+            .read_exact(&mut buf[first..])
+            .await
+            .map_err(|_| PayloadError::Io)?;
+    }
+    Ok(permit)
+}
+
+/// Forces a write-ahead log segment to disk before the ack (`durability.sync = "every_batch"`).
+/// On failure the batch stays merged but unacknowledged: the connection is closed, and the
+/// SDK's resend is answered `Duplicate`.
+async fn sync_segment(ctx: &SessionContext, file: Arc<std::fs::File>) -> bool {
+    let Some(wal) = ctx.intake.wal().cloned() else {
+        return true;
+    };
+    let path = wal.dir().display().to_string();
+    match tokio::task::spawn_blocking(move || wal.sync_file(&file)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::error!(dir = %path, error = %e, "fdatasync of the write-ahead log failed; closing the connection without acknowledging (check the disk under durability.dir)");
+            false
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the write-ahead log sync task failed");
+            false
         }
     }
 }

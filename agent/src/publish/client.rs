@@ -211,10 +211,14 @@ where
         SdkError::DispatchFailure(d) => {
             if d.is_timeout() {
                 ErrorKind::Timeout
-            } else if d.is_io() {
-                ErrorKind::Network
-            } else {
+            } else if d.is_user() {
+                // A request the connector refused to send (bad endpoint URL, ...): retrying
+                // cannot help.
                 ErrorKind::Other
+            } else {
+                // I/O errors and "other" connector failures alike: a connection reset, or
+                // closed before the answer was complete, is a network fault worth a retry.
+                ErrorKind::Network
             }
         }
         SdkError::ResponseError(r) => {

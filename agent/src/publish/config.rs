@@ -1,8 +1,8 @@
 //! The `[publish]` section of the agent's configuration: where and how PutMetricData goes.
 //!
 //! Every key has a default that suits an ECS sidecar talking to real CloudWatch; tests and
-//! LocalStack set `endpoint_url`. Limits default to CloudWatch's own (cited in
-//! `/work/shared/reference/cloudwatch-and-ecs.md` and the CloudWatch API model) and may only be
+//! LocalStack set `endpoint_url`. Limits default to CloudWatch's own (from the
+//! CloudWatch API model: PutMetricData and MetricDatum) and may only be
 //! lowered, never raised past them.
 
 use std::time::Duration;

@@ -71,6 +71,11 @@ struct Inner {
     queue: Mutex<PendingQueue>,
     drain_lock: tokio::sync::Mutex<()>,
     deadline: watch::Sender<Option<Instant>>,
+    /// Periods taken so far (queued, or refused whole), counted under the queue lock.
+    periods_in: std::sync::atomic::AtomicU64,
+    /// Periods settled: all of the first N periods are published or counted as dropped
+    /// (updated whenever the queue, in flight included, is empty).
+    settled: watch::Sender<u64>,
 }
 
 impl CloudWatchSink {
@@ -126,6 +131,8 @@ impl CloudWatchSink {
                 stats,
                 drain_lock: tokio::sync::Mutex::new(()),
                 deadline: watch::channel(None).0,
+                periods_in: std::sync::atomic::AtomicU64::new(0),
+                settled: watch::channel(0).0,
             }),
         }
     }
@@ -171,6 +178,7 @@ impl CloudWatchSink {
             let mut q = self.inner.queue.lock();
             let d = q.clear();
             self.inner.update_gauges(&q);
+            self.inner.check_settled(&q);
             d
         };
         if dropped.samples > 0 || dropped.datums > 0 {
@@ -300,6 +308,7 @@ impl Sink for RunningSink {
         Box::pin(async move {
             let samples: u64 = period.metrics.iter().map(|m| m.1.samples()).sum();
             let Some(tx) = &self.tx else {
+                self.inner.period_refused();
                 self.inner.stats.drop(
                     DropReason::ShutdownDeadline,
                     period.metrics.len() as u64,
@@ -311,6 +320,7 @@ impl Sink for RunningSink {
                 });
             };
             if let Err(mpsc::error::SendError(period)) = tx.send(period).await {
+                self.inner.period_refused();
                 self.inner.stats.drop(
                     DropReason::ShutdownDeadline,
                     period.metrics.len() as u64,
@@ -343,6 +353,10 @@ impl Sink for RunningSink {
             }
             Ok(())
         })
+    }
+
+    fn settled(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.inner.settled.subscribe())
     }
 }
 
@@ -405,6 +419,27 @@ impl Inner {
         self.stats.drop(reason, dropped.datums, dropped.samples);
     }
 
+    /// Publishes the settled count when nothing is queued or in flight: every period taken
+    /// so far is then published or counted as dropped. Call with the queue locked.
+    fn check_settled(&self, q: &PendingQueue) {
+        if q.datums() == 0 {
+            let n = self.periods_in.load(std::sync::atomic::Ordering::Relaxed);
+            self.settled.send_if_modified(|v| {
+                let changed = *v != n;
+                *v = n;
+                changed
+            });
+        }
+    }
+
+    /// Counts a period that never reached the queue (its loss is counted by the caller).
+    fn period_refused(&self) {
+        let q = self.queue.lock();
+        self.periods_in
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.check_settled(&q);
+    }
+
     fn enqueue(&self, period: PeriodData) {
         let (datums, rejections) =
             build_datums(&period, SystemTime::now(), self.config.max_values_per_datum);
@@ -422,7 +457,10 @@ impl Inner {
         let dropped = {
             let mut q = self.queue.lock();
             let d = q.push(datums);
+            self.periods_in
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.update_gauges(&q);
+            self.check_settled(&q);
             d
         };
         self.count_queue_drop(DropReason::QueueFull, dropped);
@@ -458,6 +496,7 @@ impl Inner {
             let mut q = self.queue.lock();
             let d = q.expire(SystemTime::now());
             self.update_gauges(&q);
+            self.check_settled(&q);
             d
         };
         self.count_queue_drop(DropReason::Expired, expired);
@@ -480,6 +519,7 @@ impl Inner {
                 let mut q = self.queue.lock();
                 let d = q.finish(outcome.done, outcome.unsent);
                 self.update_gauges(&q);
+                self.check_settled(&q);
                 d
             };
             self.count_queue_drop(DropReason::QueueFull, dropped);

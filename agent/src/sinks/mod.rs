@@ -27,6 +27,7 @@ pub mod stdout;
 use std::future::Future;
 use std::pin::Pin;
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::model::PeriodData;
@@ -45,6 +46,15 @@ pub trait Sink: Send {
     /// Delivers everything still pending before `deadline`; called once, after the last
     /// [`Sink::send`].
     fn shutdown(&mut self, deadline: Instant) -> SinkFuture<'_>;
+
+    /// For a sink that keeps periods after [`Sink::send`] returns (a queue), a running count
+    /// of the periods given to `send` that are *settled*: published, or dropped and counted.
+    /// Periods settle in the order they were sent. The write-ahead log deletes a period's
+    /// segment once it is settled. `None` (the default): a period is settled when `send`
+    /// returns.
+    fn settled(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// Why a sink could not deliver a period. The sink has already counted the samples it lost.

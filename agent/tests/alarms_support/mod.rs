@@ -168,7 +168,7 @@ pub fn assert_dashboard_matches_catalog(body: &serde_json::Value, catalog: &Cata
             }
             let strings: Vec<&str> = items.iter().filter_map(|v| v.as_str()).collect();
             assert!(
-                strings.len() >= 2 && strings.len() % 2 == 0,
+                strings.len() >= 2 && strings.len().is_multiple_of(2),
                 "bad line {line}"
             );
             assert_eq!(strings[0], catalog.namespace, "namespace of {line}");

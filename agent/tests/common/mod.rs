@@ -2,6 +2,9 @@
 
 #![allow(dead_code)] // Each test binary uses a different subset of the helpers.
 
+pub mod cloudwatch;
+pub mod fault_proxy;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -22,47 +25,70 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A running agent process.
+/// A running agent process. Its stdout and stderr are drained continuously by two threads
+/// (as a container's log driver would), so a full pipe never blocks the agent.
 pub struct Agent {
     pub child: Child,
     pub ingest: SocketAddr,
     pub admin: SocketAddr,
+    stdout: Option<std::thread::JoinHandle<String>>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = r.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
 }
 
 impl Agent {
     /// Starts the agent with the stdout sink in JSON-lines mode plus `extra` flags, and waits
     /// (at most 30 s) until `/health` answers 200.
     pub fn start(extra: &[&str]) -> Agent {
+        Agent::start_with(extra, &[])
+    }
+
+    /// Like [`Agent::start`] with no sink chosen here (pass `--sink ...` in `extra`), and
+    /// environment variables `env` set for the process.
+    pub fn start_with(extra: &[&str], env: &[(&str, &str)]) -> Agent {
         let ingest: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally-agent"));
-        cmd.args([
-            "run",
-            "--sink",
-            "stdout",
-            "--set",
-            "sink.stdout_format=json",
-        ])
-        .arg("--set")
-        .arg(format!("ingest.tcp_addr={ingest}"))
-        .arg("--set")
-        .arg(format!("admin.addr={admin}"))
-        .args(extra)
-        .env_remove("TALLY_CONFIG")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        let child = cmd.spawn().expect("agent binary starts");
-        let agent = Agent {
+        cmd.args(["run", "--set", "sink.stdout_format=json"]);
+        if !extra.contains(&"--sink") {
+            cmd.args(["--sink", "stdout"]);
+        }
+        cmd.arg("--set")
+            .arg(format!("ingest.tcp_addr={ingest}"))
+            .arg("--set")
+            .arg(format!("admin.addr={admin}"))
+            .args(extra)
+            .env_remove("TALLY_CONFIG")
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("agent binary starts");
+        let stdout = Some(drain(child.stdout.take().unwrap()));
+        let stderr = Some(drain(child.stderr.take().unwrap()));
+        let mut agent = Agent {
             child,
             ingest,
             admin,
+            stdout,
+            stderr,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !matches!(
             tally_agent::admin::check_health(admin, Duration::from_millis(500)),
             Ok(true)
         ) {
+            if let Some(status) = agent.child.try_wait().unwrap() {
+                let err = agent.stderr.take().unwrap().join().unwrap();
+                panic!("agent exited with {status} before becoming healthy:\n{err}");
+            }
             assert!(
                 Instant::now() < deadline,
                 "agent did not become healthy in 30 s"
@@ -102,20 +128,8 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        let mut out = String::new();
-        let mut err = String::new();
-        self.child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
+        let out = self.stdout.take().unwrap().join().unwrap();
+        let err = self.stderr.take().unwrap().join().unwrap();
         (status.success(), out, err)
     }
 }
@@ -242,4 +256,38 @@ pub fn prom(text: &str, series: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// Resident set size of a process in KiB, from `/proc/<pid>/status` (`VmRSS`).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
+}
+
+/// A frame header as the SDK writes it (`TALY`, version, kind 1 = Batch, flags 0, length),
+/// with any version and declared length.
+pub fn frame_header(version: u16, len: u32) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[0..4].copy_from_slice(b"TALY");
+    h[4..6].copy_from_slice(&version.to_le_bytes());
+    h[6] = 1;
+    h[8..12].copy_from_slice(&len.to_le_bytes());
+    h
+}
+
+/// Polls the agent's `/metrics` until `series` reaches `want` or `limit` passes; returns the
+/// last value seen.
+pub fn wait_for_metric(agent: &Agent, series: &str, want: u64, limit: Duration) -> u64 {
+    let deadline = Instant::now() + limit;
+    loop {
+        let v = prom(&agent.admin_get("/metrics"), series);
+        if v >= want || Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -2,25 +2,152 @@
 
 use std::sync::Arc;
 
+#[cfg(any(test, feature = "testing"))]
 use hdrhistogram::Histogram as Hdr;
 
+#[cfg(any(test, feature = "testing"))]
 use crate::record::record_exact;
+use crate::record::Sparse;
 use crate::registry::{CellRef, SeriesEntry};
+#[cfg(any(test, feature = "testing"))]
 use crate::wire::SeriesValue;
+use crate::wire::{HistRef, ValueRef};
+
+/// One series' data for one interval (or several merged): what the flusher keeps until it
+/// is sealed into a batch. Like [`SeriesValue`], but histograms are [`Sparse`] deltas, whose
+/// size follows the values recorded rather than their range.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Delta {
+    Counter(u64),
+    Gauge {
+        last: f64,
+        min: f64,
+        max: f64,
+        updates: u64,
+    },
+    Histogram {
+        scale: f64,
+        counts: Sparse,
+    },
+    Event {
+        count: u64,
+        values: Option<(f64, Sparse)>,
+    },
+}
+
+fn hist_ref(s: &Sparse) -> HistRef<'_> {
+    HistRef::Counts {
+        sigfig: s.sigfig(),
+        high: s.high(),
+        counts: &s.counts,
+    }
+}
+
+impl Delta {
+    /// Samples this delta stands for (as [`SeriesValue::samples`] counts them).
+    pub(crate) fn samples(&self) -> u64 {
+        match self {
+            Delta::Counter(d) => *d,
+            Delta::Gauge { updates, .. } => *updates,
+            Delta::Histogram { counts, .. } => counts.len(),
+            Delta::Event { count, .. } => *count,
+        }
+    }
+
+    /// The histograms this delta carries.
+    pub(crate) fn histograms(&self) -> impl Iterator<Item = &Sparse> {
+        match self {
+            Delta::Histogram { counts, .. } => Some(counts),
+            Delta::Event {
+                values: Some((_, v)),
+                ..
+            } => Some(v),
+            _ => None,
+        }
+        .into_iter()
+    }
+
+    /// The delta as the encoder sees it.
+    pub(crate) fn as_value_ref(&self) -> ValueRef<'_> {
+        match self {
+            Delta::Counter(d) => ValueRef::Counter(*d),
+            Delta::Gauge {
+                last,
+                min,
+                max,
+                updates,
+            } => ValueRef::Gauge {
+                last: *last,
+                min: *min,
+                max: *max,
+                updates: *updates,
+            },
+            Delta::Histogram { scale, counts } => ValueRef::Histogram(*scale, hist_ref(counts)),
+            Delta::Event { count, values } => {
+                ValueRef::Event(*count, values.as_ref().map(|(s, h)| (*s, hist_ref(h))))
+            }
+        }
+    }
+
+    /// Folds `later` into this delta: counters and counts add, histograms merge, a gauge
+    /// keeps the later value and the wider extremes. Deltas of different kinds (a series
+    /// re-registered under another kind is a different series, so this does not happen)
+    /// keep `later`.
+    pub(crate) fn merge(&mut self, later: Delta) {
+        match (self, later) {
+            (Delta::Counter(a), Delta::Counter(b)) => *a = a.saturating_add(b),
+            (
+                Delta::Gauge {
+                    last,
+                    min,
+                    max,
+                    updates,
+                },
+                Delta::Gauge {
+                    last: l2,
+                    min: n2,
+                    max: x2,
+                    updates: u2,
+                },
+            ) => {
+                *last = l2;
+                *min = min.min(n2);
+                *max = max.max(x2);
+                *updates = updates.saturating_add(u2);
+            }
+            (Delta::Histogram { counts: a, .. }, Delta::Histogram { counts: b, .. }) => a.merge(&b),
+            (
+                Delta::Event { count, values },
+                Delta::Event {
+                    count: c2,
+                    values: v2,
+                },
+            ) => {
+                *count = count.saturating_add(c2);
+                match (values.as_mut(), v2) {
+                    (Some((_, a)), Some((_, b))) => a.merge(&b),
+                    (None, Some(v)) => *values = Some(v),
+                    (_, None) => {}
+                }
+            }
+            (slot, later) => *slot = later,
+        }
+    }
+}
 
 /// Drains the cells of `series`; series with nothing to report are left out (gauges always
 /// report their current value).
-pub(crate) fn collect(series: &[Arc<SeriesEntry>]) -> Vec<(Arc<SeriesEntry>, SeriesValue)> {
+pub(crate) fn collect(series: &[Arc<SeriesEntry>]) -> Vec<(Arc<SeriesEntry>, Delta)> {
     let mut out = Vec::with_capacity(series.len());
     for e in series {
         let v = match &e.cell {
             CellRef::Counter(c) => match c.take() {
                 0 => continue,
-                d => SeriesValue::Counter(d),
+                d => Delta::Counter(d),
             },
             CellRef::Gauge(g) => {
                 let d = g.take();
-                SeriesValue::Gauge {
+                Delta::Gauge {
                     last: d.last,
                     min: d.min,
                     max: d.max,
@@ -28,9 +155,9 @@ pub(crate) fn collect(series: &[Arc<SeriesEntry>]) -> Vec<(Arc<SeriesEntry>, Ser
                 }
             }
             CellRef::Histogram(h) => match h.take() {
-                Some(histogram) => SeriesValue::Histogram {
+                Some(counts) => Delta::Histogram {
                     scale: h.scale,
-                    histogram,
+                    counts,
                 },
                 None => continue,
             },
@@ -40,7 +167,7 @@ pub(crate) fn collect(series: &[Arc<SeriesEntry>]) -> Vec<(Arc<SeriesEntry>, Ser
                 if count == 0 && values.is_none() {
                     continue;
                 }
-                SeriesValue::Event { count, values }
+                Delta::Event { count, values }
             }
         };
         out.push((e.clone(), v));
@@ -49,7 +176,8 @@ pub(crate) fn collect(series: &[Arc<SeriesEntry>]) -> Vec<(Arc<SeriesEntry>, Ser
 }
 
 /// Adds `b` into `a`, growing `a` when `b` holds larger values.
-pub(crate) fn merge_hdr(a: &mut Hdr<u64>, b: &Hdr<u64>) {
+#[cfg(any(test, feature = "testing"))]
+fn merge_hdr(a: &mut Hdr<u64>, b: &Hdr<u64>) {
     a.auto(true);
     // With auto-resize on, adding only fails if the histograms' precisions are incompatible,
     // which cannot happen for two deltas of one series; keep every count regardless.
@@ -63,6 +191,7 @@ pub(crate) fn merge_hdr(a: &mut Hdr<u64>, b: &Hdr<u64>) {
 /// Folds `later` into `earlier`: counters and counts add, histograms merge, a gauge keeps the
 /// later value and the wider extremes. Values of different kinds (a series re-registered
 /// under another kind is a different series, so this does not happen) keep `later`.
+#[cfg(any(test, feature = "testing"))]
 pub(crate) fn merge_value(earlier: &mut SeriesValue, later: SeriesValue) {
     match (earlier, later) {
         (SeriesValue::Counter(a), SeriesValue::Counter(b)) => *a = a.saturating_add(b),

@@ -18,7 +18,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{select, Receiver, Sender};
 
-pub(crate) use collect::{collect, merge_value};
+pub(crate) use collect::collect;
+#[cfg(feature = "testing")]
+pub(crate) use collect::merge_value;
+#[cfg(feature = "testing")]
+pub(crate) use outbox::encode_deltas;
 use outbox::Outbox;
 
 use crate::registry::Registry;
@@ -56,6 +60,10 @@ pub(crate) struct StatsCells {
     pub(crate) batches_rejected: AtomicU64,
     pub(crate) samples_rejected: AtomicU64,
     pub(crate) samples_lost_at_shutdown: AtomicU64,
+    /// Samples recorded after shutdown (drained and counted when stats are read).
+    pub(crate) samples_after_shutdown: AtomicU64,
+    /// Set once shutdown has finished: the flusher no longer drains the cells.
+    pub(crate) shut_down: AtomicBool,
     pub(crate) unsent_bytes: AtomicU64,
     pub(crate) connects: AtomicU64,
     pub(crate) connect_failures: AtomicU64,

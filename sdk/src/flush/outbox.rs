@@ -5,14 +5,41 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use super::collect::merge_value;
+use super::collect::Delta;
 use crate::registry::SeriesEntry;
-use crate::wire::{encode_batch, Batch, DropReport, ProcessIdentity, Series, SeriesValue};
+use crate::wire::{
+    hdr_counts_len, BatchHead, DropReport, Encoder, Limits, ProcessIdentity, SeriesRef,
+};
 
 /// Most series in one batch (the decoder accepts 100,000; smaller frames keep a resend cheap).
 const MAX_SERIES_PER_BATCH: usize = 5_000;
 /// Most estimated bytes in one batch (frames stay far below the decoder's 16 MiB).
 const MAX_BATCH_BYTES: usize = 4 << 20;
+
+/// Encodes `deltas` into one `Batch` frame appended to `out`, as a sealed batch is encoded.
+#[cfg(feature = "testing")]
+pub(crate) fn encode_deltas(
+    encoder: &mut Encoder,
+    head: &BatchHead<'_>,
+    deltas: &[(Arc<SeriesEntry>, Delta)],
+    out: &mut Vec<u8>,
+) -> Result<(), crate::wire::EncodeError> {
+    let series = deltas.iter().map(|(e, d)| SeriesRef {
+        name: &e.name,
+        unit: e.unit,
+        labels: &e.labels,
+        value: d.as_value_ref(),
+    });
+    encoder.encode(head, series, out)
+}
+
+/// Histogram counters the agent's decoder allocates for `d` (what its
+/// `max_histogram_counts_per_batch` budget bounds).
+fn decode_counts(d: &Delta) -> u64 {
+    d.histograms()
+        .map(|h| hdr_counts_len(1, h.high(), h.sigfig()).unwrap_or(u64::MAX))
+        .fold(0, u64::saturating_add)
+}
 
 /// A batch with its sequence number, encoded once and sent (again) as is until acked.
 #[derive(Debug)]
@@ -25,7 +52,7 @@ pub(crate) struct Sealed {
 
 #[derive(Debug, Default)]
 struct Open {
-    series: HashMap<usize, (Arc<SeriesEntry>, SeriesValue, usize)>,
+    series: HashMap<usize, (Arc<SeriesEntry>, Delta, usize)>,
     start_ms: Option<u64>,
     end_ms: u64,
     est_bytes: usize,
@@ -43,22 +70,24 @@ pub(crate) struct Outbox {
     max_bytes: usize,
     drops: DropReport,
     last_sealed_drops: Option<DropReport>,
+    encoder: Encoder,
 }
 
 /// Estimated encoded size of one series (exact sizes are known once sealed).
-fn estimate(e: &SeriesEntry, v: &SeriesValue) -> usize {
+fn estimate(e: &SeriesEntry, v: &Delta) -> usize {
     let key = e.name.len()
         + e.labels
             .iter()
             .map(|(k, v)| k.len() + v.len() + 2)
             .sum::<usize>();
-    let hist = |h: &hdrhistogram::Histogram<u64>| 48 + 2 * h.len().min(4096) as usize;
+    // A V2 body holds one varint per non-zero counter and one per run of zeros.
+    let hist = |h: &crate::record::Sparse| 56 + 4 * h.counts.len();
     key + 8
         + match v {
-            SeriesValue::Counter(_) => 10,
-            SeriesValue::Gauge { .. } => 34,
-            SeriesValue::Histogram { histogram, .. } => 8 + hist(histogram),
-            SeriesValue::Event { values, .. } => 10 + values.as_ref().map_or(0, |(_, h)| hist(h)),
+            Delta::Counter(_) => 10,
+            Delta::Gauge { .. } => 34,
+            Delta::Histogram { counts, .. } => 8 + hist(counts),
+            Delta::Event { values, .. } => 10 + values.as_ref().map_or(0, |(_, h)| hist(h)),
         }
 }
 
@@ -73,13 +102,14 @@ impl Outbox {
             max_bytes,
             drops: DropReport::default(),
             last_sealed_drops: None,
+            encoder: Encoder::new(),
         }
     }
 
     /// Merges one interval's deltas into the open data.
     pub(crate) fn merge(
         &mut self,
-        deltas: Vec<(Arc<SeriesEntry>, SeriesValue)>,
+        deltas: Vec<(Arc<SeriesEntry>, Delta)>,
         start_ms: u64,
         end_ms: u64,
     ) {
@@ -94,7 +124,7 @@ impl Outbox {
             let key = Arc::as_ptr(&entry) as usize;
             match open.series.get_mut(&key) {
                 Some((e, v, est)) => {
-                    merge_value(v, value);
+                    v.merge(value);
                     let new = estimate(e, v);
                     open.est_bytes = open.est_bytes + new - *est;
                     *est = new;
@@ -151,63 +181,74 @@ impl Outbox {
             return 0;
         }
         let start = open.start_ms.unwrap_or(now_ms);
-        let end = if open.start_ms.is_some() {
+        let end_ms = if open.start_ms.is_some() {
             open.end_ms
         } else {
             now_ms
         };
+        // Split so that no batch exceeds what the agent's decoder accepts by default:
+        // series, bytes, and the histogram counters decoding allocates.
+        let max_counts = Limits::default().max_histogram_counts_per_batch;
+        let entries: Vec<_> = open.series.into_values().collect();
         let mut sealed = 0;
-        let mut current: Vec<Series> = Vec::new();
-        let mut current_bytes = 0;
-        let mut entries = open.series.into_values().peekable();
-        while entries.peek().is_some() || sealed == 0 {
-            while let Some((e, v, est)) = entries.peek() {
-                if !current.is_empty()
-                    && (current.len() >= MAX_SERIES_PER_BATCH
-                        || current_bytes + est > MAX_BATCH_BYTES)
+        let mut first = 0;
+        while first < entries.len() || sealed == 0 {
+            let (mut end, mut bytes, mut counts) = (first, 0usize, 0u64);
+            while let Some((_, d, est)) = entries.get(end) {
+                let c = decode_counts(d);
+                if end > first
+                    && (end - first >= MAX_SERIES_PER_BATCH
+                        || bytes + est > MAX_BATCH_BYTES
+                        || counts.saturating_add(c) > max_counts)
                 {
                     break;
                 }
-                current_bytes += *est;
-                current.push(Series {
-                    name: e.name.clone(),
-                    unit: e.unit,
-                    labels: e.labels.clone(),
-                    value: v.clone(),
-                });
-                entries.next();
+                bytes += est;
+                counts = counts.saturating_add(c);
+                end += 1;
             }
-            self.seal_one(std::mem::take(&mut current), start, end, drops);
-            current_bytes = 0;
+            self.seal_one(&entries[first..end], start, end_ms, drops);
+            first = end;
             sealed += 1;
         }
         self.last_sealed_drops = Some(drops);
         sealed
     }
 
-    fn seal_one(&mut self, series: Vec<Series>, start: u64, end: u64, drops: DropReport) {
-        let batch = Batch {
-            process: self.identity.clone(),
+    fn seal_one(
+        &mut self,
+        series: &[(Arc<SeriesEntry>, Delta, usize)],
+        start: u64,
+        end: u64,
+        drops: DropReport,
+    ) {
+        let head = BatchHead {
+            process: &self.identity,
             sequence: self.next_sequence,
             start_unix_ms: start,
             end_unix_ms: end,
             drops,
-            series,
         };
-        let samples = batch.samples();
+        let samples = series.iter().map(|(_, d, _)| d.samples()).sum();
+        let refs = series.iter().map(|(e, d, _)| SeriesRef {
+            name: &e.name,
+            unit: e.unit,
+            labels: &e.labels,
+            value: d.as_value_ref(),
+        });
         let mut frame = Vec::new();
-        match encode_batch(&batch, &mut frame) {
+        match self.encoder.encode(&head, refs, &mut frame) {
             Ok(()) => {
-                self.next_sequence += 1;
                 self.queued_bytes += frame.len();
                 self.queue.push_back(Sealed {
-                    sequence: batch.sequence,
+                    sequence: self.next_sequence,
                     frame,
                     samples,
                     sent: false,
                 });
+                self.next_sequence += 1;
             }
-            // Encoding only fails on a histogram serializer fault or a payload past 4 GiB
+            // Encoding only fails on a count above i64::MAX or a payload past 4 GiB
             // (impossible with the per-batch caps); the samples are counted, not lost silently.
             Err(_) => {
                 self.drops.dropped_samples += samples;
@@ -258,9 +299,9 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{CounterCell, ShardCount};
+    use crate::record::{CounterCell, HistogramCell, Layout, ShardCount};
     use crate::registry::CellRef;
-    use crate::wire::{decode_batch, Limits, Unit, HEADER_LEN};
+    use crate::wire::{decode_batch, Batch, SeriesValue, Unit, HEADER_LEN};
 
     fn entry(name: &str) -> Arc<SeriesEntry> {
         Arc::new(SeriesEntry {
@@ -279,8 +320,8 @@ mod tests {
     fn deltas_of_one_series_merge_until_sealed() {
         let mut o = Outbox::new(ProcessIdentity::default(), 1 << 20);
         let e = entry("c");
-        o.merge(vec![(e.clone(), SeriesValue::Counter(2))], 10, 20);
-        o.merge(vec![(e, SeriesValue::Counter(3))], 20, 30);
+        o.merge(vec![(e.clone(), Delta::Counter(2))], 10, 20);
+        o.merge(vec![(e, Delta::Counter(3))], 20, 30);
         assert_eq!(o.seal(0, 30), 1);
         let b = decode(o.unsent().next().expect("sealed"));
         assert_eq!((b.sequence, b.start_unix_ms, b.end_unix_ms), (1, 10, 30));
@@ -296,7 +337,7 @@ mod tests {
         let mut recorded = 0;
         for i in 0..20u64 {
             o.merge(
-                vec![(entry(&format!("series-{i}")), SeriesValue::Counter(i + 1))],
+                vec![(entry(&format!("series-{i}")), Delta::Counter(i + 1))],
                 i,
                 i + 1,
             );
@@ -327,11 +368,39 @@ mod tests {
     fn large_intervals_split_into_several_batches() {
         let mut o = Outbox::new(ProcessIdentity::default(), 1 << 30);
         let deltas = (0..MAX_SERIES_PER_BATCH + 10)
-            .map(|i| (entry(&format!("s{i}")), SeriesValue::Counter(1)))
+            .map(|i| (entry(&format!("s{i}")), Delta::Counter(1)))
             .collect();
         o.merge(deltas, 0, 1);
         assert_eq!(o.seal(0, 1), 2);
         let total: usize = o.unsent().map(|s| decode(s).series.len()).sum();
         assert_eq!(total, MAX_SERIES_PER_BATCH + 10);
+    }
+
+    #[test]
+    fn batches_never_need_more_histogram_counters_than_the_agent_decodes() {
+        let mut o = Outbox::new(ProcessIdentity::default(), 1 << 30);
+        // Latencies up to ~50 s in ns need ~27k counters each when decoded: 1000 such
+        // series need ~6x the default budget of one batch.
+        let deltas: Vec<_> = (0..1000u64)
+            .map(|i| {
+                let cell = HistogramCell::new(ShardCount::new(1), Layout::new(3));
+                cell.record_n(1_000 + i, 1);
+                cell.record_n(50_000_000_000 + i, 2);
+                let counts = cell.take().expect("recorded");
+                (
+                    entry(&format!("h{i}")),
+                    Delta::Histogram { scale: 1.0, counts },
+                )
+            })
+            .collect();
+        o.merge(deltas, 0, 1);
+        let sealed = o.seal(0, 1);
+        assert!(sealed > 1, "split into {sealed} batch(es)");
+        let mut samples = 0;
+        for s in o.unsent() {
+            let b = decode(s); // with the default limits
+            samples += b.samples();
+        }
+        assert_eq!(samples, 3000);
     }
 }

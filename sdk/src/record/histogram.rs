@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+#[cfg(any(test, feature = "testing"))]
 use hdrhistogram::Histogram as Hdr;
 
 use super::ShardCount;
@@ -35,6 +36,8 @@ pub(crate) struct Layout {
     pub(crate) sigfig: u8,
     half_mag: u32,
     half_count: usize,
+    /// log2 of the counters one bit of a chunk's touched-map stands for.
+    group_shift: u32,
     sub_bucket_mask: u64,
     lzc_base: u32,
     chunks: usize,
@@ -51,6 +54,7 @@ impl Layout {
             sigfig,
             half_mag,
             half_count: 1 << half_mag,
+            group_shift: half_mag.saturating_sub(6),
             sub_bucket_mask: (1u64 << count_mag) - 1,
             lzc_base: 64 - count_mag,
             chunks: 0,
@@ -124,7 +128,16 @@ impl HistogramCell {
             Some(c) => c,
             None => self.allocate(slot),
         };
-        chunk[PAD + (idx & (self.layout.half_count - 1))].fetch_add(n, Ordering::Relaxed);
+        let off = idx & (self.layout.half_count - 1);
+        // The touched-map (word 0, in the chunk's leading padding) is sticky: a bit is set
+        // once, the first time its group of counters is written, and never cleared, so
+        // after warm-up this is a read of a line nobody writes. It lets `take` scan only
+        // groups ever written instead of the whole chunk.
+        let bit = 1u64 << (off >> self.layout.group_shift);
+        if chunk[0].load(Ordering::Relaxed) & bit == 0 {
+            chunk[0].fetch_or(bit, Ordering::Relaxed);
+        }
+        chunk[PAD + off].fetch_add(n, Ordering::Relaxed);
     }
 
     #[cold]
@@ -137,30 +150,67 @@ impl HistogramCell {
         })
     }
 
-    /// Moves every count recorded since the last `take` into an HdrHistogram (auto-resizing,
-    /// lowest discernible value 1, this cell's precision). `None` when nothing was recorded.
-    pub(crate) fn take(&self) -> Option<Hdr<u64>> {
-        let mut out: Option<Hdr<u64>> = None;
+    /// Moves every count recorded since the last `take` into a [`Sparse`] delta (the
+    /// non-zero counters, by HdrHistogram index). `None` when nothing was recorded.
+    ///
+    /// Costs one load per counter of each group of counters ever written (a swap only for
+    /// non-zero ones) and one allocation for the result; nothing is sized by the value range.
+    /// A count written while `take` runs lands in this take or the next, never in neither:
+    /// its group's bit is set before the counter is written and never cleared.
+    pub(crate) fn take(&self) -> Option<Sparse> {
+        let mut counts: Vec<(u32, u64)> = Vec::new();
+        let mut total: u64 = 0;
+        let mut sorted = true;
         for table in self.shards.iter() {
             for (c, slot) in table.iter().enumerate() {
                 let Some(chunk) = slot.get() else { continue };
-                let counts = &chunk[PAD..PAD + self.layout.half_count];
-                for (off, a) in counts.iter().enumerate() {
-                    // A plain load first: most counters are zero and a load dirties nothing.
-                    if a.load(Ordering::Relaxed) == 0 {
-                        continue;
+                let base = (c << self.layout.half_mag) as u32;
+                let group = 1usize << self.layout.group_shift;
+                let mut touched = chunk[0].load(Ordering::Relaxed);
+                while touched != 0 {
+                    let g = touched.trailing_zeros() as usize;
+                    touched &= touched - 1;
+                    let first = g * group;
+                    let counters = &chunk[PAD + first..PAD + first + group];
+                    for (k, a) in counters.iter().enumerate() {
+                        let off = first + k;
+                        // A plain load first: most counters are zero and a load dirties
+                        // nothing.
+                        if a.load(Ordering::Relaxed) == 0 {
+                            continue;
+                        }
+                        let n = a.swap(0, Ordering::Relaxed);
+                        if n == 0 {
+                            continue;
+                        }
+                        let idx = base + off as u32;
+                        sorted &= counts.last().is_none_or(|(last, _)| *last < idx);
+                        counts.push((idx, n));
+                        total = total.saturating_add(n);
                     }
-                    let n = a.swap(0, Ordering::Relaxed);
-                    if n == 0 {
-                        continue;
-                    }
-                    let value = self.layout.value_at((c << self.layout.half_mag) + off);
-                    let h = out.get_or_insert_with(|| new_hdr(self.layout.sigfig));
-                    record_exact(h, value, n);
                 }
             }
         }
-        out
+        if counts.is_empty() {
+            return None;
+        }
+        if !sorted {
+            // Several shards: order by index and add up the counters they share.
+            counts.sort_unstable_by_key(|(i, _)| *i);
+            counts.dedup_by(|(i, n), (j, m)| {
+                if i == j {
+                    *m = m.saturating_add(*n);
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+        Some(Sparse {
+            layout: self.layout,
+            counts,
+            total,
+        })
     }
 
     /// Bytes this cell occupies now (tables plus allocated chunks).
@@ -176,8 +226,86 @@ impl HistogramCell {
     }
 }
 
+/// One interval's histogram delta: the non-zero counters of an HdrHistogram counts array
+/// (lowest discernible value 1), sorted by index. This is what the flusher merges and
+/// encodes: its size follows the number of distinct values recorded, not their range, and
+/// [`wire`](crate::wire) writes it straight into the HdrHistogram V2 + DEFLATE encoding.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Sparse {
+    layout: Layout,
+    /// `(index, count)`, indices strictly increasing, counts non-zero.
+    pub(crate) counts: Vec<(u32, u64)>,
+    total: u64,
+}
+
+impl Sparse {
+    /// Number of samples.
+    pub(crate) fn len(&self) -> u64 {
+        self.total
+    }
+
+    /// Significant digits of the layout.
+    pub(crate) fn sigfig(&self) -> u8 {
+        self.layout.sigfig
+    }
+
+    /// The smallest `highest trackable value` for which an HdrHistogram's counts array holds
+    /// every index of this delta: the highest value equivalent to the largest index.
+    pub(crate) fn high(&self) -> u64 {
+        let last = self.counts.last().map_or(0, |(i, _)| *i as usize);
+        let high = if (last + 1) >> self.layout.half_mag >= self.layout.chunks {
+            u64::MAX
+        } else {
+            self.layout.value_at(last + 1) - 1
+        };
+        high.max(2)
+    }
+
+    /// Adds `other` (a delta of the same series, so the same layout) into this one.
+    pub(crate) fn merge(&mut self, other: &Sparse) {
+        let (x, y) = (&self.counts, &other.counts);
+        let mut out = Vec::with_capacity(x.len() + y.len());
+        let (mut i, mut j) = (0, 0);
+        while i < x.len() && j < y.len() {
+            match x[i].0.cmp(&y[j].0) {
+                std::cmp::Ordering::Less => {
+                    out.push(x[i]);
+                    i += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    out.push(y[j]);
+                    j += 1;
+                }
+                std::cmp::Ordering::Equal => {
+                    out.push((x[i].0, x[i].1.saturating_add(y[j].1)));
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+        out.extend_from_slice(&x[i..]);
+        out.extend_from_slice(&y[j..]);
+        self.counts = out;
+        self.total = self.total.saturating_add(other.total);
+    }
+
+    /// The same counts as an [`hdrhistogram::Histogram`], sized from the largest index (no
+    /// resizing while it is filled). For the public types that carry `hdrhistogram`.
+    #[cfg(test)]
+    pub(crate) fn to_hdr(&self) -> Hdr<u64> {
+        let mut h = Hdr::new_with_bounds(1, self.high(), self.layout.sigfig)
+            .unwrap_or_else(|_| new_hdr(self.layout.sigfig));
+        h.auto(true);
+        for (i, n) in &self.counts {
+            record_exact(&mut h, self.layout.value_at(*i as usize), *n);
+        }
+        h
+    }
+}
+
 /// Records into an auto-resizing histogram. Resizing only fails when the counts array would
 /// not fit in `usize` (impossible on 64-bit targets); clamping then still keeps the count.
+#[cfg(any(test, feature = "testing"))]
 pub(crate) fn record_exact(h: &mut Hdr<u64>, value: u64, n: u64) {
     if h.record_n(value, n).is_err() {
         h.saturating_record_n(value, n);
@@ -185,6 +313,7 @@ pub(crate) fn record_exact(h: &mut Hdr<u64>, value: u64, n: u64) {
 }
 
 /// An empty auto-resizing HdrHistogram with lowest discernible value 1.
+#[cfg(test)]
 pub(crate) fn new_hdr(sigfig: u8) -> Hdr<u64> {
     Hdr::new(sigfig).expect("significant digits are checked by the builder (0..=5)")
 }
@@ -269,7 +398,7 @@ mod tests {
         for v in [0, 1, u64::MAX / 2, u64::MAX] {
             cell.record_n(v, 2);
         }
-        let h = cell.take().expect("recorded");
+        let h = cell.take().expect("recorded").to_hdr();
         assert_eq!(h.len(), 8);
         assert_eq!(h.count_at(0), 2);
         assert!(h.equivalent(h.max(), u64::MAX));
@@ -320,7 +449,7 @@ mod tests {
                 cell.record_n(*v, 1);
                 reference.record(*v).expect("auto-resize");
             }
-            let got = cell.take().unwrap_or_else(|| new_hdr(sigfig));
+            let got = cell.take().map_or_else(|| new_hdr(sigfig), |s| s.to_hdr());
             prop_assert_eq!(got.len(), reference.len());
             let a: Vec<_> = got.iter_recorded().map(|x| (x.value_iterated_to(), x.count_at_value())).collect();
             let b: Vec<_> = reference.iter_recorded().map(|x| (x.value_iterated_to(), x.count_at_value())).collect();

@@ -31,5 +31,7 @@ pub(crate) use event::EventCell;
 pub(crate) use gauge::GaugeCell;
 #[cfg(test)]
 pub(crate) use histogram::new_hdr;
-pub(crate) use histogram::{duration_in, record_exact, HistogramCell, Layout};
+#[cfg(any(test, feature = "testing"))]
+pub(crate) use histogram::record_exact;
+pub(crate) use histogram::{duration_in, HistogramCell, Layout, Sparse};
 pub(crate) use shard::{Padded, ShardCount};

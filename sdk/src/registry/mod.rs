@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 pub use family::{CounterFamily, EventFamily, GaugeFamily, HistogramFamily};
 pub(crate) use limiter::Limiter;
 
+use crate::conventions::OVERFLOW_VALUE;
 use crate::record::{CounterCell, EventCell, GaugeCell, HistogramCell, Layout, ShardCount};
 use crate::wire::{Unit, MAX_LABELS, MAX_LABEL_VALUE_LEN, MAX_NAME_LEN};
 
@@ -53,6 +54,7 @@ impl CellRef {
 pub(crate) trait Typed: Send + Sync + 'static {
     const KIND: Kind;
     fn extract(c: &CellRef) -> Option<&Arc<Self>>;
+    fn wrap(c: Arc<Self>) -> CellRef;
 }
 
 macro_rules! typed {
@@ -64,6 +66,9 @@ macro_rules! typed {
                     CellRef::$kind(x) => Some(x),
                     _ => None,
                 }
+            }
+            fn wrap(c: Arc<Self>) -> CellRef {
+                CellRef::$kind(c)
             }
         }
     };
@@ -90,6 +95,8 @@ pub(crate) struct RecordConfig {
     pub(crate) layout: Layout,
     pub(crate) event_scale: f64,
     pub(crate) label_limit: usize,
+    /// Most distinct series; past it a new series' label values become the overflow value.
+    pub(crate) max_series: usize,
 }
 
 type Key = (Kind, String, Vec<(String, String)>);
@@ -172,11 +179,27 @@ impl Registry {
         if fixed {
             self.names_fixed.fetch_add(1, Ordering::Relaxed);
         }
-        let key = (C::KIND, name, ls);
+        let mut key = (C::KIND, name, ls);
         let mut inner = self.inner.lock();
         if let Some(e) = inner.by_key.get(&key) {
             if let Some(c) = C::extract(&e.cell) {
                 return c.clone();
+            }
+        }
+        // Past the series bound, a new series keeps its name and label keys but every label
+        // value becomes the overflow value: memory stays bounded however many distinct values
+        // the code records (a million user ids), and the samples are still counted.
+        if inner.all.len() >= self.config.max_series && !key.2.is_empty() {
+            let replaced = key.2.iter().filter(|(_, v)| v != OVERFLOW_VALUE).count();
+            self.label_overflows
+                .fetch_add(replaced as u64, Ordering::Relaxed);
+            for (_, v) in &mut key.2 {
+                OVERFLOW_VALUE.clone_into(v);
+            }
+            if let Some(e) = inner.by_key.get(&key) {
+                if let Some(c) = C::extract(&e.cell) {
+                    return c.clone();
+                }
             }
         }
         let cell = make();
@@ -234,7 +257,35 @@ mod tests {
             layout: Layout::new(3),
             event_scale: 1000.0,
             label_limit: 10,
+            max_series: 4,
         })
+    }
+
+    #[test]
+    fn past_the_series_bound_new_label_values_fold_into_the_overflow_series() {
+        let r = registry();
+        for i in 0..1000 {
+            let id = i.to_string();
+            let c: Arc<CounterCell> = r.cell("Hits", Unit::Count, &[("user", &id), ("k", "v")]);
+            c.add(1);
+        }
+        let s = r.series();
+        assert_eq!(s.len(), 5, "four series, then one overflow series");
+        assert_eq!(
+            s[4].labels,
+            vec![
+                ("k".to_owned(), OVERFLOW_VALUE.to_owned()),
+                ("user".to_owned(), OVERFLOW_VALUE.to_owned())
+            ]
+        );
+        assert_eq!(r.label_overflows.load(Ordering::Relaxed), 996 * 2);
+        let unlabelled: Arc<CounterCell> = r.cell("Other", Unit::Count, &[]);
+        unlabelled.add(1);
+        assert_eq!(
+            r.series().len(),
+            6,
+            "a series without labels has nothing to fold"
+        );
     }
 
     #[test]

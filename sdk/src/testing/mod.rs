@@ -25,7 +25,7 @@ mod capture;
 
 pub use capture::{CaptureAgent, ProcessTotals, SeriesKey, Totals};
 
-use crate::wire::{Batch, DropReport, SeriesValue};
+use crate::wire::{DropReport, SeriesValue};
 use crate::Tally;
 
 /// Drains every cell of `tally` as the flusher does at an interval, and encodes the deltas
@@ -33,25 +33,16 @@ use crate::Tally;
 /// the flush path; returns the number of series encoded.
 pub fn snapshot_and_encode(tally: &Tally, out: &mut Vec<u8>) -> usize {
     let deltas = crate::flush::collect(&tally.registry().series());
-    let batch = Batch {
-        process: tally.identity().clone(),
+    let head = crate::wire::BatchHead {
+        process: tally.identity(),
         sequence: 1,
         start_unix_ms: 0,
         end_unix_ms: 0,
         drops: DropReport::default(),
-        series: deltas
-            .into_iter()
-            .map(|(e, value)| crate::wire::Series {
-                name: e.name.clone(),
-                unit: e.unit,
-                labels: e.labels.clone(),
-                value,
-            })
-            .collect(),
     };
-    let n = batch.series.len();
-    crate::wire::encode_batch(&batch, out).expect("batches of in-process series always encode");
-    n
+    crate::flush::encode_deltas(&mut crate::wire::Encoder::new(), &head, &deltas, out)
+        .expect("batches of in-process series always encode");
+    deltas.len()
 }
 
 /// Merges `later` into `earlier` the way the SDK merges deltas (counters add, histograms

@@ -11,8 +11,8 @@ use super::{
 };
 
 /// V2 cookies as HdrHistogram writes them (see HdrHistogram's `serialization` module).
-const V2_COOKIE: u32 = 0x1c84_9303 | 0x10;
-const V2_COMPRESSED_COOKIE: u32 = 0x1c84_9304 | 0x10;
+pub(super) const V2_COOKIE: u32 = 0x1c84_9303 | 0x10;
+pub(super) const V2_COMPRESSED_COOKIE: u32 = 0x1c84_9304 | 0x10;
 
 struct Reader<'a> {
     buf: &'a [u8],
@@ -104,7 +104,7 @@ fn hdr_magnitudes(low: u64, sigfig: u8) -> (u8, u8) {
 /// Number of counts an HdrHistogram with these bounds allocates (mirrors its constructor), so
 /// the decoder can refuse a histogram before allocating it; `None` exactly when the
 /// constructor refuses the bounds.
-pub(super) fn hdr_counts_len(low: u64, high: u64, sigfig: u8) -> Option<u64> {
+pub(crate) fn hdr_counts_len(low: u64, high: u64, sigfig: u8) -> Option<u64> {
     if low < 1 || sigfig > 5 || high < low.checked_mul(2)? {
         return None;
     }

@@ -66,8 +66,10 @@ mod encode;
 mod error;
 mod view;
 
+pub(crate) use decode::hdr_counts_len;
 pub use decode::{decode_ack, decode_batch};
 pub use encode::{encode_ack, encode_batch, EncodeError};
+pub(crate) use encode::{BatchHead, Encoder, HistRef, SeriesRef, ValueRef};
 pub use error::DecodeError;
 pub use view::{BatchView, Counts, HistogramView, ProcessView, SeriesView, ValueView};
 

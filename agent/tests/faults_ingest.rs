@@ -1,0 +1,345 @@
+//! Faults and bad input at the agent's ingest boundary, with the agent as a real process (stdout
+//! sink, JSON lines): stalled and slow senders, malformed frames and unpublishable values. The
+//! well-behaved clients' totals must stay exact throughout, every refusal must be counted in
+//! `/metrics` and explained in the log, and memory must stay bounded.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::time::Duration;
+
+use common::{counter, frame_header, now_ms, prom, rss_kib, total, wait_for_metric, Agent, Client};
+use tally::wire::{encode_batch, AckStatus, Series, SeriesValue, Unit, VERSION};
+
+fn gauge(name: &str, route: &str, v: f64) -> Series {
+    Series {
+        name: name.into(),
+        unit: Unit::None,
+        labels: vec![("Route".into(), route.into())],
+        value: SeriesValue::Gauge {
+            last: v,
+            min: v,
+            max: v,
+            updates: 1,
+        },
+    }
+}
+
+/// One batch from a well-behaved client, which must be accepted.
+fn good(c: &mut Client, n: u64) {
+    assert_eq!(
+        c.send(vec![counter("RequestCount", "/good", n)]),
+        Some(AckStatus::Accepted),
+        "a well-behaved client is served"
+    );
+}
+
+fn metric(agent: &Agent, series: &str) -> u64 {
+    prom(&agent.admin_get("/metrics"), series)
+}
+
+#[test]
+fn stalled_and_slow_senders_cannot_stall_other_clients_or_the_publisher() {
+    // A byte budget that two frames declared at the maximum size would exhaust if the agent
+    // reserved a frame's declared length before its bytes arrived; and a frame timeout longer
+    // than the clients' 10 s wait for an ack, so a stall would fail their sends.
+    let agent = Agent::start(&[
+        "--set",
+        "period_secs=1",
+        "--set",
+        "ingest.max_buffered_bytes=262144",
+        "--set",
+        "ingest.max_frame_bytes=131072",
+        "--set",
+        "ingest.frame_timeout_secs=12",
+        "--set",
+        "ingest.idle_timeout_secs=12",
+    ]);
+    let addr = agent.ingest;
+
+    // Eight senders declare a maximal frame, send 100 bytes of it and stop.
+    let mut stalled: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(&frame_header(VERSION, 131_072)).unwrap();
+            s.write_all(&[0u8; 100]).unwrap();
+            s
+        })
+        .collect();
+    // One sends half a header and stops.
+    let mut half = TcpStream::connect(addr).unwrap();
+    half.write_all(&frame_header(VERSION, 64)[..6]).unwrap();
+    stalled.push(half);
+
+    // One sends 300 batches and never reads an acknowledgement.
+    let noack = std::thread::spawn(move || {
+        let mut c = Client::connect(addr, 9_001);
+        for i in 1..=300u64 {
+            let b = c.batch(i, vec![counter("RequestCount", "/noack", 1)]);
+            let mut frame = Vec::new();
+            encode_batch(&b, &mut frame).unwrap();
+            c.stream.write_all(&frame).unwrap();
+        }
+        c // kept open (unread acks and all) until the end of the test
+    });
+
+    // Meanwhile three well-behaved clients, and one large frame (~100 KiB) that needs more of
+    // the budget than the stalled senders left unreserved under the old scheme.
+    let good_clients: Vec<_> = (1..=3u64)
+        .map(|id| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr, id);
+                for _ in 0..30 {
+                    good(&mut c, 3);
+                }
+            })
+        })
+        .collect();
+    let mut big = Client::connect(addr, 77);
+    let wide: Vec<Series> = (0..3_000)
+        .map(|i| counter("WideCount", &format!("/w{i:05}"), 1))
+        .collect();
+    assert_eq!(big.send(wide), Some(AckStatus::Accepted));
+    for c in good_clients {
+        c.join().unwrap();
+    }
+    let noack = noack.join().unwrap();
+
+    // The publisher kept closing periods while the stalled senders were connected.
+    let closed = wait_for_metric(
+        &agent,
+        "tally_agent_periods_closed_total",
+        1,
+        Duration::from_secs(20),
+    );
+    assert!(closed >= 1, "periods closed while senders stalled");
+    // The stalled senders are cut off after the frame timeout and counted as truncated.
+    let truncated = wait_for_metric(
+        &agent,
+        "tally_agent_decode_errors_total{reason=\"truncated\"}",
+        9,
+        Duration::from_secs(30),
+    );
+    assert_eq!(truncated, 9);
+    for mut s in stalled {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut b = [0u8; 1];
+        assert_eq!(s.read(&mut b).unwrap_or(0), 0, "the agent closed it");
+    }
+    let accepted = wait_for_metric(
+        &agent,
+        "tally_agent_batches_total{outcome=\"accepted\"}",
+        391,
+        Duration::from_secs(20),
+    );
+    assert_eq!(accepted, 300 + 90 + 1);
+    drop(noack);
+
+    let (ok, out, err) = agent.terminate();
+    assert!(ok, "clean exit; stderr:\n{err}");
+    assert_eq!(
+        total(&out, "RequestCount", &[("Route", "/good")], "sum"),
+        270.0
+    );
+    assert_eq!(
+        total(&out, "RequestCount", &[("Route", "/noack")], "sum"),
+        300.0
+    );
+    let wide: Vec<serde_json::Value> = out
+        .lines()
+        .filter(|l| l.contains("\"WideCount\""))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let routes: std::collections::BTreeSet<&str> = wide
+        .iter()
+        .map(|v| v["dimensions"]["Route"].as_str().unwrap())
+        .collect();
+    assert_eq!(routes.len(), 3_000);
+    let sum: f64 = wide.iter().map(|v| v["sum"].as_f64().unwrap()).sum();
+    assert_eq!(sum, 3_000.0);
+    // Log lines are rate-limited per reason: whichever stalled sender is cut off first (half a
+    // header, or a header without its payload) is the one explained.
+    assert!(
+        err.contains("frame truncated while reading frame"),
+        "the stall is explained in the log:\n{err}"
+    );
+}
+
+#[test]
+fn bad_input_is_refused_counted_and_explained_while_others_are_served_in_bounded_memory() {
+    let max_series = 20_000u64;
+    let agent = Agent::start(&[
+        "--set",
+        &format!("aggregate.max_series={max_series}"),
+        "--set",
+        "ingest.max_frame_bytes=4194304",
+    ]);
+    let addr = agent.ingest;
+    let mut ok = Client::connect(addr, 1);
+    good(&mut ok, 1);
+    let rss_start = rss_kib(agent.child.id());
+
+    // An oversized frame: refused from its header, connection closed.
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.write_all(&frame_header(VERSION, 4_194_305)).unwrap();
+    let mut b = [0u8; 1];
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(c.read(&mut b).unwrap_or(0), 0);
+    good(&mut ok, 1);
+
+    // A truncated frame: 50 of 100 declared bytes, then the sender closes.
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.write_all(&frame_header(VERSION, 100)).unwrap();
+    c.write_all(&[0u8; 50]).unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    good(&mut ok, 1);
+
+    // A protocol version this agent does not speak.
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.write_all(&frame_header(VERSION + 1, 10)).unwrap();
+    c.write_all(&[0u8; 10]).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(c.read(&mut b).unwrap_or(0), 0);
+    good(&mut ok, 1);
+
+    // A metric name over 255 bytes: the batch is refused and the connection goes on.
+    let mut bad = Client::connect(addr, 2);
+    assert_eq!(
+        bad.send(vec![
+            counter(&"N".repeat(300), "/long", 1),
+            counter("RequestCount", "/sibling", 1),
+        ]),
+        Some(AckStatus::Rejected)
+    );
+    // A non-ASCII dimension value, NaN and infinite gauges: those series are dropped, the
+    // rest of the batch is merged.
+    assert_eq!(
+        bad.send(vec![
+            counter("RequestCount", "/café", 4),
+            gauge("QueueDepth", "/nan", f64::NAN),
+            gauge("QueueDepth", "/inf", f64::INFINITY),
+            counter("RequestCount", "/kept", 2),
+        ]),
+        Some(AckStatus::Accepted)
+    );
+    // Timestamps outside CloudWatch's window (the epoch, three hours ahead): re-stamped to
+    // the agent's clock and published.
+    for end in [0, now_ms() + 3 * 3_600_000] {
+        bad.seq += 1;
+        let mut b = bad.batch(bad.seq, vec![counter("RequestCount", "/clock", 5)]);
+        b.start_unix_ms = end.saturating_sub(100);
+        b.end_unix_ms = end;
+        assert_eq!(bad.send_batch(&b), Some(AckStatus::Accepted));
+    }
+    good(&mut ok, 1);
+    let rss_before_million = rss_kib(agent.child.id());
+
+    // One million distinct label values: 20 batches of 50,000 series.
+    let mut flood = Client::connect(addr, 3);
+    flood
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    for batch in 0..20u64 {
+        let series = (0..50_000u64)
+            .map(|i| counter("UserHits", &format!("u{:07}", batch * 50_000 + i), 1))
+            .collect();
+        assert_eq!(flood.send(series), Some(AckStatus::Accepted));
+        good(&mut ok, 1);
+    }
+    let rss_after_million = rss_kib(agent.child.id());
+
+    let m = agent.admin_get("/metrics");
+    let decode = |r: &str| {
+        prom(
+            &m,
+            &format!("tally_agent_decode_errors_total{{reason=\"{r}\"}}"),
+        )
+    };
+    let dropped = |r: &str| {
+        prom(
+            &m,
+            &format!("tally_agent_dropped_samples_total{{reason=\"{r}\"}}"),
+        )
+    };
+    assert_eq!(decode("frame_too_large"), 1);
+    assert_eq!(decode("truncated"), 1);
+    assert_eq!(decode("unsupported_version"), 1);
+    assert_eq!(decode("string_too_long"), 1);
+    assert_eq!(
+        prom(&m, "tally_agent_batches_total{outcome=\"rejected\"}"),
+        1
+    );
+    assert_eq!(dropped("non_ascii_dimension"), 4);
+    assert_eq!(dropped("non_finite_value"), 2);
+    assert_eq!(
+        prom(
+            &m,
+            "tally_agent_restamped_batches_total{reason=\"timestamp_too_old\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        prom(
+            &m,
+            "tally_agent_restamped_batches_total{reason=\"timestamp_in_future\"}"
+        ),
+        1
+    );
+    // The million: at most max_series per period admitted (the flood may straddle a period
+    // boundary), every other sample counted.
+    let flood_dropped = dropped("max_series");
+    assert!(
+        flood_dropped >= 1_000_000 - 2 * max_series,
+        "{flood_dropped}"
+    );
+    let active = metric(&agent, "tally_agent_active_series");
+    eprintln!(
+        "RSS: {rss_start} KiB at start, {rss_before_million} KiB before the million, \
+         {rss_after_million} KiB after; {flood_dropped} samples dropped for max_series; \
+         {active} active series"
+    );
+    // Bounded memory: admitting the million would take hundreds of MiB (each series key
+    // holds its strings); the bound keeps growth to the admitted series and decode buffers.
+    assert!(
+        rss_after_million < rss_before_million + 128 * 1024,
+        "RSS grew from {rss_before_million} KiB to {rss_after_million} KiB"
+    );
+
+    let (clean, out, err) = agent.terminate();
+    assert!(clean || err.contains("dropped"), "stderr:\n{err}");
+    // The well-behaved client's 25 batches, and the accepted bad-input batches' valid parts.
+    assert_eq!(
+        total(&out, "RequestCount", &[("Route", "/good")], "sum"),
+        25.0
+    );
+    assert_eq!(
+        total(&out, "RequestCount", &[("Route", "/kept")], "sum"),
+        2.0
+    );
+    assert_eq!(
+        total(&out, "RequestCount", &[("Route", "/clock")], "sum"),
+        10.0
+    );
+    assert_eq!(
+        total(&out, "RequestCount", &[("Route", "/sibling")], "sum"),
+        0.0
+    );
+    let admitted = out.matches("\"UserHits\"").count() as u64;
+    assert_eq!(admitted + flood_dropped, 1_000_000);
+    // Each refusal is explained in the log, naming what to change.
+    for needle in [
+        "exceeds the limit of 4194304 bytes",
+        "frame truncated while reading frame payload",
+        "wire protocol version 2 is not supported",
+        "metric name is 300 bytes long, over the limit of 255",
+        "non-ASCII",
+        "NaN or an infinite value",
+        "older than CloudWatch accepts",
+        "further ahead than CloudWatch accepts",
+        "aggregate.max_series = 20000 reached",
+    ] {
+        assert!(err.contains(needle), "log lacks {needle:?}:\n{err}");
+    }
+}
