@@ -3,7 +3,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, UNIX_EPOCH};
 
-use hashbrown::HashMap as FastMap;
 use tally::conventions::{ENVIRONMENT, SERVICE_NAME};
 use tally::wire::Unit;
 
@@ -16,12 +15,12 @@ use crate::model::{AggregateValue, MetricKey, PeriodData};
 pub const MAX_VALUES_PER_DATUM: usize = 150;
 
 /// Turns an open period's series into the [`PeriodData`] a sink receives, plus the samples
-/// that could not be combined (reason, count).
+/// that could not be combined (reason, count) and how many of those are not published at all.
 pub fn finish(
     settings: &Settings,
     start: u64,
-    series: FastMap<SeriesKey, Agg>,
-) -> (PeriodData, Vec<(&'static str, u64)>) {
+    series: Vec<(SeriesKey, Agg)>,
+) -> (PeriodData, Vec<(&'static str, u64)>, u64) {
     let mut conflicts: Vec<(&'static str, u64)> = Vec::new();
     let ns = settings.time_unit.nanos();
     let mut base: BTreeMap<MetricKey, AggregateValue> = BTreeMap::new();
@@ -54,7 +53,7 @@ pub fn finish(
             },
             Agg::Dist { scale, histogram } => AggregateValue::Distribution {
                 scale: scale * f,
-                histogram,
+                histogram: *histogram,
             },
         };
         let key = MetricKey {
@@ -64,6 +63,10 @@ pub fn finish(
         };
         insert_merge(&mut base, key, value, &mut conflicts);
     }
+    // Samples of series that could not join their published key (not published at all, unlike
+    // a rollup conflict below, whose samples are published in the base series).
+    let unpublished: u64 = conflicts.iter().map(|c| c.1).sum();
+    {}
 
     // Rollups: each base series contributes at most once to each rolled-up key.
     let mut rolled: BTreeMap<MetricKey, AggregateValue> = BTreeMap::new();
@@ -145,7 +148,7 @@ pub fn finish(
         storage_resolution: if settings.period_secs < 60 { 1 } else { 60 },
         metrics: all.into_iter().collect(),
     };
-    (data, conflicts)
+    (data, conflicts, unpublished)
 }
 
 /// A counter's sum or a distribution's sample count: what a ratio is taken of.

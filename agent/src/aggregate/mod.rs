@@ -23,14 +23,14 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hashbrown::HashMap;
-use tally::wire::{BatchView, HistogramView, SeriesView, ValueView};
+use tally::wire::{BatchView, Descriptor, HistogramView, ValueView};
 
 use crate::config::{Config, DerivedConfig, RollupConfig, TimeUnit};
 use crate::model::PeriodData;
 use crate::stats::{Counter, Gauge, Stats};
 use crate::util::RateLimitedLog;
 use period::Stamp;
-use series::{Agg, SeriesKey, SeriesRef};
+use series::{Agg, SeriesKey};
 
 /// What the aggregator needs from the configuration.
 #[derive(Debug, Clone)]
@@ -123,9 +123,42 @@ pub struct MergeReport {
     pub period_start: u64,
 }
 
+/// `ServiceName` and `Environment` of the senders of a group of series.
+type Identity = (Box<str>, Box<str>);
+/// One identity's series in a period, by descriptor bytes.
+type Group = HashMap<Box<[u8]>, Slot>;
+
+/// A series' value in a period, and when it was admitted (0 for the period's first series).
+struct Slot {
+    agg: Agg,
+    admitted: usize,
+}
+
+/// An open period: series grouped by the sender's `ServiceName` and `Environment`, then keyed
+/// by their descriptor bytes as the SDK sent them (see [`Descriptor`]). A known series is
+/// found by hashing those bytes, without reading a string; names and labels are read, checked
+/// against CloudWatch's rules, once, when a series first appears in the period, and turned
+/// into a [`SeriesKey`] when the period closes.
+#[derive(Default)]
 struct OpenPeriod {
-    series: HashMap<SeriesKey, Agg>,
+    groups: HashMap<Identity, Group>,
+    series: usize,
     samples: u64,
+}
+
+impl OpenPeriod {
+    /// The series of one sender identity, created when absent.
+    fn group(&mut self, service: &str, environment: &str) -> &mut Group {
+        // Two lookups on the first batch of an identity, one afterwards; a borrowed tuple key
+        // would need a wrapper type for no gain.
+        let key = self
+            .groups
+            .keys()
+            .find(|(s, e)| &**s == service && &**e == environment)
+            .cloned()
+            .unwrap_or_else(|| (service.into(), environment.into()));
+        self.groups.entry(key).or_default()
+    }
 }
 
 #[derive(Clone)]
@@ -236,6 +269,7 @@ impl Aggregator {
             "kind_mismatch",
             "scale_mismatch",
             "non_finite_value",
+            "invalid_utf8",
         ] {
             stats.drop(r, 0);
             stats.stats.counter(
@@ -260,7 +294,7 @@ impl Aggregator {
 
     /// Series in the open periods.
     pub fn active_series(&self) -> usize {
-        self.periods.values().map(|p| p.series.len()).sum()
+        self.periods.values().map(|p| p.series).sum()
     }
 
     /// Start (Unix seconds) of the period a batch lands in, counting re-stamps and late data.
@@ -322,30 +356,36 @@ impl Aggregator {
                 return Err(r);
             }
         }
-        let service: Box<str> = service.into();
-        let environment: Box<str> = environment.into();
         let (start, late) = self.period_for(batch, now);
+        let service = pick(&self.settings.service, batch.process.service);
+        let environment = pick(&self.settings.environment, batch.process.environment);
         let max_series = self.settings.max_series;
-        let period = self.periods.entry(start).or_insert_with(|| OpenPeriod {
-            series: HashMap::new(),
-            samples: 0,
-        });
+        let extra = &self.settings.extra_dimensions;
+        let period = self.periods.entry(start).or_default();
         let mut report = MergeReport {
             period_start: start,
             ..MergeReport::default()
         };
+        let mut total = period.series;
+        let group = period.group(service, environment);
         let mut scratch = Vec::new();
         for s in batch.series() {
             let n = s.value.samples();
-            match merge_series(
-                &mut period.series,
-                s,
-                &service,
-                &environment,
-                max_series,
-                &self.settings.extra_dimensions,
-                &mut scratch,
-            ) {
+            let merged = match group.get_mut(s.descriptor.as_bytes()) {
+                Some(slot) => merge_value(&mut slot.agg, &s.descriptor, s.value),
+                None => new_series(
+                    group,
+                    &s.descriptor,
+                    s.value,
+                    NewSeries {
+                        max_series,
+                        total: &mut total,
+                        extra,
+                    },
+                    &mut scratch,
+                ),
+            };
+            match merged {
                 Ok(()) => report.merged += n,
                 Err((reason, detail)) => {
                     report.dropped += n;
@@ -354,6 +394,7 @@ impl Aggregator {
                 }
             }
         }
+        period.series = total;
         period.samples += report.merged;
         self.stats.samples.add(report.merged);
         if late {
@@ -403,8 +444,10 @@ impl Aggregator {
     fn close_one(&mut self, start: u64) -> ClosedPeriod {
         let open = self.periods.remove(&start).expect("period exists");
         self.closed_before = self.closed_before.max(start + 1);
-        let samples = open.samples;
-        let (data, conflicts) = close::finish(&self.settings, start, open.series);
+        let merged = open.samples;
+        let (data, conflicts, unpublished) =
+            close::finish(&self.settings, start, series_keys(open));
+        let samples = merged.saturating_sub(unpublished);
         for (reason, n) in conflicts {
             self.stats.drop(reason, n);
         }
@@ -418,6 +461,39 @@ impl Aggregator {
             .set(close::estimate_datums(&data) as i64);
         ClosedPeriod { data, samples }
     }
+}
+
+/// An open period's series under their owned keys (labels sorted), in the order they were
+/// admitted: when one series arrives under two descriptors that close cannot combine (a
+/// counter in one process, a gauge in another), the first to arrive is kept and the other is
+/// counted as dropped, whatever the hash maps' order.
+fn series_keys(open: OpenPeriod) -> Vec<(SeriesKey, Agg)> {
+    let mut out: Vec<(usize, SeriesKey, Agg)> = Vec::with_capacity(open.series);
+    for ((service, environment), group) in open.groups {
+        for (bytes, slot) in group {
+            let mut labels = Vec::new();
+            let decoded = Descriptor::parse(&bytes).and_then(|d| Ok((d, d.decode(&mut labels)?)));
+            let Ok((d, name)) = decoded else {
+                // Cannot happen: a series is admitted only after its descriptor decoded.
+                tracing::error!("an admitted series no longer decodes at close: dropped");
+                continue;
+            };
+            labels.sort_unstable();
+            out.push((
+                slot.admitted,
+                SeriesKey {
+                    name: name.into(),
+                    unit: d.unit(),
+                    service: service.clone(),
+                    environment: environment.clone(),
+                    labels: labels.iter().map(|&(k, v)| (k.into(), v.into())).collect(),
+                },
+                slot.agg,
+            ));
+        }
+    }
+    out.sort_unstable_by_key(|(admitted, ..)| *admitted);
+    out.into_iter().map(|(_, k, a)| (k, a)).collect()
 }
 
 fn pick<'a>(over: &'a str, from_sdk: &'a str) -> &'a str {
@@ -447,7 +523,7 @@ fn to_agg(name: &str, value: ValueView<'_>) -> Result<Agg, Refusal> {
         series::new_histogram(&h)
             .map(|histogram| Agg::Dist {
                 scale: h.scale(),
-                histogram,
+                histogram: Box::new(histogram),
             })
             .map_err(|c| {
                 (
@@ -485,14 +561,18 @@ fn to_agg(name: &str, value: ValueView<'_>) -> Result<Agg, Refusal> {
     })
 }
 
-fn check_new(key: &SeriesRef<'_>, extra: &[(String, String)]) -> Result<(), rules::RuleError> {
-    rules::check_metric_name(key.name)?;
-    if key.labels.len() + 2 + extra.len() > rules::MAX_DIMENSIONS {
+fn check_new(
+    name: &str,
+    labels: &[(&str, &str)],
+    extra: &[(String, String)],
+) -> Result<(), rules::RuleError> {
+    rules::check_metric_name(name)?;
+    if labels.len() + 2 + extra.len() > rules::MAX_DIMENSIONS {
         return Err(rules::RuleError::TooManyDimensions(
-            key.labels.len() + 2 + extra.len(),
+            labels.len() + 2 + extra.len(),
         ));
     }
-    for &(k, v) in key.labels {
+    for &(k, v) in labels {
         if k == tally::conventions::SERVICE_NAME
             || k == tally::conventions::ENVIRONMENT
             || extra.iter().any(|(e, _)| e == k)
@@ -505,46 +585,42 @@ fn check_new(key: &SeriesRef<'_>, extra: &[(String, String)]) -> Result<(), rule
     Ok(())
 }
 
-fn merge_series<'v>(
-    map: &mut HashMap<SeriesKey, Agg>,
-    s: SeriesView<'v>,
-    service: &str,
-    environment: &str,
+/// What admitting a new series needs besides the series itself.
+struct NewSeries<'a, 't> {
     max_series: usize,
-    extra: &[(String, String)],
+    /// Series in the period so far, all identities together.
+    total: &'t mut usize,
+    extra: &'a [(String, String)],
+}
+
+/// Admits a series the period has not seen (under its descriptor bytes): its strings must be
+/// UTF-8, its labels distinct, it must fit `aggregate.max_series` and CloudWatch's rules.
+fn new_series<'v>(
+    group: &mut Group,
+    descriptor: &Descriptor<'v>,
+    value: ValueView<'_>,
+    ctx: NewSeries<'_, '_>,
     scratch: &mut Vec<(&'v str, &'v str)>,
 ) -> Result<(), Refusal> {
-    let SeriesView {
-        name,
-        unit,
-        labels,
-        value,
-    } = s;
-    let labels: &[(&str, &str)] = if labels.is_sorted_by(|a, b| a.0 < b.0) {
-        labels
-    } else {
-        scratch.clear();
-        scratch.extend_from_slice(labels);
-        scratch.sort();
-        if scratch.windows(2).any(|w| w[0].0 == w[1].0) {
-            return Err((
-                "duplicate_label",
-                format!("series {name:?} carries the same label twice: dropped"),
-            ));
-        }
-        scratch
-    };
-    let key = SeriesRef {
-        name,
-        unit,
-        service,
-        environment,
-        labels,
-    };
-    if let Some(agg) = map.get_mut(&key) {
-        return merge_value(agg, name, value);
+    scratch.clear();
+    let name = descriptor.decode(scratch).map_err(|e| {
+        (
+            "invalid_utf8",
+            format!(
+                "series {:?} refused: {e}; the SDK must send UTF-8 names and labels",
+                descriptor.name_lossy()
+            ),
+        )
+    })?;
+    scratch.sort_unstable();
+    if scratch.windows(2).any(|w| w[0].0 == w[1].0) {
+        return Err((
+            "duplicate_label",
+            format!("series {name:?} carries the same label twice: dropped"),
+        ));
     }
-    if map.len() >= max_series {
+    let max_series = ctx.max_series;
+    if *ctx.total >= max_series {
         return Err((
             "max_series",
             format!(
@@ -552,18 +628,30 @@ fn merge_series<'v>(
             ),
         ));
     }
-    check_new(&key, extra).map_err(|e| (e.reason(), format!("series {name:?} refused: {e}")))?;
+    check_new(name, scratch, ctx.extra)
+        .map_err(|e| (e.reason(), format!("series {name:?} refused: {e}")))?;
     let agg = to_agg(name, value)?;
-    map.insert(key.to_owned_key(), agg);
+    group.insert(
+        descriptor.as_bytes().into(),
+        Slot {
+            agg,
+            admitted: *ctx.total,
+        },
+    );
+    *ctx.total += 1;
     Ok(())
 }
 
 /// Merges one view value into a series' value without building an intermediate one.
-fn merge_value(agg: &mut Agg, name: &str, value: ValueView<'_>) -> Result<(), Refusal> {
+fn merge_value(
+    agg: &mut Agg,
+    descriptor: &Descriptor<'_>,
+    value: ValueView<'_>,
+) -> Result<(), Refusal> {
     let conflict = |c: series::MergeConflict| {
         (
             c.reason(),
-            format!("series {name:?} could not be merged ({}): a process records it with another kind or scale; dropped", c.reason()),
+            format!("series {:?} could not be merged ({}): a process records it with another kind or scale; dropped", descriptor.name_lossy(), c.reason()),
         )
     };
     match (&mut *agg, value) {
@@ -594,7 +682,7 @@ fn merge_value(agg: &mut Agg, name: &str, value: ValueView<'_>) -> Result<(), Re
         (_, ValueView::Gauge { last, min, max, .. })
             if !(last.is_finite() && min.is_finite() && max.is_finite()) =>
         {
-            Err(non_finite(name))
+            Err(non_finite(&descriptor.name_lossy()))
         }
         (
             Agg::Gauge {

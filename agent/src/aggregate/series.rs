@@ -1,12 +1,8 @@
 //! Series keys and in-period values.
 //!
-//! A batch's series is looked up by a borrowed key ([`SeriesRef`]) that hashes exactly like the
-//! owned [`SeriesKey`], so merging an already-known series allocates nothing; the owned key is
-//! built (and checked against CloudWatch's rules) only when a series first appears in a period.
+//! An open period keys its series by descriptor bytes (see `aggregate`); the owned
+//! [`SeriesKey`] is built when the period closes.
 
-use std::hash::{Hash, Hasher};
-
-use hashbrown::Equivalent;
 use hdrhistogram::Histogram;
 use tally::wire::{HistogramView, Unit};
 
@@ -23,98 +19,6 @@ pub struct SeriesKey {
     pub environment: Box<str>,
     /// Labels sorted by name.
     pub labels: Box<[(Box<str>, Box<str>)]>,
-}
-
-/// A borrowed view of a [`SeriesKey`], hashing identically.
-#[derive(Debug, Clone, Copy)]
-pub struct SeriesRef<'a> {
-    /// Metric name.
-    pub name: &'a str,
-    /// Recorded unit.
-    pub unit: Unit,
-    /// `ServiceName` value.
-    pub service: &'a str,
-    /// `Environment` value.
-    pub environment: &'a str,
-    /// Labels sorted by name, borrowed from the frame.
-    pub labels: &'a [(&'a str, &'a str)],
-}
-
-fn hash_parts<'a, H: Hasher>(
-    state: &mut H,
-    name: &str,
-    unit: Unit,
-    service: &str,
-    env: &str,
-    labels: impl ExactSizeIterator<Item = (&'a str, &'a str)>,
-) {
-    name.hash(state);
-    (unit as u8).hash(state);
-    service.hash(state);
-    env.hash(state);
-    labels.len().hash(state);
-    for (k, v) in labels {
-        k.hash(state);
-        v.hash(state);
-    }
-}
-
-impl Hash for SeriesKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        hash_parts(
-            state,
-            &self.name,
-            self.unit,
-            &self.service,
-            &self.environment,
-            self.labels.iter().map(|(k, v)| (&**k, &**v)),
-        );
-    }
-}
-
-impl Hash for SeriesRef<'_> {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        hash_parts(
-            state,
-            self.name,
-            self.unit,
-            self.service,
-            self.environment,
-            self.labels.iter().copied(),
-        );
-    }
-}
-
-impl Equivalent<SeriesKey> for SeriesRef<'_> {
-    fn equivalent(&self, key: &SeriesKey) -> bool {
-        self.name == &*key.name
-            && self.unit == key.unit
-            && self.service == &*key.service
-            && self.environment == &*key.environment
-            && self.labels.len() == key.labels.len()
-            && self
-                .labels
-                .iter()
-                .zip(key.labels.iter())
-                .all(|((a, b), (c, d))| *a == &**c && *b == &**d)
-    }
-}
-
-impl SeriesRef<'_> {
-    /// The owned key.
-    pub fn to_owned_key(&self) -> SeriesKey {
-        SeriesKey {
-            name: self.name.into(),
-            unit: self.unit,
-            service: self.service.into(),
-            environment: self.environment.into(),
-            labels: self
-                .labels
-                .iter()
-                .map(|&(k, v)| (k.into(), v.into()))
-                .collect(),
-        }
-    }
 }
 
 /// A series' value within an open period.
@@ -137,8 +41,8 @@ pub enum Agg {
     Dist {
         /// Scale as recorded.
         scale: f64,
-        /// Merged samples.
-        histogram: Histogram<u64>,
+        /// Merged samples (boxed: most series are counters, and this keeps every slot small).
+        histogram: Box<Histogram<u64>>,
     },
 }
 
@@ -253,31 +157,7 @@ impl Agg {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::hash_map::RandomState;
-    use std::hash::BuildHasher;
-
     use super::*;
-
-    #[test]
-    fn a_borrowed_key_hashes_and_compares_like_its_owned_key() {
-        let labels = [("Method", "GET")];
-        let r = SeriesRef {
-            name: "RequestCount",
-            unit: Unit::Count,
-            service: "shop",
-            environment: "prod",
-            labels: &labels,
-        };
-        let k = r.to_owned_key();
-        let s = RandomState::new();
-        assert_eq!(s.hash_one(r), s.hash_one(&k));
-        assert!(r.equivalent(&k));
-        let other = SeriesRef {
-            environment: "dev",
-            ..r
-        };
-        assert!(!other.equivalent(&k));
-    }
 
     #[test]
     fn histograms_of_different_precision_and_range_merge_into_one_exact_count() {
@@ -287,11 +167,11 @@ mod tests {
         b.record_n(1 << 35, 3).unwrap();
         let mut x = Agg::Dist {
             scale: 1.0,
-            histogram: a,
+            histogram: Box::new(a),
         };
         x.merge(&Agg::Dist {
             scale: 1.0,
-            histogram: b,
+            histogram: Box::new(b),
         })
         .unwrap();
         let Agg::Dist { histogram, .. } = x else {
@@ -316,12 +196,12 @@ mod tests {
         let h = Histogram::<u64>::new(2).unwrap();
         let mut d = Agg::Dist {
             scale: 1.0,
-            histogram: h.clone(),
+            histogram: Box::new(h.clone()),
         };
         assert_eq!(
             d.merge(&Agg::Dist {
                 scale: 1000.0,
-                histogram: h
+                histogram: Box::new(h)
             }),
             Err(MergeConflict::ScaleMismatch)
         );

@@ -510,10 +510,76 @@ fn nan_gauges_and_conflicting_kinds_are_dropped_and_counted() {
         stats.counter_value(DROPPED_SAMPLES, &[("reason", "non_finite_value")]),
         2
     );
+    // The counter arrives under another descriptor (its kind differs): the period keeps the
+    // gauge, which came first, and counts the counter's 5 samples when it closes.
+    let p = a.close_all().remove(0).data;
     assert_eq!(
         stats.counter_value(DROPPED_SAMPLES, &[("reason", "kind_mismatch")]),
         5
     );
+    assert!(matches!(
+        p.metrics[0].1,
+        AggregateValue::Gauge { updates: 2, .. }
+    ));
+}
+
+#[test]
+fn samples_dropped_when_a_period_closes_are_not_counted_as_published() {
+    let stats = Stats::new();
+    let mut a = Aggregator::new(settings(), &stats, at(T0));
+    let c = |value| Series {
+        name: "Queue".into(),
+        unit: Unit::Count,
+        labels: vec![],
+        value,
+    };
+    let gauge = SeriesValue::Gauge {
+        last: 1.0,
+        min: 0.0,
+        max: 1.0,
+        updates: 2,
+    };
+    a.merge_owned(batch(1, 1, T0, vec![c(gauge)]), at(T0))
+        .unwrap();
+    a.merge_owned(batch(2, 1, T0, vec![c(SeriesValue::Counter(5))]), at(T0))
+        .unwrap();
+    let closed = a.close_all().remove(0);
+    assert_eq!(
+        closed.samples, 2,
+        "the counter's 5 samples were not published"
+    );
+    assert_eq!(
+        stats.counter_value(DROPPED_SAMPLES, &[("reason", "kind_mismatch")]),
+        5
+    );
+}
+
+#[test]
+fn a_series_whose_label_is_not_utf8_is_refused_and_the_rest_of_its_batch_merges() {
+    let stats = Stats::new();
+    let mut a = Aggregator::new(settings(), &stats, at(T0));
+    let b = batch(
+        1,
+        1,
+        T0,
+        vec![
+            http("RequestCount", "/ok", "2xx", SeriesValue::Counter(3)),
+            http("RequestCount", "/zzzz", "2xx", SeriesValue::Counter(4)),
+        ],
+    );
+    let mut frame = Vec::new();
+    encode_batch(&b, &mut frame).unwrap();
+    let at_route = frame.windows(5).position(|w| w == b"/zzzz").unwrap();
+    frame[at_route + 1..at_route + 5].copy_from_slice(&[0xff, 0xfe, 0xff, 0xfe]);
+    let view = BatchView::parse(&frame[HEADER_LEN..], &Limits::default()).unwrap();
+    let report = a.merge(&view, at(T0)).unwrap();
+    assert_eq!((report.merged, report.dropped), (3, 4));
+    assert_eq!(
+        stats.counter_value(DROPPED_SAMPLES, &[("reason", "invalid_utf8")]),
+        4
+    );
+    let p = a.close_all().remove(0).data;
+    assert_eq!(p.metrics.len(), 1);
 }
 
 #[test]

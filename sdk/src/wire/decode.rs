@@ -72,6 +72,24 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(b).map_err(|_| DecodeError::InvalidUtf8 { field })
     }
 
+    /// The bytes of a string of at most `max` bytes (at least one when `non_empty`), not yet
+    /// checked to be UTF-8.
+    fn raw_str(
+        &mut self,
+        field: &'static str,
+        max: usize,
+        non_empty: bool,
+    ) -> Result<&'a [u8], DecodeError> {
+        let n = self.len(field)?;
+        if n > max {
+            return Err(DecodeError::StringTooLong { field, len: n, max });
+        }
+        if non_empty && n == 0 {
+            return Err(DecodeError::EmptyString { field });
+        }
+        self.take(n, field)
+    }
+
     fn name(&mut self, field: &'static str) -> Result<&'a str, DecodeError> {
         let s = self.str(field, MAX_NAME_LEN)?;
         if s.is_empty() {
@@ -227,9 +245,19 @@ fn histogram<'a>(
         return Err(bad("shorter than its 8-byte header".into()));
     }
     let cookie = u32::from_be_bytes(bytes[0..4].try_into().expect("4 bytes"));
+    if cookie == V2_COOKIE {
+        // Plain V2: the body is in the frame already, nothing to inflate or copy.
+        let shape = check_header(bytes, name, limits)?;
+        if shape.counts > scratch.counts_budget {
+            return Err(over_budget(name, shape.counts, scratch.counts_budget));
+        }
+        let walk = check_counts(bytes, shape.counts).map_err(bad)?;
+        scratch.counts_budget -= shape.counts;
+        return Ok(entry(scale, &shape, &walk, Body::Frame(bytes)));
+    }
     if cookie != V2_COMPRESSED_COOKIE {
         return Err(bad(format!(
-            "cookie {cookie:#x} is not HdrHistogram V2+DEFLATE ({V2_COMPRESSED_COOKIE:#x})"
+            "cookie {cookie:#x} is neither HdrHistogram V2 ({V2_COOKIE:#x}) nor V2+DEFLATE ({V2_COMPRESSED_COOKIE:#x})"
         )));
     }
     let zlen = u32::from_be_bytes(bytes[4..8].try_into().expect("4 bytes")) as usize;
@@ -259,11 +287,7 @@ fn histogram<'a>(
         let body = &scratch.arena[start..];
         let shape = check_header(body, name, limits)?;
         if shape.counts > scratch.counts_budget {
-            return Err(bad(format!(
-                "needs {} counters, over the {} left in this batch's budget \
-                 (max_histogram_counts_per_batch): record with fewer significant digits or flush more often",
-                shape.counts, scratch.counts_budget
-            )));
+            return Err(over_budget(name, shape.counts, scratch.counts_budget));
         }
         let walk = check_counts(body, shape.counts).map_err(bad)?;
         Ok((shape, walk))
@@ -285,7 +309,21 @@ fn histogram<'a>(
         scratch.arena.truncate(start);
         Body::Deflated { zlib, len }
     };
-    Ok(HistEntry {
+    Ok(entry(scale, &shape, &walk, body))
+}
+
+fn over_budget(name: &str, counts: u64, left: u64) -> DecodeError {
+    DecodeError::BadHistogram {
+        name: name.to_owned(),
+        reason: format!(
+            "needs {counts} counters, over the {left} left in this batch's budget \
+             (max_histogram_counts_per_batch): record with fewer significant digits or flush more often"
+        ),
+    }
+}
+
+fn entry<'a>(scale: f64, shape: &Shape, walk: &Walk, body: Body<'a>) -> HistEntry<'a> {
+    HistEntry {
         scale,
         significant_digits: shape.sigfig,
         low: shape.low,
@@ -295,7 +333,7 @@ fn histogram<'a>(
         total: walk.total,
         max_index: walk.max_index,
         body,
-    })
+    }
 }
 
 /// The layout a V2 header declares.
@@ -383,7 +421,89 @@ fn check_counts(body: &[u8], counts_len: u64) -> Result<Walk, String> {
 /// Decodes a `Batch` payload (the bytes after the frame header) into owned values: the
 /// checks of [`BatchView::parse`], then [`BatchView::to_batch`].
 pub fn decode_batch(payload: &[u8], limits: &Limits) -> Result<Batch, DecodeError> {
-    BatchView::parse(payload, limits)?.to_batch()
+    BatchView::parse_checked(payload, limits)?.to_batch()
+}
+
+/// Whether a parse checks series names and labels to be UTF-8 as it goes, or leaves that to
+/// [`Descriptor::decode`](super::Descriptor::decode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Strings {
+    Check,
+    Defer,
+}
+
+fn utf8<'a>(b: &'a [u8], field: &'static str) -> Result<&'a str, DecodeError> {
+    std::str::from_utf8(b).map_err(|_| DecodeError::InvalidUtf8 { field })
+}
+
+/// A name not yet checked to be UTF-8, displayed lossily in error messages.
+struct Lossy<'a>(&'a [u8]);
+
+impl std::fmt::Display for Lossy<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(self.0))
+    }
+}
+
+impl std::ops::Deref for Lossy<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        // Only used for messages: a name that is not UTF-8 shows as its valid prefix.
+        match std::str::from_utf8(self.0) {
+            Ok(s) => s,
+            Err(e) => std::str::from_utf8(&self.0[..e.valid_up_to()]).unwrap_or_default(),
+        }
+    }
+}
+
+/// Checks a descriptor's structure on its own (as the batch parse does), returning its unit.
+pub(super) fn descriptor_unit(bytes: &[u8]) -> Result<Unit, DecodeError> {
+    let mut r = Reader { buf: bytes, pos: 0 };
+    r.raw_str("metric name", MAX_NAME_LEN, true)?;
+    r.u8("series kind")?;
+    let unit_byte = r.u8("unit")?;
+    let unit = Unit::from_u8(unit_byte).ok_or(DecodeError::UnknownUnit(unit_byte))?;
+    let n = r.varint("label count")?;
+    if n > MAX_LABELS as u64 {
+        return Err(DecodeError::TooManyLabels {
+            name: String::from_utf8_lossy(descriptor_name(bytes)).into_owned(),
+            count: n,
+            max: MAX_LABELS,
+        });
+    }
+    for _ in 0..n {
+        r.raw_str("label key", MAX_NAME_LEN, true)?;
+        r.raw_str("label value", MAX_LABEL_VALUE_LEN, false)?;
+    }
+    r.finish()?;
+    Ok(unit)
+}
+
+/// The name bytes of a descriptor the parse already checked (empty if it were cut short).
+pub(super) fn descriptor_name(bytes: &[u8]) -> &[u8] {
+    let mut r = Reader { buf: bytes, pos: 0 };
+    r.raw_str("metric name", MAX_NAME_LEN, false)
+        .unwrap_or_default()
+}
+
+/// Reads a descriptor the parse already checked for structure (see [`Descriptor`](super::Descriptor)),
+/// checking its strings: the name, and the labels appended to `labels`.
+pub(super) fn read_descriptor<'a>(
+    bytes: &'a [u8],
+    labels: &mut Vec<(&'a str, &'a str)>,
+) -> Result<&'a str, DecodeError> {
+    let mut r = Reader { buf: bytes, pos: 0 };
+    let name = r.name("metric name")?;
+    r.u8("series kind")?;
+    r.u8("unit")?;
+    let n = r.varint("label count")?;
+    for _ in 0..n {
+        let k = r.name("label key")?;
+        let v = r.str("label value", MAX_LABEL_VALUE_LEN)?;
+        labels.push((k, v));
+    }
+    r.finish()?;
+    Ok(name)
 }
 
 impl<'a> BatchView<'a> {
@@ -391,6 +511,23 @@ impl<'a> BatchView<'a> {
     /// strings. Every bound of [`Limits`] is checked, every histogram walked to its last
     /// count, before this returns: an `Ok` view is valid as a whole.
     pub fn parse(payload: &'a [u8], limits: &Limits) -> Result<BatchView<'a>, DecodeError> {
+        Self::parse_with(payload, limits, Strings::Defer)
+    }
+
+    /// [`BatchView::parse`], checking every name and label to be UTF-8 in frame order too
+    /// (what [`decode_batch`] does, so it reports the first problem of the frame).
+    pub(super) fn parse_checked(
+        payload: &'a [u8],
+        limits: &Limits,
+    ) -> Result<BatchView<'a>, DecodeError> {
+        Self::parse_with(payload, limits, Strings::Check)
+    }
+
+    fn parse_with(
+        payload: &'a [u8],
+        limits: &Limits,
+        strings: Strings,
+    ) -> Result<BatchView<'a>, DecodeError> {
         let mut r = Reader {
             buf: payload,
             pos: 0,
@@ -427,26 +564,35 @@ impl<'a> BatchView<'a> {
             counts_budget: limits.max_histogram_counts_per_batch,
         };
         let mut series = Vec::with_capacity(count as usize);
-        let mut labels = Vec::new();
         for _ in 0..count {
-            let name = r.name("metric name")?;
+            let at = r.pos;
+            let name_bytes = r.raw_str("metric name", MAX_NAME_LEN, true)?;
+            if strings == Strings::Check {
+                utf8(name_bytes, "metric name")?;
+            }
+            let name = Lossy(name_bytes);
             let kind = r.u8("series kind")?;
             let unit_byte = r.u8("unit")?;
             let unit = Unit::from_u8(unit_byte).ok_or(DecodeError::UnknownUnit(unit_byte))?;
             let nlabels = r.varint("label count")?;
             if nlabels > MAX_LABELS as u64 {
                 return Err(DecodeError::TooManyLabels {
-                    name: name.to_owned(),
+                    name: name.to_string(),
                     count: nlabels,
                     max: MAX_LABELS,
                 });
             }
-            let first = labels.len();
             for _ in 0..nlabels {
-                let k = r.name("label key")?;
-                let v = r.str("label value", MAX_LABEL_VALUE_LEN)?;
-                labels.push((k, v));
+                let k = r.raw_str("label key", MAX_NAME_LEN, true)?;
+                if strings == Strings::Check {
+                    utf8(k, "label key")?;
+                }
+                let v = r.raw_str("label value", MAX_LABEL_VALUE_LEN, false)?;
+                if strings == Strings::Check {
+                    utf8(v, "label value")?;
+                }
             }
+            let descriptor = &payload[at..r.pos];
             let value = match kind {
                 1 => ValueEntry::Counter(r.varint("counter delta")?),
                 2 => ValueEntry::Gauge {
@@ -455,12 +601,12 @@ impl<'a> BatchView<'a> {
                     max: r.f64("gauge max")?,
                     updates: r.varint("gauge updates")?,
                 },
-                3 => ValueEntry::Histogram(histogram(&mut r, name, limits, &mut hist)?),
+                3 => ValueEntry::Histogram(histogram(&mut r, &name, limits, &mut hist)?),
                 4 => {
                     let count = r.varint("event count")?;
                     let values = match r.u8("event has values")? {
                         0 => None,
-                        1 => Some(histogram(&mut r, name, limits, &mut hist)?),
+                        1 => Some(histogram(&mut r, &name, limits, &mut hist)?),
                         _ => return Err(DecodeError::UnknownSeriesKind(kind)),
                     };
                     ValueEntry::Event { count, values }
@@ -468,9 +614,8 @@ impl<'a> BatchView<'a> {
                 other => return Err(DecodeError::UnknownSeriesKind(other)),
             };
             series.push(SeriesEntry {
-                name,
+                descriptor,
                 unit,
-                labels: first..labels.len(),
                 value,
             });
         }
@@ -488,7 +633,6 @@ impl<'a> BatchView<'a> {
             end_unix_ms,
             drops,
             series,
-            labels,
             arena: hist.arena,
         })
     }

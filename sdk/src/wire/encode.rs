@@ -1,15 +1,15 @@
 //! Encoding batches and acks into frames.
 //!
-//! Histograms are written in the HdrHistogram V2 + DEFLATE format either by `hdrhistogram`'s
-//! own serializer (for the public [`Batch`] type, which carries `hdrhistogram::Histogram`s) or,
-//! on the SDK's flush path, straight from the non-zero counters of a counts array
-//! ([`HistRef::Counts`]): the same V2 body (header, zig-zag varint counts, runs of zeros as
-//! negative counts) that `V2Serializer` writes for a histogram with those counts, deflated by
-//! one reused zlib stream. Both decode with [`decode_batch`](super::decode_batch) and with any
-//! HdrHistogram implementation.
+//! Histograms are written in HdrHistogram's V2 format either by `hdrhistogram`'s own serializer
+//! (for the public [`Batch`] type, which carries `hdrhistogram::Histogram`s) or, on the SDK's
+//! flush path, straight from the non-zero counters of a counts array ([`HistRef::Counts`]):
+//! the same V2 body (header, zig-zag varint counts, runs of zeros as negative counts) that
+//! `V2Serializer` writes for a histogram with those counts. Bodies up to [`PLAIN_MAX`] bytes
+//! travel plain; longer ones are deflated by one reused zlib stream (V2 + DEFLATE). Both
+//! decode with [`decode_batch`](super::decode_batch) and with any HdrHistogram implementation.
 
 use flate2::{Compress, Compression, FlushCompress, Status};
-use hdrhistogram::serialization::{Serializer, V2DeflateSerializer};
+use hdrhistogram::serialization::{Serializer, V2Serializer};
 use hdrhistogram::Histogram;
 use thiserror::Error;
 
@@ -20,45 +20,12 @@ use super::{
     HEADER_LEN,
 };
 
-/// V2 bodies up to this many bytes are wrapped in a zlib stream of *stored* DEFLATE blocks
-/// (RFC 1950/1951: valid DEFLATE that every inflater reads) instead of being compressed:
-/// preparing a compressor costs ~150 KB of memset per stream, far more than compressing a
-/// short body saves (see docs/benchmarks-sdk.md).
-const STORED_MAX: usize = 1024;
-
-/// A zlib stream holding `data` in stored (uncompressed) DEFLATE blocks.
-fn put_zlib_stored(out: &mut Vec<u8>, data: &[u8]) {
-    out.extend_from_slice(&[0x78, 0x01]); // 32 KiB window, no dictionary, fastest; 0x7801 % 31 == 0
-    let mut blocks = data.chunks(0xffff).peekable();
-    if blocks.peek().is_none() {
-        out.extend_from_slice(&[0x01, 0x00, 0x00, 0xff, 0xff]);
-    }
-    while let Some(block) = blocks.next() {
-        let last = u8::from(blocks.peek().is_none());
-        let len = block.len() as u16;
-        out.push(last); // BFINAL, BTYPE = 00 (stored), padded to the byte
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(&(!len).to_le_bytes());
-        out.extend_from_slice(block);
-    }
-    out.extend_from_slice(&adler32(data).to_be_bytes());
-}
-
-/// The Adler-32 checksum zlib streams end with.
-fn adler32(data: &[u8]) -> u32 {
-    const MOD: u32 = 65_521;
-    let (mut a, mut b) = (1u32, 0u32);
-    // 5552 bytes is the most that can be summed before `b` may overflow a u32.
-    for chunk in data.chunks(5552) {
-        for &x in chunk {
-            a += u32::from(x);
-            b += a;
-        }
-        a %= MOD;
-        b %= MOD;
-    }
-    (b << 16) | a
-}
+/// V2 bodies up to this many bytes travel plain (HdrHistogram's uncompressed V2 encoding, which
+/// every HdrHistogram reads too); longer ones are deflated. The counts are zig-zag varints with
+/// runs of empty buckets folded already, so DEFLATE saves little on a short body, while it
+/// costs the flusher a compressor reset (~150 KB of memset) and the agent an inflate for every
+/// histogram (see docs/benchmarks-agent.md).
+const PLAIN_MAX: usize = 1024;
 
 /// DEFLATE level of longer histograms written from counts (level 1: the bodies are mostly
 /// varints already, and speed matters more on the flusher thread than a few percent).
@@ -198,7 +165,7 @@ pub(crate) struct BatchHead<'a> {
 /// Reusable encoding state (serializer, zlib stream, scratch buffers), so that encoding
 /// one more histogram allocates nothing once the buffers have grown.
 pub(crate) struct Encoder {
-    ser: V2DeflateSerializer,
+    ser: V2Serializer,
     deflate: Compress,
     body: Vec<u8>,
     scratch: Vec<u8>,
@@ -213,7 +180,7 @@ impl std::fmt::Debug for Encoder {
 impl Encoder {
     pub(crate) fn new() -> Self {
         Encoder {
-            ser: V2DeflateSerializer::new(),
+            ser: V2Serializer::new(),
             deflate: Compress::new(Compression::new(DEFLATE_LEVEL), true),
             body: Vec::new(),
             scratch: Vec::new(),
@@ -305,28 +272,34 @@ impl Encoder {
             name: name.to_owned(),
             reason,
         };
-        self.scratch.clear();
+        self.body.clear();
         match h {
             HistRef::Hdr(h) => {
                 self.ser
-                    .serialize(h, &mut self.scratch)
+                    .serialize(h, &mut self.body)
                     .map_err(|e| fail(e.to_string()))?;
             }
             HistRef::Counts {
                 sigfig,
                 high,
                 counts,
-            } => self.v2_deflate(sigfig, high, counts).map_err(fail)?,
+            } => self.v2_body(sigfig, high, counts).map_err(fail)?,
         }
-        put_varint(out, self.scratch.len() as u64);
-        out.extend_from_slice(&self.scratch);
+        if self.body.len() <= PLAIN_MAX {
+            put_varint(out, self.body.len() as u64);
+            out.extend_from_slice(&self.body);
+        } else {
+            self.scratch.clear();
+            self.deflate_body().map_err(fail)?;
+            put_varint(out, self.scratch.len() as u64);
+            out.extend_from_slice(&self.scratch);
+        }
         Ok(())
     }
 
-    /// Writes the V2 + DEFLATE encoding of the histogram with these counters into `scratch`.
-    fn v2_deflate(&mut self, sigfig: u8, high: u64, counts: &[(u32, u64)]) -> Result<(), String> {
+    /// Writes the plain V2 encoding of the histogram with these counters into `body`.
+    fn v2_body(&mut self, sigfig: u8, high: u64, counts: &[(u32, u64)]) -> Result<(), String> {
         let body = &mut self.body;
-        body.clear();
         body.extend_from_slice(&V2_COOKIE.to_be_bytes());
         body.extend_from_slice(&0u32.to_be_bytes()); // payload length, filled in below
         body.extend_from_slice(&0u32.to_be_bytes()); // normalizing index offset
@@ -351,25 +324,26 @@ impl Encoder {
         }
         let payload = (body.len() - V2_HEADER_SIZE) as u32;
         body[4..8].copy_from_slice(&payload.to_be_bytes());
+        Ok(())
+    }
 
+    /// Writes `body` (a plain V2 encoding) as V2 + DEFLATE into `scratch`.
+    fn deflate_body(&mut self) -> Result<(), String> {
+        let body = &self.body;
         let z = &mut self.scratch;
         z.extend_from_slice(&V2_COMPRESSED_COOKIE.to_be_bytes());
         z.extend_from_slice(&0u32.to_be_bytes()); // compressed length, filled in below
-        if body.len() <= STORED_MAX {
-            put_zlib_stored(z, body);
-        } else {
-            self.deflate.reset();
-            loop {
-                z.reserve(body.len() / 2 + 64);
-                let consumed = self.deflate.total_in() as usize;
-                match self
-                    .deflate
-                    .compress_vec(&body[consumed..], z, FlushCompress::Finish)
-                {
-                    Ok(Status::StreamEnd) => break,
-                    Ok(Status::Ok | Status::BufError) => {}
-                    Err(e) => return Err(format!("DEFLATE failed: {e}")),
-                }
+        self.deflate.reset();
+        loop {
+            z.reserve(body.len() / 2 + 64);
+            let consumed = self.deflate.total_in() as usize;
+            match self
+                .deflate
+                .compress_vec(&body[consumed..], z, FlushCompress::Finish)
+            {
+                Ok(Status::StreamEnd) => break,
+                Ok(Status::Ok | Status::BufError) => {}
+                Err(e) => return Err(format!("DEFLATE failed: {e}")),
             }
         }
         let zlen = (z.len() - 8) as u32;
@@ -450,10 +424,12 @@ mod tests {
                 }
             }
             let mut enc = Encoder::new();
+            enc.body.clear();
+            enc.v2_body(sigfig, sparse.high(), &sparse.counts).expect("encodes");
             enc.scratch.clear();
-            enc.v2_deflate(sigfig, sparse.high(), &sparse.counts).expect("encodes");
-            // The uncompressed V2 body is byte for byte what hdrhistogram writes (bodies past
-            // STORED_MAX are deflated, shorter ones stored: both are checked here).
+            enc.deflate_body().expect("deflates");
+            // The plain V2 body is byte for byte what hdrhistogram writes, and both it and
+            // its deflated form (what bodies past PLAIN_MAX travel as) read back the same.
             let mut expected = Vec::new();
             V2Serializer::new().serialize(&reference, &mut expected).expect("serializes");
             prop_assert_eq!(&enc.body, &expected);
@@ -462,6 +438,10 @@ mod tests {
                 .deserialize(&mut enc.scratch.as_slice())
                 .expect("decodes");
             prop_assert_eq!(recorded(&decoded), recorded(&reference));
+            let plain: Histogram<u64> = Deserializer::new()
+                .deserialize(&mut enc.body.as_slice())
+                .expect("decodes");
+            prop_assert_eq!(recorded(&plain), recorded(&reference));
             prop_assert_eq!(decoded.len(), sparse.len());
         }
 
@@ -482,21 +462,6 @@ mod tests {
             let union = HistogramCell::new(ShardCount::new(1), layout);
             a.iter().chain(&b).for_each(|v| union.record_n(*v, 1));
             prop_assert_eq!(merged, union.take().expect("recorded"));
-        }
-    }
-
-    #[test]
-    fn stored_and_deflated_zlib_streams_inflate_to_their_input() {
-        use std::io::Read;
-        for len in [0usize, 1, 100, STORED_MAX, 70_000, 140_000] {
-            let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
-            let mut z = Vec::new();
-            put_zlib_stored(&mut z, &data);
-            let mut back = Vec::new();
-            flate2::read::ZlibDecoder::new(z.as_slice())
-                .read_to_end(&mut back)
-                .expect("a valid zlib stream");
-            assert_eq!(back, data, "length {len}");
         }
     }
 }

@@ -141,25 +141,31 @@ fn histogram(
         return Err(bad("shorter than its 8-byte header".into()));
     }
     let cookie = u32::from_be_bytes(bytes[0..4].try_into().expect("4 bytes"));
-    if cookie != V2_COMPRESSED_COOKIE {
-        return Err(bad(format!(
-            "cookie {cookie:#x} is not HdrHistogram V2+DEFLATE ({V2_COMPRESSED_COOKIE:#x})"
-        )));
-    }
-    let zlen = u32::from_be_bytes(bytes[4..8].try_into().expect("4 bytes")) as usize;
-    if zlen != bytes.len() - 8 {
-        return Err(bad(format!(
-            "declares {zlen} compressed bytes but carries {}",
-            bytes.len() - 8
-        )));
-    }
-    // Inflate with a hard bound: one byte more than allowed tells us it was too big.
     let max = limits.max_histogram_bytes;
-    let mut body = Vec::new();
-    ZlibDecoder::new(&bytes[8..])
-        .take(max as u64 + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| bad(format!("DEFLATE stream is corrupt: {e}")))?;
+    let body = if cookie == V2_COOKIE {
+        // Plain V2 (what the SDK sends for short bodies).
+        bytes.to_vec()
+    } else {
+        if cookie != V2_COMPRESSED_COOKIE {
+            return Err(bad(format!(
+                "cookie {cookie:#x} is neither HdrHistogram V2 nor V2+DEFLATE"
+            )));
+        }
+        let zlen = u32::from_be_bytes(bytes[4..8].try_into().expect("4 bytes")) as usize;
+        if zlen != bytes.len() - 8 {
+            return Err(bad(format!(
+                "declares {zlen} compressed bytes but carries {}",
+                bytes.len() - 8
+            )));
+        }
+        // Inflate with a hard bound: one byte more than allowed tells us it was too big.
+        let mut body = Vec::new();
+        ZlibDecoder::new(&bytes[8..])
+            .take(max as u64 + 1)
+            .read_to_end(&mut body)
+            .map_err(|e| bad(format!("DEFLATE stream is corrupt: {e}")))?;
+        body
+    };
     if body.len() > max {
         return Err(bad(format!("inflates to more than {max} bytes")));
     }

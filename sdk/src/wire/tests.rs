@@ -392,10 +392,10 @@ fn assert_agrees_with_reference(p: &[u8], limits: &Limits) -> Result<(), TestCas
                 )
             );
             for (vs, os) in v.series().zip(&o.series) {
-                prop_assert_eq!(vs.name, os.name.as_str());
-                prop_assert_eq!(vs.unit, os.unit);
-                let labels: Vec<(String, String)> = vs
-                    .labels
+                let mut labels = Vec::new();
+                prop_assert_eq!(vs.descriptor.decode(&mut labels)?, os.name.as_str());
+                prop_assert_eq!(vs.descriptor.unit(), os.unit);
+                let labels: Vec<(String, String)> = labels
                     .iter()
                     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                     .collect();
@@ -437,6 +437,15 @@ fn assert_agrees_with_reference(p: &[u8], limits: &Limits) -> Result<(), TestCas
                     );
                 }
             }
+        }
+        // The view leaves names and labels to `Descriptor::decode`: a batch refused only for
+        // a string that is not UTF-8 parses, and that series is refused when decoded.
+        (Err(o), Err(n @ DecodeError::InvalidUtf8 { .. }), Ok(v)) => {
+            prop_assert_eq!(o.reason(), n.reason(), "{} vs {}", o, n);
+            prop_assert_eq!(&v.to_batch().unwrap_err(), n);
+        }
+        (Err(o), Err(n @ DecodeError::InvalidUtf8 { .. }), Err(_)) => {
+            prop_assert_eq!(o.reason(), n.reason(), "{} vs {}", o, n);
         }
         (Err(o), Err(n), Err(v)) => {
             prop_assert_eq!(o.reason(), n.reason(), "{} vs {}", o, n);
@@ -506,11 +515,51 @@ fn arb_any_layout_hist() -> impl Strategy<Value = Histogram<u64>> {
 }
 
 #[test]
+fn short_histograms_travel_as_plain_v2_and_long_ones_deflated() {
+    let mut batch = sample_batch();
+    let short = hist(&[1, 2, 3, 1000]);
+    let long = hist(&(1..2000).map(|k| k * 7919).collect::<Vec<u64>>());
+    batch.series = [short.clone(), long.clone()]
+        .into_iter()
+        .enumerate()
+        .map(|(i, histogram)| Series {
+            name: format!("h{i}"),
+            unit: Unit::Nanoseconds,
+            labels: vec![],
+            value: SeriesValue::Histogram {
+                scale: 1.0,
+                histogram,
+            },
+        })
+        .collect();
+    let mut frame = Vec::new();
+    encode_batch(&batch, &mut frame).unwrap();
+    let view = BatchView::parse(payload(&frame), &Limits::default()).unwrap();
+    let bodies: Vec<&str> = view
+        .series
+        .iter()
+        .map(|s| match &s.value {
+            super::view::ValueEntry::Histogram(h) => match h.body {
+                super::view::Body::Frame(_) => "plain",
+                super::view::Body::Arena(_) => "inflated",
+                super::view::Body::Deflated { .. } => "deflated",
+            },
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(bodies, ["plain", "inflated"]);
+    // Only the long one was inflated: the arena holds nothing of the short one.
+    let decoded = view.to_batch().unwrap();
+    assert!(same(&decoded, &batch), "{decoded:?}");
+}
+
+#[test]
 fn a_histogram_that_does_not_fit_the_arena_is_inflated_again_and_decodes_the_same() {
     let mut batch = sample_batch();
-    // Three histograms of a few hundred bytes each; the arena holds at most one of them.
+    // Three histograms of a few kilobytes each (so they travel deflated, not plain); the
+    // arena holds at most one of them inflated.
     let wide = |seed: u64| {
-        let values: Vec<u64> = (1..200).map(|k| k * 7919 + seed).collect();
+        let values: Vec<u64> = (1..2000).map(|k| k * 7919 + seed).collect();
         hist(&values)
     };
     batch.series = (0..3)

@@ -57,16 +57,15 @@ pub struct BatchView<'a> {
     /// Cumulative drop counters of the process.
     pub drops: DropReport,
     pub(super) series: Vec<SeriesEntry<'a>>,
-    pub(super) labels: Vec<(&'a str, &'a str)>,
     /// Inflated V2 payloads of the histograms that fit (see [`HistEntry::body`]).
     pub(super) arena: Vec<u8>,
 }
 
 #[derive(Debug, Clone)]
 pub(super) struct SeriesEntry<'a> {
-    pub(super) name: &'a str,
+    /// Name, kind, unit and labels as sent (structure checked, strings not yet).
+    pub(super) descriptor: &'a [u8],
     pub(super) unit: Unit,
-    pub(super) labels: Range<usize>,
     pub(super) value: ValueEntry<'a>,
 }
 
@@ -89,6 +88,8 @@ pub(super) enum ValueEntry<'a> {
 /// Where a validated histogram's inflated V2 body (40-byte header, then the counts) lives.
 #[derive(Debug, Clone)]
 pub(super) enum Body<'a> {
+    /// Sent as plain V2: the body is the frame's bytes.
+    Frame(&'a [u8]),
     /// Inflated, in the batch's arena.
     Arena(Range<usize>),
     /// Still compressed (the arena was full): the zlib stream in the frame, inflating to
@@ -129,17 +130,56 @@ impl HistEntry<'_> {
     }
 }
 
-/// One series of a [`BatchView`].
+/// One series of a [`BatchView`]: who it is and what it carries.
 #[derive(Debug, Clone, Copy)]
 pub struct SeriesView<'v> {
-    /// Metric name, 1..=255 bytes.
-    pub name: &'v str,
-    /// Unit of the recorded values.
-    pub unit: Unit,
-    /// Per-metric labels (dimension name, value), in the order the SDK sent them.
-    pub labels: &'v [(&'v str, &'v str)],
+    /// The series' identity as sent.
+    pub descriptor: Descriptor<'v>,
     /// The interval's delta.
     pub value: ValueView<'v>,
+}
+
+/// A series' identity as the SDK sent it: metric name, kind, unit and labels, in frame order.
+///
+/// Two series of one batch, or of batches from one process, with equal descriptor bytes are
+/// the same series, so a consumer can key what it aggregates by [`Descriptor::as_bytes`] and
+/// read the strings only when it meets a descriptor for the first time. The parse checked the
+/// descriptor's structure (lengths, counts, unit); [`Descriptor::decode`] checks that its
+/// strings are UTF-8.
+#[derive(Debug, Clone, Copy)]
+pub struct Descriptor<'v> {
+    bytes: &'v [u8],
+    unit: Unit,
+}
+
+impl<'v> Descriptor<'v> {
+    /// A descriptor from bytes [`Descriptor::as_bytes`] returned (say, kept as a map key),
+    /// its structure checked again.
+    pub fn parse(bytes: &'v [u8]) -> Result<Self, DecodeError> {
+        let unit = super::decode::descriptor_unit(bytes)?;
+        Ok(Descriptor { bytes, unit })
+    }
+
+    /// The descriptor's bytes in the frame.
+    pub fn as_bytes(&self) -> &'v [u8] {
+        self.bytes
+    }
+
+    /// Unit of the recorded values.
+    pub fn unit(&self) -> Unit {
+        self.unit
+    }
+
+    /// The metric name, with the labels (dimension name, value), in the order the SDK sent
+    /// them, appended to `labels`. Fails when a string is not UTF-8.
+    pub fn decode(&self, labels: &mut Vec<(&'v str, &'v str)>) -> Result<&'v str, DecodeError> {
+        super::decode::read_descriptor(self.bytes, labels)
+    }
+
+    /// The metric name for messages: replacement characters where it is not UTF-8.
+    pub fn name_lossy(&self) -> Cow<'v, str> {
+        String::from_utf8_lossy(super::decode::descriptor_name(self.bytes))
+    }
 }
 
 /// A series' data, borrowed (see [`SeriesValue`]).
@@ -243,6 +283,7 @@ impl<'v> HistogramView<'v> {
     /// The inflated V2 body, from the arena or inflated again.
     fn body(&self) -> Result<Cow<'v, [u8]>, DecodeError> {
         match &self.entry.body {
+            Body::Frame(b) => Ok(Cow::Borrowed(b)),
             Body::Arena(r) => Ok(Cow::Borrowed(&self.arena[r.clone()])),
             Body::Deflated { zlib, len } => {
                 let mut body = Vec::with_capacity(*len);
@@ -316,9 +357,10 @@ impl<'a> BatchView<'a> {
     /// The series, in the order the SDK sent them.
     pub fn series(&self) -> impl ExactSizeIterator<Item = SeriesView<'_>> + '_ {
         self.series.iter().map(move |s| SeriesView {
-            name: s.name,
-            unit: s.unit,
-            labels: &self.labels[s.labels.clone()],
+            descriptor: Descriptor {
+                bytes: s.descriptor,
+                unit: s.unit,
+            },
             value: match &s.value {
                 ValueEntry::Counter(d) => ValueView::Counter(*d),
                 ValueEntry::Gauge {
@@ -375,11 +417,14 @@ impl<'a> BatchView<'a> {
             other => other,
         };
         let mut series = Vec::with_capacity(self.series.len());
+        let mut labels = Vec::new();
         for s in self.series() {
+            labels.clear();
+            let name = s.descriptor.decode(&mut labels)?;
             let hist = |h: HistogramView<'_>| {
                 h.to_histogram()
                     .map(|owned| (h.scale(), owned))
-                    .map_err(|e| named(s.name, e))
+                    .map_err(|e| named(name, e))
             };
             let value = match s.value {
                 ValueView::Counter(d) => SeriesValue::Counter(d),
@@ -404,10 +449,9 @@ impl<'a> BatchView<'a> {
                 },
             };
             series.push(Series {
-                name: s.name.to_owned(),
-                unit: s.unit,
-                labels: s
-                    .labels
+                name: name.to_owned(),
+                unit: s.descriptor.unit(),
+                labels: labels
                     .iter()
                     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                     .collect(),
