@@ -3,7 +3,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tally::wire::{decode_ack, decode_batch, FrameHeader, FrameKind, Limits, HEADER_LEN};
+use tally::wire::{
+    decode_ack, decode_batch, BatchView, FrameHeader, FrameKind, Limits, ValueView, HEADER_LEN,
+};
 
 fuzz_target!(|data: &[u8]| {
     let limits = Limits {
@@ -22,6 +24,27 @@ fuzz_target!(|data: &[u8]| {
     let payload = &payload[..payload.len().min(h.len as usize)];
     match h.kind {
         FrameKind::Batch => {
+            // The agent's path: the borrowing view, every descriptor decoded, every
+            // histogram walked. A view may exist where decode_batch refuses (a string that is
+            // not UTF-8), never the other way round.
+            if let Ok(view) = BatchView::parse(payload, &limits) {
+                let mut labels = Vec::new();
+                for s in view.series() {
+                    labels.clear();
+                    let _ = s.descriptor.decode(&mut labels);
+                    let h = match s.value {
+                        ValueView::Histogram(h) => Some(h),
+                        ValueView::Event { values, .. } => values,
+                        _ => None,
+                    };
+                    if let Some(h) = h {
+                        let n: u64 = h.counts().expect("walks").map(|(_, c)| c).fold(0, u64::saturating_add);
+                        assert_eq!(n, h.len());
+                    }
+                }
+            } else {
+                assert!(decode_batch(payload, &limits).is_err());
+            }
             if let Ok(batch) = decode_batch(payload, &limits) {
                 // Whatever decodes must re-encode to something that decodes to the same batch.
                 let mut again = Vec::new();

@@ -1,8 +1,12 @@
 //! Aggregation across processes: wall-clock periods, exact merges, rollups, derived metrics.
 //!
 //! Every accepted batch is merged into the open period its end time falls in (see
-//! [`period`]). A series is keyed by metric name, recorded unit, `ServiceName`, `Environment`
-//! and its full label set; counters add, gauges keep last/min/max, and histograms from every
+//! [`period`]). A series is identified by metric name, recorded unit, `ServiceName`,
+//! `Environment` and its full label set. In the open period it is found by the bytes the SDK
+//! sent for it (its [`Descriptor`]), grouped by sender identity: merging a known series costs
+//! one hash of those bytes; its strings are read and checked once per period, when it first
+//! appears, and its owned [`SeriesKey`] is built when the period closes (where series that a
+//! differently ordered label set kept apart meet again). Counters add, gauges keep last/min/max, and histograms from every
 //! process add bucket by bucket, so percentiles of the merged histogram are exactly those of
 //! all samples together. A period closes `aggregate.grace_ms` after its end; closing converts
 //! durations to the publish time unit, adds the configured rollups and derived metrics

@@ -38,16 +38,21 @@
 //!   value by kind:
 //!     Counter    delta (varint)
 //!     Gauge      last (f64), min (f64), max (f64), updates (varint)
-//!     Histogram  scale (f64), hdr (varint length + HdrHistogram V2+DEFLATE bytes)
+//!     Histogram  scale (f64), hdr (varint length + HdrHistogram V2 or V2+DEFLATE bytes)
 //!     Event      count (varint), has_values (u8), [scale (f64), hdr] when has_values = 1
 //! ```
 //!
-//! Histograms travel in the HdrHistogram V2 + DEFLATE format, which the Java, Go, C and Rust
-//! HdrHistogram implementations all read, so a batch can be inspected with standard tools. The
-//! decoder inflates with a hard output bound, checks the histogram's header (significant
-//! digits, value range, payload length) and walks its counts with the checks HdrHistogram's
-//! deserializer makes, without allocating the counts array the declared range implies, so a
-//! hostile frame cannot make the agent allocate more than the limits allow.
+//! `name` through the last label is the series' *descriptor*: equal bytes, equal series, so a
+//! reader can key aggregates by those bytes ([`Descriptor`]) and read the strings once.
+//!
+//! Histograms travel in HdrHistogram's V2 format, which the Java, Go, C and Rust HdrHistogram
+//! implementations all read, so a batch can be inspected with standard tools: plain V2 (cookie
+//! `0x1c849313`) for bodies up to 1 KiB, which the agent reads in place, V2 + DEFLATE
+//! (`0x1c849314`) for longer ones. Readers accept both. The decoder inflates with a hard
+//! output bound, checks the histogram's header (significant digits, value range, payload
+//! length) and walks its counts with the checks HdrHistogram's deserializer makes, without
+//! allocating the counts array the declared range implies, so a hostile frame cannot make the
+//! agent allocate more than the limits allow.
 //!
 //! # Acks
 //!

@@ -1,15 +1,19 @@
-//! A borrowing view of a decoded batch: names and labels are `&str` into the frame, histograms
-//! are their validated V2 counts, walked on demand.
+//! A borrowing view of a decoded batch: series identities are their bytes in the frame,
+//! histograms are their validated V2 counts, walked on demand.
 //!
 //! [`BatchView::parse`] checks the whole payload (every bound the owned [`decode_batch`]
 //! checks, and every histogram down to its last count) before it returns, so a consumer can
-//! merge a view series by series without ever meeting a bad one half-way: a batch is valid as
-//! a whole or refused as a whole. [`decode_batch`] is this same parse followed by
-//! [`BatchView::to_batch`].
+//! merge a view series by series without ever meeting a bad value half-way. One check is left
+//! to the consumer: whether a series' name and labels are UTF-8, which
+//! [`Descriptor::decode`](super::Descriptor::decode) answers. A consumer that keys its
+//! aggregates by [`Descriptor::as_bytes`](super::Descriptor::as_bytes) reads the strings of a
+//! series once, when it first meets it, not in every batch (the agent does; it refuses and
+//! counts such a series alone). [`decode_batch`] checks every string in frame order, then
+//! builds owned values with [`BatchView::to_batch`].
 //!
 //! A histogram view never allocates the counts array its declared range implies (1 ns..60 s at
-//! 3 significant digits is about 30 k counters, 240 KB). It keeps the inflated V2 payload in
-//! one arena per batch (at most [`Limits::max_histogram_bytes`] in total; a histogram that
+//! 3 significant digits is about 30 k counters, 240 KB). A plain V2 body is read where it lies
+//! in the frame; a deflated one is inflated into one arena per batch (at most [`Limits::max_histogram_bytes`] in total; a histogram that
 //! does not fit is kept compressed and inflated again when walked) and yields its non-zero
 //! buckets as `(value, count)` pairs, where `value` is the lowest value of the bucket, exactly
 //! what `hdrhistogram::Histogram::add` records when it merges histograms of another layout.
