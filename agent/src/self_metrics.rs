@@ -375,7 +375,6 @@ impl SelfMetrics {
 mod tests {
     use super::*;
 
-    const PERIOD: u64 = 60;
     /// A period start (a multiple of 60).
     const T0: u64 = 1_700_000_040;
 
@@ -639,6 +638,53 @@ mod tests {
             d.contains(&("Environment".into(), "unknown".into())),
             "{d:?}"
         );
+    }
+
+    #[test]
+    fn an_alarm_on_agent_drops_watches_exactly_the_published_dimensions() {
+        use crate::alarms::desired::{desired_alarms, AlarmTarget};
+        // The example of docs/configuration.md.
+        let c: Config = toml::from_str(
+            r#"
+            namespace = "ECS/Shop"
+            service = "shop"
+            environment = "prod"
+            [self_metrics]
+            cloudwatch = true
+            [[alarms]]
+            name = "agent-drops"
+            metric = "AgentDroppedSamples"
+            statistic = "Sum"
+            comparison = "GreaterThanThreshold"
+            threshold = 0.0
+            treat_missing_data = "notBreaching"
+            "#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let catalog = crate::catalog::Catalog::from_config_with(&c, &extra());
+        let target = crate::alarms::Target {
+            namespace: &c.namespace,
+            service: &c.service,
+            environment: &c.environment,
+            period_secs: c.period_secs,
+            catalog: &catalog,
+        };
+        let alarms = desired_alarms(&c.alarms_config(), &target).unwrap();
+        let AlarmTarget::Metric { metric, .. } = &alarms[0].target else {
+            panic!("{:?}", alarms[0].target);
+        };
+        assert_eq!(metric.dimensions, dimensions(&c, &extra()));
+        // Off: the same alarm names a metric that is never published.
+        let mut off = c.clone();
+        off.self_metrics.cloudwatch = false;
+        let catalog = crate::catalog::Catalog::from_config_with(&off, &extra());
+        let target = crate::alarms::Target {
+            catalog: &catalog,
+            ..target
+        };
+        let e = desired_alarms(&off.alarms_config(), &target).unwrap_err();
+        assert!(e.to_string().contains("AgentDroppedSamples"), "{e}");
     }
 
     #[test]
