@@ -161,8 +161,8 @@ fn send_for(agent: &Agent, c: &mut Client, route: &str, ticks: u32, peak_rss: &m
 
 /// Polls LocalStack until the Sum of `RequestCount` for `dims` reaches `want` (at most
 /// `limit`); returns the last Sum read. The agent also publishes `ErrorRate` (and in one test
-/// its self-metrics) each period, so
-/// its own published-samples counter is not the clients' total.
+/// its self-metrics) each period, so its own published-samples counter is not the clients'
+/// total.
 fn wait_for_sum(
     rt: &tokio::runtime::Runtime,
     endpoint: &str,
