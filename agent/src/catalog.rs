@@ -53,7 +53,8 @@ impl Catalog {
 impl Catalog {
     /// Everything a configuration publishes: tally-tower's standard metrics (unless
     /// `aggregate.standard_metrics = false`), the declared `[[aggregate.metrics]]`, each with
-    /// its rollups, and the derived metrics on every dimension set of their denominator.
+    /// its rollups, the derived metrics on every dimension set of their denominator, and the
+    /// agent's own metrics with `Component=agent` when `[self_metrics] cloudwatch = true`.
     pub fn from_config(config: &crate::config::Config) -> Catalog {
         Self::from_config_with(config, &[])
     }
@@ -156,6 +157,7 @@ impl Catalog {
             });
         }
         metrics.extend(derived);
+        metrics.extend(crate::self_metrics::catalog_metrics(config, extra));
         Catalog {
             namespace: config.namespace.clone(),
             metrics,
@@ -246,5 +248,38 @@ mod tests {
             ]]
         );
         assert_eq!(cat.metric("CheckoutTime").unwrap().unit, "Milliseconds");
+    }
+
+    #[test]
+    fn self_metrics_are_catalogued_with_component_agent_only_when_published() {
+        let mut c = Config {
+            service: "web-app".into(),
+            environment: "prod".into(),
+            ..Config::default()
+        };
+        let extra = dims(&[("ClusterName", "blue")]);
+        let off = Catalog::from_config_with(&c, &extra);
+        assert!(off.metric("AgentDroppedSamples").is_none());
+        c.self_metrics.cloudwatch = true;
+        let on = Catalog::from_config_with(&c, &extra);
+        assert_eq!(on.metrics.len(), off.metrics.len() + 6);
+        let published = dims(&[
+            ("ServiceName", "web-app"),
+            ("Environment", "prod"),
+            ("ClusterName", "blue"),
+            ("Component", "agent"),
+        ]);
+        for name in [
+            "AgentActiveSeries",
+            "AgentBatchesAccepted",
+            "AgentDecodeErrors",
+            "AgentDroppedSamples",
+            "AgentPendingBytes",
+            "AgentPublishErrors",
+        ] {
+            assert!(on.publishes(name, &published), "{name}");
+        }
+        assert!(!on.publishes("AgentDroppedSamples", &published[..3]));
+        assert_eq!(on.metric("AgentPendingBytes").unwrap().unit, "Bytes");
     }
 }

@@ -30,6 +30,7 @@ use crate::alarms::{AlarmSpec, AlarmsConfig, DashboardConfig};
 use crate::durability::DurabilityConfig;
 use crate::ecs::EcsConfig;
 use crate::publish::PublishConfig;
+use crate::self_metrics::SelfMetricsConfig;
 use crate::sinks::stdout::StdoutFormat;
 
 /// Top-level keys that environment variables may override (`TALLY_<KEY>...`).
@@ -51,6 +52,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "dashboard",
     "ecs",
     "durability",
+    "self_metrics",
 ];
 
 /// Prefix of configuration environment variables.
@@ -96,6 +98,9 @@ pub struct Config {
     pub dashboard: DashboardConfig,
     /// `[durability]`: the write-ahead log that keeps acknowledged batches across a crash.
     pub durability: DurabilityConfig,
+    /// `[self_metrics]`: the agent's own metrics in CloudWatch (off by default: they are
+    /// billed as custom metrics).
+    pub self_metrics: SelfMetricsConfig,
 }
 
 impl Default for Config {
@@ -118,6 +123,7 @@ impl Default for Config {
             alarm_management: AlarmManagement::default(),
             dashboard: DashboardConfig::default(),
             durability: DurabilityConfig::default(),
+            self_metrics: SelfMetricsConfig::default(),
         }
     }
 }
@@ -765,6 +771,18 @@ impl Config {
             &self.alarm_management,
         ));
         errs.extend(self.durability.problems());
+        if self.self_metrics.cloudwatch {
+            let declared = self.aggregate.metrics.iter().map(|m| ("metrics", &m.name));
+            let derived = self.aggregate.derived.iter().map(|d| ("derived", &d.name));
+            for (section, name) in declared.chain(derived) {
+                if crate::self_metrics::is_self_metric_name(name) {
+                    errs.push(format!(
+                        "aggregate.{section} names {name:?}, one of the agent's own metrics \
+                         (self_metrics.cloudwatch = true): rename the metric"
+                    ));
+                }
+            }
+        }
         if errs.is_empty() {
             Ok(())
         } else {
@@ -937,6 +955,35 @@ mod tests {
         ] {
             assert!(e.contains(key), "{key} missing in: {e}");
         }
+    }
+
+    #[test]
+    fn self_metrics_are_off_by_default_and_switched_on_like_every_other_key() {
+        assert!(!load("", &[], &[]).unwrap().self_metrics.cloudwatch);
+        let c = load("", &[("TALLY_SELF_METRICS__CLOUDWATCH", "true")], &[]).unwrap();
+        assert!(c.self_metrics.cloudwatch);
+        let c = load(
+            "[self_metrics]\ncloudwatch = true\n",
+            &[],
+            &["self_metrics.cloudwatch=false"],
+        )
+        .unwrap();
+        assert!(!c.self_metrics.cloudwatch);
+        let e = load("[self_metrics]\ncloudwach = true\n", &[], &[]).unwrap_err();
+        assert!(e.to_string().contains("cloudwach"), "{e}");
+    }
+
+    #[test]
+    fn a_declared_metric_may_not_take_a_self_metric_name_while_they_are_published() {
+        let toml = "[[aggregate.metrics]]\nname = \"AgentDroppedSamples\"\n";
+        load(toml, &[], &[]).unwrap();
+        let e = load(toml, &[], &["self_metrics.cloudwatch=true"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("aggregate.metrics") && e.contains("AgentDroppedSamples"),
+            "{e}"
+        );
     }
 
     #[test]

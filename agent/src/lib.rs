@@ -28,6 +28,8 @@
 //! - [`runtime`]: wiring and the ordered shutdown (stop accepting, drain sessions, close the
 //!   open period early, deliver within the deadline).
 //! - [`admin`]: health, Prometheus self-metrics, monthly cost estimate.
+//! - [`self_metrics`]: optionally, six of those self-metrics published with every period
+//!   (`Component=agent`), so the agent can be alarmed on like the service.
 //! - [`config`]: the TOML configuration with env-var and flag overrides for every key.
 //! - [`catalog`]: every metric identity a configuration publishes (alarms are checked
 //!   against it). [`model`] and [`stats`] are the contracts between the parts.
@@ -47,6 +49,7 @@ pub mod ingest;
 pub mod model;
 pub mod publish;
 pub mod runtime;
+pub mod self_metrics;
 pub mod sinks;
 pub mod stats;
 pub mod util;

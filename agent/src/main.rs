@@ -274,6 +274,11 @@ fn validate(common: &Common) -> ExitCode {
                 cat.metrics.len(),
                 resolve_sink(&c)
             );
+            if c.self_metrics.cloudwatch && (c.service.is_empty() || c.environment.is_empty()) {
+                println!(
+                    "warning: self_metrics.cloudwatch = true but `service` or `environment` is unset: the agent's own metrics are published with ServiceName/Environment = \"unknown\"; set both (TALLY_SERVICE / TALLY_ENVIRONMENT)"
+                );
+            }
             for d in &c.aggregate.derived {
                 if cat.metric(&d.name).is_none() {
                     println!(

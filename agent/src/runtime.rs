@@ -4,6 +4,10 @@
 //! drains: at SIGTERM/SIGINT the listeners stop accepting, every session finishes the frame in
 //! hand (and acknowledges what was merged), the open period closes early, every closed period
 //! goes to the sink, and the sink gets the rest of `sink.shutdown_deadline_secs` to deliver.
+//!
+//! With `[self_metrics] cloudwatch = true` the ticker also wakes at every period's close to
+//! attach the agent's own metrics to the period they describe ([`crate::self_metrics`]); the
+//! last of them go with the period closed early at shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,6 +28,7 @@ use crate::ingest::sequence::Sequences;
 use crate::ingest::session::SessionContext;
 use crate::ingest::Intake;
 use crate::model::PeriodData;
+use crate::self_metrics::SelfMetrics;
 use crate::sinks::Sink;
 use crate::stats::{Gauge, Stats};
 
@@ -110,6 +115,12 @@ pub async fn run(
     let mut settings = Settings::from_config(&config);
     settings.extra_dimensions = extra_dimensions;
     settings.extra_dimensions.sort();
+    let own = SelfMetrics::new(
+        &config,
+        &settings.extra_dimensions,
+        &stats,
+        SystemTime::now(),
+    );
     // Periods a previous run left in the write-ahead log open again, so their batches are
     // published with their own timestamps.
     let oldest = wal
@@ -163,6 +174,7 @@ pub async fn run(
                 stats: stats.clone(),
                 ready: ready.clone(),
                 period_secs: config.period_secs,
+                self_metrics: crate::self_metrics::published_count(&config),
             },
             stop_rx.clone(),
         ))
@@ -175,6 +187,7 @@ pub async fn run(
         stats.clone(),
         summary.clone(),
         config.period(),
+        own,
         stop_rx.clone(),
     ));
 
@@ -202,8 +215,11 @@ pub async fn run(
     if tokio::time::timeout(drain, serve_task).await.is_err() {
         tracing::warn!("some connections did not finish their frame in time; their batches stay with the SDK, unacknowledged");
     }
-    let _ = ticker.await;
-    let last = intake.close_all();
+    let own = ticker.await.ok().flatten();
+    let mut last = intake.close_all();
+    if let Some(mut own) = own {
+        own.on_shutdown(SystemTime::now(), &mut last);
+    }
     for p in last {
         send_period(
             &tx,
@@ -322,6 +338,7 @@ async fn send_period(
     }
 }
 
+#[allow(clippy::too_many_arguments)] // One call site; each argument is a distinct handle the loop owns.
 async fn tick_loop(
     intake: Intake,
     tx: mpsc::Sender<SinkMsg>,
@@ -329,19 +346,29 @@ async fn tick_loop(
     stats: Stats,
     summary: Arc<parking_lot::Mutex<RunSummary>>,
     period: Duration,
+    mut own: Option<SelfMetrics>,
     mut stop: watch::Receiver<bool>,
-) {
+) -> Option<SelfMetrics> {
     loop {
         let now = SystemTime::now();
-        let at = intake.next_close_at().unwrap_or(now + period);
+        let mut at = intake.next_close_at().unwrap_or(now + period);
+        if let Some(o) = &own {
+            // Self-metrics are described every period, with or without user data.
+            at = at.min(o.next_due_at(now));
+        }
         let wait = at.duration_since(now).unwrap_or(Duration::ZERO).min(period);
         tokio::select! {
             biased;
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.wait_for(|s| *s) => return own,
             _ = tokio::time::sleep(wait) => {}
         }
         // Replayed periods are due at once (their close time has passed).
-        for p in intake.close_due(SystemTime::now()) {
+        let now = SystemTime::now();
+        let mut closed = intake.close_due(now);
+        if let Some(o) = &mut own {
+            o.on_tick(now, &mut closed);
+        }
+        for p in closed {
             send_period(&tx, p, &depth, &stats, &summary, None, intake.wal()).await;
         }
     }

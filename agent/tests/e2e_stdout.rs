@@ -14,6 +14,8 @@ use tally::wire::{AckStatus, HEADER_LEN};
 fn totals_from_several_clients_are_exact_and_bad_frames_hurt_nobody_else() {
     let agent = Agent::start(&[
         "--set",
+        "self_metrics.cloudwatch=true",
+        "--set",
         "aggregate.rollups=[{ drop = [\"Route\"] }]",
         "--set",
         "aggregate.derived=[{ name = \"ErrorRate\", numerator = \"ErrorCount\", denominator = \"RequestCount\", exclude_dimensions = [] }]",
@@ -101,6 +103,16 @@ fn totals_from_several_clients_are_exact_and_bad_frames_hurt_nobody_else() {
     );
     let cost = agent.admin_get("/cost");
     assert!(cost.contains("\"total_usd_per_month\""), "{cost}");
+    assert!(cost.contains("\"self_metrics\":6"), "{cost}");
+    let decode_errors: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("tally_agent_decode_errors_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        decode_errors >= 2,
+        "bad magic and a corrupt payload: {metrics}"
+    );
 
     let health = std::process::Command::new(env!("CARGO_BIN_EXE_tally-agent"))
         .args(["health", "--addr", &agent.admin.to_string()])
@@ -121,6 +133,23 @@ fn totals_from_several_clients_are_exact_and_bad_frames_hurt_nobody_else() {
     assert_eq!(
         total(&out, "ResponseTime", &orders, "count"),
         4.0 * 25.0 * 3.0
+    );
+    // The agent's own metrics, printed like any other: deltas that add up to the totals.
+    let own = [("Component", "agent")];
+    assert_eq!(total(&out, "AgentBatchesAccepted", &own, "sum"), 101.0);
+    assert_eq!(
+        total(&out, "AgentDecodeErrors", &own, "sum"),
+        decode_errors as f64
+    );
+    assert_eq!(total(&out, "AgentDroppedSamples", &own, "sum"), 0.0);
+    let own_line = out
+        .lines()
+        .find(|l| l.contains("\"AgentDecodeErrors\""))
+        .unwrap();
+    assert!(
+        own_line.contains("\"ServiceName\":\"unknown\"")
+            && own_line.contains("\"Component\":\"agent\""),
+        "{own_line}"
     );
     // The rollup without Route carries everything once.
     assert_eq!(total(&out, "RequestCount", &[], "sum"), 405.0);

@@ -23,8 +23,11 @@ pub const MONTH_SECS: f64 = 30.44 * 86_400.0;
 /// The estimate served on `/cost`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CostEstimate {
-    /// Distinct metrics (namespace + name + dimensions) in the last closed period.
+    /// Distinct metrics (namespace + name + dimensions) in the last closed period, the
+    /// agent's own included.
     pub custom_metrics: u64,
+    /// Of those, the agent's own metrics (`[self_metrics] cloudwatch = true`; else 0).
+    pub self_metrics: u64,
     /// Datums per period (distributions need one per 150 distinct values).
     pub datums_per_period: u64,
     /// PutMetricData requests per period (1000 datums each).
@@ -56,21 +59,30 @@ pub fn metrics_cost(metrics: u64) -> f64 {
     usd
 }
 
-/// The estimate for a period's metric and datum counts.
-pub fn estimate(custom_metrics: u64, datums_per_period: u64, period_secs: u32) -> CostEstimate {
+/// The estimate for a period's user metric and datum counts plus `self_metrics` metrics of
+/// the agent's own (one datum each, in the same requests).
+pub fn estimate(
+    user_metrics: u64,
+    user_datums: u64,
+    self_metrics: u64,
+    period_secs: u32,
+) -> CostEstimate {
+    let custom_metrics = user_metrics + self_metrics;
+    let datums_per_period = user_datums + self_metrics;
     let requests = datums_per_period.div_ceil(MAX_DATUMS_PER_REQUEST);
     let periods = MONTH_SECS / f64::from(period_secs.max(1));
     let m = metrics_cost(custom_metrics);
     let r = requests as f64 * periods * PRICE_PER_REQUEST;
     CostEstimate {
         custom_metrics,
+        self_metrics,
         datums_per_period,
         requests_per_period: requests,
         period_secs,
         metrics_usd_per_month: m,
         requests_usd_per_month: r,
         total_usd_per_month: m + r,
-        note: "estimate from the last closed period at us-east-1 list prices; excludes alarms, dashboards, retries and the 1 MB request split",
+        note: "estimate from the last closed period (plus the agent's own metrics when [self_metrics] cloudwatch = true) at us-east-1 list prices; excludes alarms, dashboards, retries and the 1 MB request split",
     }
 }
 
@@ -89,10 +101,21 @@ mod tests {
 
     #[test]
     fn requests_are_counted_per_thousand_datums_every_period() {
-        let e = estimate(100, 2500, 60);
+        let e = estimate(100, 2500, 0, 60);
         assert_eq!(e.requests_per_period, 3);
         // 43,833.6 periods a month x 3 requests x $0.00001.
         assert!((e.requests_usd_per_month - 3.0 * 43_833.6 * 0.00001).abs() < 1e-6);
         assert!((e.total_usd_per_month - (30.0 + e.requests_usd_per_month)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_agents_own_metrics_are_billed_like_any_other() {
+        let off = estimate(994, 994, 0, 60);
+        let on = estimate(994, 994, 6, 60);
+        assert_eq!((on.custom_metrics, on.self_metrics), (1000, 6));
+        // Six metrics at $0.30; their datums still fit in the period's one request.
+        assert!((on.metrics_usd_per_month - off.metrics_usd_per_month - 1.80).abs() < 1e-9);
+        assert_eq!(on.requests_per_period, 1);
+        assert_eq!(estimate(995, 995, 6, 60).requests_per_period, 2);
     }
 }

@@ -31,6 +31,9 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     /// Period length, for the cost estimate.
     pub period_secs: u32,
+    /// Custom metrics the agent publishes about itself each period (`[self_metrics]`), for
+    /// the cost estimate; 0 when they are off.
+    pub self_metrics: u64,
 }
 
 fn respond(status: StatusCode, ctype: &'static str, body: String) -> Response<Full<Bytes>> {
@@ -71,7 +74,12 @@ pub fn route(state: &AdminState, path: &str) -> Response<Full<Bytes>> {
             let d = state
                 .stats
                 .gauge_value("tally_agent_last_period_datums", &[]);
-            let e = cost::estimate(m.max(0) as u64, d.max(0) as u64, state.period_secs);
+            let e = cost::estimate(
+                m.max(0) as u64,
+                d.max(0) as u64,
+                state.self_metrics,
+                state.period_secs,
+            );
             respond(
                 StatusCode::OK,
                 "application/json",

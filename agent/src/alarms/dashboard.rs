@@ -19,8 +19,8 @@ use crate::catalog::{Catalog, CatalogMetric};
 use super::config::DashboardConfig;
 use super::desired::Target;
 
-/// Dimension that marks the agent's self-metrics, and its value.
-pub const SELF_METRIC_DIMENSION: (&str, &str) = ("Component", "agent");
+/// Dimension that marks the agent's self-metrics, and its value (see [`crate::self_metrics`]).
+pub const SELF_METRIC_DIMENSION: (&str, &str) = crate::self_metrics::COMPONENT_DIMENSION;
 
 const WIDTH: u32 = 12;
 const HEIGHT: u32 = 6;
@@ -382,34 +382,28 @@ mod tests {
             unit: unit.into(),
             dimension_sets: sets,
         };
+        // The agent's own metrics exactly as a configuration with them on catalogues them.
+        let mut own = crate::config::Config {
+            namespace: "ECS/WebApp".into(),
+            service: "web".into(),
+            environment: "prod".into(),
+            ..crate::config::Config::default()
+        };
+        own.self_metrics.cloudwatch = true;
+        let mut metrics = vec![
+            m(
+                "RequestCount",
+                "Count",
+                vec![full.clone(), route.clone(), service.clone()],
+            ),
+            m("ErrorCount", "Count", vec![full.clone(), service.clone()]),
+            m("ResponseTime", "Milliseconds", vec![full.clone()]),
+            m("OrdersPlaced", "Count", vec![service.clone()]),
+        ];
+        metrics.extend(crate::self_metrics::catalog_metrics(&own, &[]));
         Catalog {
             namespace: "ECS/WebApp".into(),
-            metrics: vec![
-                m(
-                    "RequestCount",
-                    "Count",
-                    vec![full.clone(), route.clone(), service.clone()],
-                ),
-                m("ErrorCount", "Count", vec![full.clone(), service.clone()]),
-                m("ResponseTime", "Milliseconds", vec![full.clone()]),
-                m("OrdersPlaced", "Count", vec![service.clone()]),
-                m(
-                    "tally_samples_dropped_total",
-                    "Count",
-                    vec![vec![
-                        fixed("Component", "agent"),
-                        fixed("ServiceName", "web"),
-                    ]],
-                ),
-                m(
-                    "tally_connections",
-                    "Count",
-                    vec![vec![
-                        fixed("Component", "agent"),
-                        fixed("ServiceName", "web"),
-                    ]],
-                ),
-            ],
+            metrics,
         }
     }
 
@@ -468,11 +462,32 @@ mod tests {
         let t = text(&b);
         assert!(t.contains("OrdersPlaced"), "{t}");
         assert!(t.contains("\"type\":\"alarm\""), "{t}");
-        assert!(t.contains("tally_samples_dropped_total"), "{t}");
-        assert!(
-            !t.contains("tally_connections"),
-            "not a drop or an error: {t}"
-        );
+        let agent = b.body["widgets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["properties"]["title"] == "Agent: dropped samples and publish errors")
+            .expect("the agent widget");
+        let lines = serde_json::to_string(&agent["properties"]["metrics"]).unwrap();
+        for name in [
+            "AgentDroppedSamples",
+            "AgentPublishErrors",
+            "AgentDecodeErrors",
+        ] {
+            assert!(
+                lines.contains(&format!(
+                    r#"["ECS/WebApp","{name}","Component","agent","Environment","prod","ServiceName","web",{{"label":"{name} Sum","stat":"Sum"}}]"#
+                )),
+                "{name} drawn with its published dimension set: {lines}"
+            );
+        }
+        for name in [
+            "AgentActiveSeries",
+            "AgentBatchesAccepted",
+            "AgentPendingBytes",
+        ] {
+            assert!(!t.contains(name), "{name} is not a drop or an error: {t}");
+        }
         assert!(b.notes.is_empty(), "{:?}", b.notes);
     }
 
