@@ -40,6 +40,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut s = TcpStream::connect(addr)?;
     s.set_nodelay(true)?;
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
+    // A new instance per run, so the agent never takes a rerun for a resend of the last one.
+    let instance_id = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as u64;
     let mut seq = 0;
     let mut frames: Vec<Vec<u8>> = Vec::new();
     let mut updates = 0u64;
@@ -75,7 +77,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             seq += 1;
             let b = Batch {
                 process: ProcessIdentity {
-                    instance_id: 42,
+                    instance_id,
                     pid: std::process::id(),
                     service: "loadgen".into(),
                     environment: "bench".into(),
