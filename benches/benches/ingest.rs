@@ -7,8 +7,8 @@
 //!   merged by the agent's `Aggregator` into a period that already holds those series (the
 //!   steady state). This is the agent's path.
 //! - `agent_ingest/histograms`: batches of 100 latency histograms (about 20 distinct values
-//!   each over a declared 1 ns..60 s range at 3 digits, HdrHistogram V2+DEFLATE on the wire),
-//!   same path.
+//!   each over a declared 1 ns..60 s range at 3 digits; plain HdrHistogram V2 on the wire, as
+//!   the SDK sends bodies up to 1 KiB), same path.
 //! - `decode_only` rows split parsing from merging; `decode_owned` rows measure the owned
 //!   `tally::wire::decode_batch` (same checks, then owned strings and full-range histograms).
 //!
