@@ -5,7 +5,8 @@
 #
 # 1. installs what the tests need when missing (LocalStack in .localstack-venv, the deployment
 #    checkers in .tools-venv) and starts LocalStack on 127.0.0.1:4566 unless one is running;
-# 2. formatting and lints: cargo fmt --check, cargo clippy -D warnings on every target;
+# 2. formatting, lints and docs: cargo fmt --check, cargo clippy -D warnings on every target,
+#    cargo doc with warnings denied;
 # 3. cargo test on the whole workspace with every feature (unit, property, integration and
 #    end-to-end tests; the agent runs as a real process, CloudWatch is LocalStack);
 # 4. stops LocalStack again if this script started it.
@@ -29,6 +30,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+echo "== cargo doc (broken links and doc warnings fail)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features --locked
 echo "== cargo test"
 cargo test --workspace --all-features --locked
 echo "== all tests passed"

@@ -1,4 +1,4 @@
-//! Tower middleware that records request metrics into [tally](tally).
+//! Tower middleware that records request metrics into [tally].
 //!
 //! ```no_run
 //! use axum::{extract::{Path, State}, routing::{get, post}, Json, Router};

@@ -322,14 +322,16 @@ impl<'a> DashboardBuilder<'a> {
         for m in &own {
             lines.extend(self.series(&m.name, "Sum", false).unwrap_or_default());
         }
-        let l = (!lines.is_empty()).then_some(lines);
-        add(
-            &mut self,
-            "Agent: dropped samples and publish errors".into(),
-            "Sum",
-            l,
-            "agent drop / publish-error (Component=agent)",
-        );
+        if lines.is_empty() {
+            self.notes.push(
+                "no agent widget: the agent publishes no drop or publish-error metric with \
+                 Component=agent; set [self_metrics] cloudwatch = true \
+                 (TALLY_SELF_METRICS__CLOUDWATCH=true) to have one"
+                    .to_owned(),
+            );
+        } else {
+            self.metric_widget("Agent: dropped samples and publish errors", "Sum", lines);
+        }
         DashboardBody {
             body: json!({ "widgets": self.widgets }),
             notes: self.notes,
@@ -426,6 +428,29 @@ mod tests {
 
     fn text(b: &DashboardBody) -> String {
         serde_json::to_string(&b.body).unwrap()
+    }
+
+    #[test]
+    fn without_self_metrics_the_plan_says_how_to_get_the_agent_widget() {
+        let mut c = catalog();
+        c.metrics.retain(|m| !is_self_metric(m));
+        let t = Target {
+            namespace: "ECS/WebApp",
+            service: "web",
+            environment: "prod",
+            period_secs: 60,
+            catalog: &c,
+        };
+        let cfg = DashboardConfig::default();
+        let b = DashboardBuilder::new(&cfg, &t, "us-east-1").build(&[]);
+        assert!(!text(&b).contains("Agent: dropped samples"));
+        assert!(
+            b.notes
+                .iter()
+                .any(|n| n.contains("[self_metrics] cloudwatch = true")),
+            "{:?}",
+            b.notes
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@
 //! normal form ([`AlarmDefinition`]) so that a second `apply` makes no write call and one
 //! changed field makes exactly one PutMetricAlarm.
 //!
-//! `tally-agent alarms plan|apply` call [`plan`] and [`apply`] (see [`cli`]);
+//! `tally-agent alarms plan|apply` call [`plan()`] and [`apply()`] (see [`cli`]);
 //! `tally-agent validate` calls [`validate::validate`].
 
 pub mod apply;
