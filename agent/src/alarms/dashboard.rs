@@ -410,20 +410,26 @@ mod tests {
     }
 
     fn build(routes: Vec<String>) -> DashboardBody {
-        let c = catalog();
+        build_from(
+            &catalog(),
+            routes,
+            &["arn:aws:cloudwatch:us-east-1:1:alarm:tally-a".into()],
+        )
+    }
+
+    fn build_from(c: &Catalog, routes: Vec<String>, alarm_arns: &[String]) -> DashboardBody {
         let t = Target {
             namespace: "ECS/WebApp",
             service: "web",
             environment: "prod",
             period_secs: 60,
-            catalog: &c,
+            catalog: c,
         };
         let cfg = DashboardConfig {
             routes,
             ..DashboardConfig::default()
         };
-        DashboardBuilder::new(&cfg, &t, "us-east-1")
-            .build(&["arn:aws:cloudwatch:us-east-1:1:alarm:tally-a".into()])
+        DashboardBuilder::new(&cfg, &t, "us-east-1").build(alarm_arns)
     }
 
     fn text(b: &DashboardBody) -> String {
@@ -434,15 +440,7 @@ mod tests {
     fn without_self_metrics_the_plan_says_how_to_get_the_agent_widget() {
         let mut c = catalog();
         c.metrics.retain(|m| !is_self_metric(m));
-        let t = Target {
-            namespace: "ECS/WebApp",
-            service: "web",
-            environment: "prod",
-            period_secs: 60,
-            catalog: &c,
-        };
-        let cfg = DashboardConfig::default();
-        let b = DashboardBuilder::new(&cfg, &t, "us-east-1").build(&[]);
+        let b = build_from(&c, Vec::new(), &[]);
         assert!(!text(&b).contains("Agent: dropped samples"));
         assert!(
             b.notes
