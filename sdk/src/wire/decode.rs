@@ -220,6 +220,8 @@ fn walk_counts(payload: &[u8], counts_len: u64) -> Result<Walk, String> {
 /// Everything a batch parse keeps across histograms: one zlib decoder (reset per histogram,
 /// so its state is allocated once a batch) and the arena of inflated payloads.
 struct HistScratch<'a> {
+    /// The last V2 layout checked, and the shape it implies.
+    shape: Option<([u8; 32], Shape)>,
     zlib: Option<ZlibDecoder<&'a [u8]>>,
     arena: Vec<u8>,
     counts_budget: u64,
@@ -227,7 +229,7 @@ struct HistScratch<'a> {
 
 fn histogram<'a>(
     r: &mut Reader<'a>,
-    name: &str,
+    name: &Lossy<'_>,
     limits: &Limits,
     scratch: &mut HistScratch<'a>,
 ) -> Result<HistEntry<'a>, DecodeError> {
@@ -238,7 +240,7 @@ fn histogram<'a>(
     let n = r.len("histogram length")?;
     let bytes = r.take(n, "histogram")?;
     let bad = |reason: String| DecodeError::BadHistogram {
-        name: name.to_owned(),
+        name: name.to_string(),
         reason,
     };
     if bytes.len() < 8 {
@@ -247,7 +249,7 @@ fn histogram<'a>(
     let cookie = u32::from_be_bytes(bytes[0..4].try_into().expect("4 bytes"));
     if cookie == V2_COOKIE {
         // Plain V2: the body is in the frame already, nothing to inflate or copy.
-        let shape = check_header(bytes, name, limits)?;
+        let shape = check_header(bytes, name, limits, &mut scratch.shape)?;
         if shape.counts > scratch.counts_budget {
             return Err(over_budget(name, shape.counts, scratch.counts_budget));
         }
@@ -285,7 +287,7 @@ fn histogram<'a>(
         .map_err(|e| bad(format!("DEFLATE stream is corrupt: {e}")));
     let checked = inflated.and_then(|_| {
         let body = &scratch.arena[start..];
-        let shape = check_header(body, name, limits)?;
+        let shape = check_header(body, name, limits, &mut scratch.shape)?;
         if shape.counts > scratch.counts_budget {
             return Err(over_budget(name, shape.counts, scratch.counts_budget));
         }
@@ -312,9 +314,9 @@ fn histogram<'a>(
     Ok(entry(scale, &shape, &walk, body))
 }
 
-fn over_budget(name: &str, counts: u64, left: u64) -> DecodeError {
+fn over_budget(name: &Lossy<'_>, counts: u64, left: u64) -> DecodeError {
     DecodeError::BadHistogram {
-        name: name.to_owned(),
+        name: name.to_string(),
         reason: format!(
             "needs {counts} counters, over the {left} left in this batch's budget \
              (max_histogram_counts_per_batch): record with fewer significant digits or flush more often"
@@ -337,6 +339,7 @@ fn entry<'a>(scale: f64, shape: &Shape, walk: &Walk, body: Body<'a>) -> HistEntr
 }
 
 /// The layout a V2 header declares.
+#[derive(Clone, Copy)]
 struct Shape {
     sigfig: u8,
     low: u64,
@@ -348,9 +351,14 @@ struct Shape {
 
 /// Checks an inflated V2 body's size and header, in the order the decoder always checked
 /// them (the counts budget comes next, then [`check_counts`]).
-fn check_header(body: &[u8], name: &str, limits: &Limits) -> Result<Shape, DecodeError> {
+fn check_header(
+    body: &[u8],
+    name: &Lossy<'_>,
+    limits: &Limits,
+    memo: &mut Option<([u8; 32], Shape)>,
+) -> Result<Shape, DecodeError> {
     let bad = |reason: String| DecodeError::BadHistogram {
-        name: name.to_owned(),
+        name: name.to_string(),
         reason,
     };
     let max = limits.max_histogram_bytes;
@@ -372,6 +380,14 @@ fn check_header(body: &[u8], name: &str, limits: &Limits) -> Result<Shape, Decod
             body.len() - V2_HEADER_SIZE
         )));
     }
+    // The histograms of a batch mostly share one layout: the rest of the header (offset,
+    // digits, bounds, ratio) decides the shape, so the last one checked is kept.
+    let layout: [u8; 32] = body[8..V2_HEADER_SIZE].try_into().expect("32 bytes");
+    if let Some((seen, shape)) = memo {
+        if *seen == layout {
+            return Ok(*shape);
+        }
+    }
     let sigfig = be32(12);
     if sigfig > u32::from(limits.max_significant_digits) {
         return Err(bad(format!(
@@ -388,14 +404,16 @@ fn check_header(body: &[u8], name: &str, limits: &Limits) -> Result<Shape, Decod
     };
     let counts = hdr_counts_len(low, high, sigfig).ok_or_else(invalid)?;
     let (unit_magnitude, half_magnitude) = hdr_magnitudes(low, sigfig);
-    Ok(Shape {
+    let shape = Shape {
         sigfig,
         low,
         high,
         unit_magnitude,
         half_magnitude,
         counts,
-    })
+    };
+    *memo = Some((layout, shape));
+    Ok(shape)
 }
 
 /// What HdrHistogram's V2 deserializer checks beyond the header: no normalizing offset, an
@@ -442,17 +460,6 @@ struct Lossy<'a>(&'a [u8]);
 impl std::fmt::Display for Lossy<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&String::from_utf8_lossy(self.0))
-    }
-}
-
-impl std::ops::Deref for Lossy<'_> {
-    type Target = str;
-    fn deref(&self) -> &str {
-        // Only used for messages: a name that is not UTF-8 shows as its valid prefix.
-        match std::str::from_utf8(self.0) {
-            Ok(s) => s,
-            Err(e) => std::str::from_utf8(&self.0[..e.valid_up_to()]).unwrap_or_default(),
-        }
     }
 }
 
@@ -559,6 +566,7 @@ impl<'a> BatchView<'a> {
             return Err(DecodeError::Truncated { field: "series" });
         }
         let mut hist = HistScratch {
+            shape: None,
             zlib: None,
             arena: Vec::new(),
             counts_budget: limits.max_histogram_counts_per_batch,
