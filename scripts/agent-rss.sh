@@ -22,6 +22,8 @@ measure() {
   "$BIN" run --sink stdout --set "ingest.tcp_addr=$ingest" --set "admin.addr=$admin" \
     --set aggregate.max_series=200000 --set log.level=warn >/dev/null 2>&1 &
   pid=$!
+  # Stop this agent however the measurement ends (a refused batch makes loadgen fail).
+  trap 'kill -KILL "$pid" 2>/dev/null || true' EXIT
   for _ in $(seq 1 100); do "$BIN" health --addr "$admin" --timeout-ms 200 >/dev/null 2>&1 && break; sleep 0.1; done
   if [ "$series" -gt 0 ]; then
     timeout 120 "$GEN" "$ingest" "$series" $EXTRA >/dev/null
@@ -30,6 +32,7 @@ measure() {
   fi
   printf "| %s | %s |\n" "$( [ "$series" -eq 0 ] && echo idle || echo "$series series" )" "$(rss "$pid")"
   kill -TERM "$pid"; timeout 30 tail --pid="$pid" -f /dev/null || kill -KILL "$pid"
+  trap - EXIT
 }
 
 echo "| state | RSS |"
