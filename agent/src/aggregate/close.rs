@@ -51,9 +51,16 @@ pub fn finish(
                 max: max / f,
                 updates,
             },
-            Agg::Dist { scale, histogram } => AggregateValue::Distribution {
-                scale: scale * f,
-                histogram: *histogram,
+            Agg::Dist { scale, histogram } => match histogram.to_histogram() {
+                Ok(dense) => AggregateValue::Distribution {
+                    scale: scale * f,
+                    histogram: dense,
+                },
+                Err(c) => {
+                    // Only a counts array beyond `usize` fails; its samples are counted.
+                    conflicts.push((c.reason(), histogram.len()));
+                    continue;
+                }
             },
         };
         let key = MetricKey {
@@ -66,7 +73,6 @@ pub fn finish(
     // Samples of series that could not join their published key (not published at all, unlike
     // a rollup conflict below, whose samples are published in the base series).
     let unpublished: u64 = conflicts.iter().map(|c| c.1).sum();
-    {}
 
     // Rollups: each base series contributes at most once to each rolled-up key.
     let mut rolled: BTreeMap<MetricKey, AggregateValue> = BTreeMap::new();
