@@ -344,14 +344,25 @@ impl SparseHistogram {
             } else {
                 value
             };
-            added = added.saturating_add(count);
             if value < previous {
                 // Not in order: search from the start again, sort what is set aside below.
                 sorted = false;
                 at = 0;
             }
+            added = added.saturating_add(count);
             previous = value;
-            // Coarser layouts map neighbouring buckets to one: the set-aside bucket grows.
+            // The steady state, without a search: the bucket after the one found last (the
+            // same buckets again) or that one itself (a coarser layout folds neighbours).
+            if let Some(b) = self.buckets.get_mut(at + 1).filter(|b| b.0 == value) {
+                b.1 = b.1.saturating_add(count);
+                at += 1;
+                continue;
+            }
+            if let Some(b) = self.buckets.get_mut(at).filter(|b| b.0 == value) {
+                b.1 = b.1.saturating_add(count);
+                continue;
+            }
+            // Folded neighbours that are not there yet: the set-aside bucket grows.
             if let Some(last) = scratch.last_mut().filter(|b| b.0 == value) {
                 last.1 = last.1.saturating_add(count);
                 continue;
