@@ -51,16 +51,9 @@ pub fn finish(
                 max: max / f,
                 updates,
             },
-            Agg::Dist { scale, histogram } => match histogram.to_histogram() {
-                Ok(dense) => AggregateValue::Distribution {
-                    scale: scale * f,
-                    histogram: dense,
-                },
-                Err(c) => {
-                    // Only a counts array beyond `usize` fails; its samples are counted.
-                    conflicts.push((c.reason(), histogram.len()));
-                    continue;
-                }
+            Agg::Dist { scale, histogram } => AggregateValue::Distribution {
+                scale: scale * f,
+                histogram: *histogram,
             },
         };
         let key = MetricKey {
@@ -218,7 +211,8 @@ pub fn merge_values(into: &mut AggregateValue, from: &AggregateValue) -> Result<
             if scale != s2 {
                 return Err("scale_mismatch");
             }
-            super::series::add_histogram(histogram, h2).map_err(|c| c.reason())?;
+            // Allocates only when `h2` brings buckets `histogram` lacks.
+            histogram.add(h2, &mut Vec::new());
         }
         (AggregateValue::Derived(_), AggregateValue::Derived(_)) => {
             return Err("derived_collision")
@@ -235,7 +229,7 @@ pub fn estimate_datums(p: &PeriodData) -> usize {
         .iter()
         .map(|(_, v)| match v {
             AggregateValue::Distribution { histogram, .. } => {
-                let distinct = histogram.iter_recorded().count();
+                let distinct = histogram.buckets().len();
                 distinct.div_ceil(MAX_VALUES_PER_DATUM).max(1)
             }
             _ => 1,

@@ -6,9 +6,11 @@
 //! sent for it (its [`Descriptor`]), grouped by sender identity: merging a known series costs
 //! one hash of those bytes; its strings are read and checked once per period, when it first
 //! appears, and its owned [`SeriesKey`] is built when the period closes (where series that a
-//! differently ordered label set kept apart meet again). Counters add, gauges keep last/min/max, and histograms from every
-//! process add bucket by bucket, so percentiles of the merged histogram are exactly those of
-//! all samples together. A period closes `aggregate.grace_ms` after its end; closing converts
+//! differently ordered label set kept apart meet again). Counters add, gauges keep
+//! last/min/max, and histograms from every process add bucket by bucket, so percentiles of the
+//! merged histogram are exactly those of all samples together; a histogram keeps only its
+//! non-zero buckets ([`sparse`]), about 16 bytes each instead of 8 bytes for every bucket of
+//! its range. A period closes `aggregate.grace_ms` after its end; closing converts
 //! durations to the publish time unit, adds the configured rollups and derived metrics
 //! ([`close`]) and yields one [`PeriodData`] for the sink.
 //!

@@ -3,7 +3,6 @@
 //! An open period keys its series by descriptor bytes (see `aggregate`); the owned
 //! [`SeriesKey`] is built when the period closes.
 
-use hdrhistogram::Histogram;
 use tally::wire::Unit;
 
 use super::sparse::SparseHistogram;
@@ -71,12 +70,6 @@ impl MergeConflict {
     }
 }
 
-/// Merges a distribution into `h`, growing its range when needed.
-pub fn add_histogram(h: &mut Histogram<u64>, other: &Histogram<u64>) -> Result<(), MergeConflict> {
-    h.auto(true);
-    h.add(other).map_err(|_| MergeConflict::Histogram)
-}
-
 impl Agg {
     /// Merges another value of the same series.
     pub fn merge(&mut self, other: &Agg) -> Result<(), MergeConflict> {
@@ -121,12 +114,14 @@ impl Agg {
 
 #[cfg(test)]
 mod tests {
+    use hdrhistogram::Histogram;
+
     use super::*;
 
     fn dist(h: &Histogram<u64>) -> Agg {
         Agg::Dist {
             scale: 1.0,
-            histogram: Box::new(SparseHistogram::from_histogram(h).unwrap()),
+            histogram: Box::new(SparseHistogram::from(h)),
         }
     }
 
@@ -142,13 +137,13 @@ mod tests {
             unreachable!()
         };
         assert_eq!(histogram.len(), 4);
-        let dense = histogram.to_histogram().unwrap();
-        assert_eq!(dense.len(), 4);
-        assert_eq!(dense.count_at(5), 1);
-        assert_eq!(dense.count_at(1 << 35), 3);
-        assert_eq!(dense.max(), a.highest_equivalent(1 << 35));
-        // The layout is the first histogram's: 3 digits.
-        assert_eq!(dense.sigfig(), 3);
+        // The layout is the first histogram's (3 digits), both values in their own bucket.
+        assert_eq!(histogram.significant_digits(), 3);
+        assert_eq!(
+            histogram.buckets(),
+            &[(5, 1), (a.lowest_equivalent(1 << 35), 3)]
+        );
+        assert_eq!(histogram.max(), a.highest_equivalent(1 << 35));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Sparse in-period histograms: only the non-zero buckets of an HdrHistogram layout.
+//! Sparse histograms: only the non-zero buckets of an HdrHistogram layout.
 //!
 //! A histogram series of an open period used to be a dense `hdrhistogram::Histogram<u64>` over
 //! the range its samples reach: one `u64` counter for every bucket from 0 up to its largest
@@ -6,7 +6,10 @@
 //! when it holds one sample. [`SparseHistogram`] keeps the same layout (lowest discernible value
 //! and significant digits, i.e. HdrHistogram's unit magnitude and sub-bucket count) but only
 //! the buckets that hold samples, as `(lowest value of the bucket, count)` pairs sorted by
-//! value: 16 bytes a non-zero bucket, plus a 56-byte header.
+//! value: 16 bytes a non-zero bucket, plus a 56-byte header. It stays sparse to the sinks: a
+//! closed period's distributions ([`AggregateValue::Distribution`]) carry it, the publish path
+//! turns its buckets into CloudWatch `Values`/`Counts`, and the stdout sink reads its count,
+//! extremes and quantiles from it, so closing a period never allocates the dense arrays.
 //!
 //! # Why buckets are keyed by value, not index
 //!
@@ -15,17 +18,17 @@
 //! [`HistogramView::counts`] yields exactly these lowest values, so merging a view of the same
 //! layout is a merge of two sorted lists by plain comparison, with no per-bucket arithmetic.
 //! A view of another layout has each value mapped to the lowest value of its bucket in this
-//! layout ([`Layout::lowest_equivalent`], HdrHistogram's index formula), which is what
+//! layout (`Layout::lowest_equivalent`, HdrHistogram's index formula), which is what
 //! `Histogram::add` and `Histogram::record_n` do with it.
 //!
 //! # Merging
 //!
-//! A merge walks the incoming buckets once, finding each in the sorted pairs by galloping from
-//! where the previous one was found: a bucket already present has its count added in place
-//! (the steady state of a service whose latencies stay in the same buckets: no allocation, no
-//! move); buckets not present are set aside in a scratch list the caller lends (so it is
-//! allocated once, not per merge), then inserted by one backward in-place merge. Counts and
-//! the total saturate at `u64::MAX`, as HdrHistogram's do.
+//! A merge walks the incoming buckets once. Each is looked for first right after the bucket
+//! found last (the steady state of a service whose latencies stay in the same buckets: one
+//! comparison), else by galloping from there. A bucket already present has its count added in
+//! place (no allocation, no move); buckets not present are set aside in a scratch list the
+//! caller lends (allocated once, not per merge), then inserted by one backward in-place merge.
+//! Counts and the total saturate at `u64::MAX`, as HdrHistogram's do.
 //!
 //! # Exactness
 //!
@@ -33,13 +36,17 @@
 //! same layout, counts, total, minimum, maximum and counts-array length as a dense histogram
 //! created from the first view with `Histogram::new_with_bounds(low, max(top, 2 * low),
 //! digits)`, auto-resize on, with every later view's buckets recorded at their lowest values
-//! (the tests keep that dense path as their oracle and compare by property test). The
-//! maximum needs care: the dense histogram kept the largest value it recorded, which is not
-//! always a bucket's lowest value, and `highest_equivalent` saturates in the topmost bucket;
-//! the two cases where that shows are marked (see `MaxMarks`) and replayed by the conversion.
-//! `Histogram::add` of the deserialized histograms agrees on everything but that topmost
-//! maximum (`u64::MAX` where the view merge gives `u64::MAX - 1`, when the lowest
-//! discernible values differ within one power of two).
+//! (the tests keep that dense path as their oracle and compare by property test, together
+//! with [`SparseHistogram::min`], [`max`](SparseHistogram::max),
+//! [`value_at_quantile`](SparseHistogram::value_at_quantile) and
+//! [`median_equivalent`](SparseHistogram::median_equivalent)). The maximum needs care: the
+//! dense histogram kept the largest value it recorded, which is not always a bucket's lowest
+//! value, and `highest_equivalent` saturates in the topmost bucket; the two cases where that
+//! shows are marked (see `MaxMarks`). `Histogram::add` of the deserialized histograms agrees
+//! on everything but that topmost maximum (`u64::MAX` where the view merge gives
+//! `u64::MAX - 1`, when the lowest discernible values differ within one power of two).
+//!
+//! [`AggregateValue::Distribution`]: crate::model::AggregateValue::Distribution
 
 use hdrhistogram::Histogram;
 use tally::wire::HistogramView;
@@ -71,19 +78,20 @@ impl Layout {
         if low == 0 || low > u64::MAX / 2 || digits > 5 {
             return None;
         }
+        let layout = Layout::of_valid(low, digits);
+        (layout.unit_magnitude + layout.sub_bucket_count_magnitude <= 63).then_some(layout)
+    }
+
+    /// The layout of arguments `Histogram::new_with_bounds` accepted (`1 <= low <= u64::MAX /
+    /// 2`, `digits <= 5`), with HdrHistogram's own arithmetic (it rounds `low` to f64 first).
+    fn of_valid(low: u64, digits: u8) -> Layout {
         let largest = 2 * 10_u32.pow(u32::from(digits));
-        // HdrHistogram's own arithmetic (it rounds `low` to f64 first), so layouts agree.
-        let unit_magnitude = (low as f64).log2().floor() as u8;
-        let sub_bucket_count_magnitude = f64::from(largest).log2().ceil() as u8;
-        if unit_magnitude + sub_bucket_count_magnitude > 63 {
-            return None;
-        }
-        Some(Layout {
+        Layout {
             low,
             digits,
-            unit_magnitude,
-            sub_bucket_count_magnitude,
-        })
+            unit_magnitude: (low as f64).log2().floor() as u8,
+            sub_bucket_count_magnitude: f64::from(largest).log2().ceil() as u8,
+        }
     }
 
     /// True when both layouts put every value in a bucket with the same lowest value (the
@@ -126,6 +134,13 @@ impl Layout {
         }
     }
 
+    /// `Histogram::median_equivalent`: the middle (rounded up) of `value`'s bucket. Cannot
+    /// overflow: the bucket ends at most at `2^64`.
+    fn median_equivalent(self, value: u64) -> u64 {
+        self.lowest_equivalent(value)
+            .saturating_add((1_u64 << self.shift(value)) >> 1)
+    }
+
     /// `Histogram`'s unit mask: values below `2^unit_magnitude` are all "zero".
     fn unit_mask(self) -> u64 {
         (1 << self.unit_magnitude) - 1
@@ -133,8 +148,8 @@ impl Layout {
 }
 
 /// A histogram of one HdrHistogram layout that stores only its non-zero buckets (see the
-/// module docs). Built from and merged with decoded [`HistogramView`]s; turned into a
-/// `Histogram<u64>` when its period closes.
+/// module docs). Built from and merged with decoded [`HistogramView`]s, read by the sinks
+/// as it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SparseHistogram {
     /// Non-zero buckets, strictly increasing by value.
@@ -195,8 +210,9 @@ impl SparseHistogram {
 
     /// The histogram a sender that serialized `h` would start a series with: `h`'s layout and
     /// its non-zero buckets (as [`SparseHistogram::from_view`] of `h`'s V2 encoding).
-    pub fn from_histogram(h: &Histogram<u64>) -> Result<SparseHistogram, MergeConflict> {
-        let layout = Layout::new(h.low(), h.sigfig()).ok_or(REFUSED)?;
+    pub fn from_histogram(h: &Histogram<u64>) -> SparseHistogram {
+        // `h` exists, so `Histogram::new_with_bounds` accepted its layout.
+        let layout = Layout::of_valid(h.low(), h.sigfig());
         let mut total = 0_u64;
         let buckets: Vec<Bucket> = h
             .iter_recorded()
@@ -219,7 +235,7 @@ impl SparseHistogram {
         if let Some(top) = top {
             sparse.note_top(top, true);
         }
-        Ok(sparse)
+        sparse
     }
 
     /// Adds a decoded histogram's buckets, each at its lowest value (as `Histogram::add` of
@@ -287,6 +303,54 @@ impl SparseHistogram {
     /// The non-zero buckets, lowest first, as `(lowest value of the bucket, count)`.
     pub fn buckets(&self) -> &[Bucket] {
         &self.buckets
+    }
+
+    /// The middle (rounded up) of the bucket `value` falls in: the best single value for the
+    /// bucket's samples (`Histogram::median_equivalent`).
+    pub fn median_equivalent(&self, value: u64) -> u64 {
+        self.layout.median_equivalent(value)
+    }
+
+    /// The lowest value of the lowest non-zero bucket (0 when empty), as `Histogram::min`.
+    pub fn min(&self) -> u64 {
+        self.buckets.first().map_or(0, |b| b.0)
+    }
+
+    /// The highest value equivalent to the largest value merged (0 when empty), as
+    /// `Histogram::max` of the dense histogram (see `MaxMarks`).
+    pub fn max(&self) -> u64 {
+        let Some(&(top, _)) = self.buckets.last() else {
+            return 0;
+        };
+        if self.max_marks.u64_max {
+            u64::MAX
+        } else if top != 0 {
+            self.layout.highest_equivalent(top)
+        } else if self.max_marks.in_first_unit {
+            self.layout.unit_mask()
+        } else {
+            0
+        }
+    }
+
+    /// The value at `quantile` (0..=1), as `Histogram::value_at_quantile`: the highest value
+    /// of the first bucket where the running count reaches `ceil(quantile * len)` (at least
+    /// 1); for quantile 0, that bucket's lowest value. 0 when empty.
+    pub fn value_at_quantile(&self, quantile: f64) -> u64 {
+        let quantile = if quantile > 1.0 { 1.0 } else { quantile };
+        let rank = ((quantile * self.total as f64).ceil() as u64).max(1);
+        let mut seen = 0_u64;
+        for &(value, count) in &self.buckets {
+            seen = seen.saturating_add(count);
+            if seen >= rank {
+                return if quantile == 0.0 {
+                    value
+                } else {
+                    self.layout.highest_equivalent(value)
+                };
+            }
+        }
+        0
     }
 
     /// Lowest discernible value of the layout.
@@ -411,6 +475,12 @@ impl SparseHistogram {
             b[write] = n;
         }
         // What is left below `read` is already in place (write == read).
+    }
+}
+
+impl From<&Histogram<u64>> for SparseHistogram {
+    fn from(h: &Histogram<u64>) -> SparseHistogram {
+        SparseHistogram::from_histogram(h)
     }
 }
 

@@ -257,7 +257,7 @@ proptest! {
         let mut scratch = Vec::new();
         for (h, v) in hists.iter().zip(&views) {
             prop_assert_eq!(
-                SparseHistogram::from_histogram(h).unwrap(),
+                SparseHistogram::from_histogram(h),
                 SparseHistogram::from_view(v, &mut scratch).unwrap()
             );
         }
@@ -273,6 +273,18 @@ proptest! {
         let converted = sparse.to_histogram().unwrap();
         assert_same(&converted, &dense)?;
         prop_assert_eq!(converted.high(), dense.high());
+        // What the sinks read straight from the sparse form.
+        prop_assert_eq!(sparse.min(), dense.min());
+        prop_assert_eq!(sparse.max(), dense.max());
+        for &(value, _) in sparse.buckets() {
+            prop_assert_eq!(sparse.median_equivalent(value), dense.median_equivalent(value));
+        }
+        // hdrhistogram's own scan overflows once the counts add up past u64::MAX.
+        if sparse.buckets().iter().try_fold(0_u64, |t, b| t.checked_add(b.1)).is_some() {
+            for q in [0.0, 1e-9, 0.25, 0.5, 0.9, 0.99, 0.999, 1.0, 1.5] {
+                prop_assert_eq!(sparse.value_at_quantile(q), dense.value_at_quantile(q));
+            }
+        }
     }
 
 }
@@ -317,6 +329,7 @@ proptest! {
             for v in values {
                 prop_assert_eq!(layout.lowest_equivalent(v), reference.lowest_equivalent(v));
                 prop_assert_eq!(layout.highest_equivalent(v), reference.highest_equivalent(v));
+                prop_assert_eq!(layout.median_equivalent(v), reference.median_equivalent(v));
             }
         }
     }
@@ -393,10 +406,10 @@ fn merging_a_view_whose_buckets_are_all_present_neither_allocates_nor_moves() {
 fn counts_and_the_total_saturate_instead_of_wrapping() {
     let mut h = Histogram::<u64>::new(2).unwrap();
     h.record_n(100, i64::MAX as u64).unwrap();
-    let mut sparse = SparseHistogram::from_histogram(&h).unwrap();
+    let mut sparse = SparseHistogram::from_histogram(&h);
     let mut scratch = Vec::new();
     for _ in 0..3 {
-        sparse.add(&SparseHistogram::from_histogram(&h).unwrap(), &mut scratch);
+        sparse.add(&SparseHistogram::from_histogram(&h), &mut scratch);
     }
     assert_eq!(sparse.len(), u64::MAX);
     assert_eq!(sparse.buckets(), &[(100, u64::MAX)]);
@@ -410,11 +423,8 @@ fn a_coarser_view_folds_neighbouring_buckets_into_one() {
     fine.record(1000).unwrap();
     fine.record(1001).unwrap();
     let coarse = Histogram::<u64>::new(0).unwrap();
-    let mut sparse = SparseHistogram::from_histogram(&coarse).unwrap();
-    sparse.add(
-        &SparseHistogram::from_histogram(&fine).unwrap(),
-        &mut Vec::new(),
-    );
+    let mut sparse = SparseHistogram::from_histogram(&coarse);
+    sparse.add(&SparseHistogram::from_histogram(&fine), &mut Vec::new());
     assert_eq!(sparse.buckets(), &[(coarse.lowest_equivalent(1000), 2)]);
 }
 
@@ -439,7 +449,8 @@ fn the_topmost_buckets_maximum_is_the_dense_view_merges() {
     let mut dense = dense::new_histogram(&views[0]).unwrap();
     dense::add_view(&mut dense, &views[1]).unwrap();
     let mut added = views[0].to_histogram().unwrap();
-    crate::aggregate::series::add_histogram(&mut added, &views[1].to_histogram().unwrap()).unwrap();
+    added.auto(true);
+    added.add(views[1].to_histogram().unwrap()).unwrap();
     assert_eq!(sparse.to_histogram().unwrap().max(), u64::MAX - 1);
     assert_eq!(dense.max(), u64::MAX - 1);
     assert_eq!(added.max(), u64::MAX);
