@@ -6,8 +6,9 @@
 
 use std::time::SystemTime;
 
-use hdrhistogram::Histogram;
 use tally::wire::Unit;
+
+use crate::aggregate::sparse::SparseHistogram;
 
 /// The identity of one published metric: CloudWatch's custom-metric key minus the namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -41,8 +42,9 @@ pub enum AggregateValue {
     Distribution {
         /// Divisor from stored integers to unit values.
         scale: f64,
-        /// The merged samples.
-        histogram: Histogram<u64>,
+        /// The merged samples: the non-zero buckets of one HdrHistogram layout
+        /// ([`SparseHistogram::to_histogram`] gives the dense `hdrhistogram::Histogram`).
+        histogram: SparseHistogram,
     },
     /// A derived ratio or value computed by the agent (for example `ErrorRate`).
     Derived(f64),

@@ -141,7 +141,7 @@ fn histogram(buckets: u64, each: u64) -> AggregateValue {
     }
     AggregateValue::Distribution {
         scale: 1.0,
-        histogram: h,
+        histogram: (&h).into(),
     }
 }
 

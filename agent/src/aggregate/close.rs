@@ -66,7 +66,6 @@ pub fn finish(
     // Samples of series that could not join their published key (not published at all, unlike
     // a rollup conflict below, whose samples are published in the base series).
     let unpublished: u64 = conflicts.iter().map(|c| c.1).sum();
-    {}
 
     // Rollups: each base series contributes at most once to each rolled-up key.
     let mut rolled: BTreeMap<MetricKey, AggregateValue> = BTreeMap::new();
@@ -212,7 +211,8 @@ pub fn merge_values(into: &mut AggregateValue, from: &AggregateValue) -> Result<
             if scale != s2 {
                 return Err("scale_mismatch");
             }
-            super::series::add_histogram(histogram, h2).map_err(|c| c.reason())?;
+            // Allocates only when `h2` brings buckets `histogram` lacks.
+            histogram.add(h2, &mut Vec::new());
         }
         (AggregateValue::Derived(_), AggregateValue::Derived(_)) => {
             return Err("derived_collision")
@@ -229,7 +229,7 @@ pub fn estimate_datums(p: &PeriodData) -> usize {
         .iter()
         .map(|(_, v)| match v {
             AggregateValue::Distribution { histogram, .. } => {
-                let distinct = histogram.iter_recorded().count();
+                let distinct = histogram.buckets().len();
                 distinct.div_ceil(MAX_VALUES_PER_DATUM).max(1)
             }
             _ => 1,

@@ -3,8 +3,9 @@
 //! An open period keys its series by descriptor bytes (see `aggregate`); the owned
 //! [`SeriesKey`] is built when the period closes.
 
-use hdrhistogram::Histogram;
-use tally::wire::{HistogramView, Unit};
+use tally::wire::Unit;
+
+use super::sparse::SparseHistogram;
 
 /// A series inside one period: name, recorded unit, global dimensions and labels (sorted).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,8 +42,9 @@ pub enum Agg {
     Dist {
         /// Scale as recorded.
         scale: f64,
-        /// Merged samples (boxed: most series are counters, and this keeps every slot small).
-        histogram: Box<Histogram<u64>>,
+        /// Merged samples, non-zero buckets only (boxed: most series are counters, and this
+        /// keeps every slot small).
+        histogram: Box<SparseHistogram>,
     },
 }
 
@@ -53,7 +55,7 @@ pub enum MergeConflict {
     KindMismatch,
     /// Histograms of different scale under one key.
     ScaleMismatch,
-    /// hdrhistogram refused the addition.
+    /// HdrHistogram refuses the histogram's layout, or its counts could not be read.
     Histogram,
 }
 
@@ -66,51 +68,6 @@ impl MergeConflict {
             MergeConflict::Histogram => "histogram_merge",
         }
     }
-}
-
-/// Merges a distribution into `h`, growing its range when needed.
-pub fn add_histogram(h: &mut Histogram<u64>, other: &Histogram<u64>) -> Result<(), MergeConflict> {
-    h.auto(true);
-    h.add(other).map_err(|_| MergeConflict::Histogram)
-}
-
-/// Adds a decoded histogram's buckets into `h`, growing its range when needed: the same
-/// result as `Histogram::add` of the histogram the sender serialized (every bucket recorded at
-/// its lowest value, counts and total saturating), without materializing that histogram.
-pub fn add_view(h: &mut Histogram<u64>, view: &HistogramView<'_>) -> Result<(), MergeConflict> {
-    let Some(top) = view.max_bucket_value() else {
-        return Ok(());
-    };
-    h.auto(true);
-    // Grow first, as `Histogram::add` does, so a failure cannot leave `h` half merged: a
-    // zero count at the sender's maximum. With the same layout that maximum is the top of
-    // the highest bucket (what `add` and the deserializer keep as the maximum); otherwise
-    // its lowest value, which `add` records first.
-    let same_layout =
-        h.low() == view.lowest_discernible_value() && h.sigfig() == view.significant_digits();
-    let top = if same_layout {
-        h.highest_equivalent(top)
-    } else {
-        top
-    };
-    h.record_n(top, 0).map_err(|_| MergeConflict::Histogram)?;
-    for (value, count) in view.counts().map_err(|_| MergeConflict::Histogram)? {
-        h.record_n(value, count)
-            .map_err(|_| MergeConflict::Histogram)?;
-    }
-    Ok(())
-}
-
-/// The histogram a series starts a period with: the sender's lowest discernible value and
-/// precision (so merges stay exact), but only the range its samples use, not the declared
-/// one (1 ns..60 s at 3 digits would be 240 KB), growing as later merges need.
-pub fn new_histogram(view: &HistogramView<'_>) -> Result<Histogram<u64>, MergeConflict> {
-    let low = view.lowest_discernible_value();
-    let high = view.max_bucket_value().unwrap_or(0).max(2 * low);
-    let mut h = Histogram::new_with_bounds(low, high, view.significant_digits())
-        .map_err(|_| MergeConflict::Histogram)?;
-    add_view(&mut h, view)?;
-    Ok(h)
 }
 
 impl Agg {
@@ -147,7 +104,7 @@ impl Agg {
                 if scale != s2 {
                     return Err(MergeConflict::ScaleMismatch);
                 }
-                add_histogram(histogram, h2)?;
+                histogram.add(h2, &mut Vec::new());
             }
             _ => return Err(MergeConflict::KindMismatch),
         }
@@ -157,7 +114,16 @@ impl Agg {
 
 #[cfg(test)]
 mod tests {
+    use hdrhistogram::Histogram;
+
     use super::*;
+
+    fn dist(h: &Histogram<u64>) -> Agg {
+        Agg::Dist {
+            scale: 1.0,
+            histogram: Box::new(SparseHistogram::from(h)),
+        }
+    }
 
     #[test]
     fn histograms_of_different_precision_and_range_merge_into_one_exact_count() {
@@ -165,20 +131,19 @@ mod tests {
         a.record(5).unwrap();
         let mut b = Histogram::<u64>::new_with_bounds(1, 1 << 40, 2).unwrap();
         b.record_n(1 << 35, 3).unwrap();
-        let mut x = Agg::Dist {
-            scale: 1.0,
-            histogram: Box::new(a),
-        };
-        x.merge(&Agg::Dist {
-            scale: 1.0,
-            histogram: Box::new(b),
-        })
-        .unwrap();
+        let mut x = dist(&a);
+        x.merge(&dist(&b)).unwrap();
         let Agg::Dist { histogram, .. } = x else {
             unreachable!()
         };
         assert_eq!(histogram.len(), 4);
-        assert!(histogram.max() >= 1 << 35);
+        // The layout is the first histogram's (3 digits), both values in their own bucket.
+        assert_eq!(histogram.significant_digits(), 3);
+        assert_eq!(
+            histogram.buckets(),
+            &[(5, 1), (a.lowest_equivalent(1 << 35), 3)]
+        );
+        assert_eq!(histogram.max(), a.highest_equivalent(1 << 35));
     }
 
     #[test]
@@ -194,14 +159,14 @@ mod tests {
             Err(MergeConflict::KindMismatch)
         );
         let h = Histogram::<u64>::new(2).unwrap();
-        let mut d = Agg::Dist {
-            scale: 1.0,
-            histogram: Box::new(h.clone()),
+        let mut d = dist(&h);
+        let Agg::Dist { histogram, .. } = dist(&h) else {
+            unreachable!()
         };
         assert_eq!(
             d.merge(&Agg::Dist {
                 scale: 1000.0,
-                histogram: Box::new(h)
+                histogram
             }),
             Err(MergeConflict::ScaleMismatch)
         );

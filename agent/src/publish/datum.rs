@@ -470,7 +470,7 @@ pub(crate) mod tests {
                     key("Latency", &[], Unit::Nanoseconds),
                     AggregateValue::Distribution {
                         scale: 1.0,
-                        histogram: h,
+                        histogram: (&h).into(),
                     },
                 ),
             ],
@@ -518,7 +518,7 @@ pub(crate) mod tests {
                 key("Latency", &[], Unit::Milliseconds),
                 AggregateValue::Distribution {
                     scale: 1.0,
-                    histogram: h,
+                    histogram: (&h).into(),
                 },
             )],
         );

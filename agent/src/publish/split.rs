@@ -1,8 +1,9 @@
 //! Histograms to CloudWatch `Values`/`Counts`, exactly, in datums of at most 150 values.
 //!
 //! Each recorded HDR bucket becomes one (value, count) pair. The value sent for a bucket is the
-//! bucket's **median equivalent value** (`Histogram::median_equivalent`, the middle of the
-//! range of integers the bucket stands for) divided by the histogram's scale: the best single
+//! bucket's **median equivalent value** ([`SparseHistogram::median_equivalent`], HdrHistogram's
+//! `median_equivalent`: the middle of the range of integers the bucket stands for) divided by
+//! the histogram's scale: the best single
 //! estimate of the samples in the bucket, and never farther than half a bucket width from any
 //! of them. Counts are sent as they are, so `SampleCount` is exact.
 //!
@@ -15,7 +16,7 @@
 //! 0.39% at 2 significant digits, well inside the 1% the agent promises (see the property test
 //! below).
 
-use hdrhistogram::Histogram;
+use crate::aggregate::sparse::SparseHistogram;
 
 /// One datum's worth of a histogram.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,7 +34,7 @@ pub struct Chunk {
 ///
 /// # Panics
 /// When `max_values` is zero (the configuration refuses it).
-pub fn split_histogram(histogram: &Histogram<u64>, scale: f64, max_values: usize) -> Vec<Chunk> {
+pub fn split_histogram(histogram: &SparseHistogram, scale: f64, max_values: usize) -> Vec<Chunk> {
     assert!(max_values > 0, "max_values_per_datum must be at least 1");
     let mut chunks: Vec<Chunk> = Vec::new();
     let mut current = Chunk {
@@ -41,11 +42,8 @@ pub fn split_histogram(histogram: &Histogram<u64>, scale: f64, max_values: usize
         counts: Vec::new(),
         samples: 0,
     };
-    for bucket in histogram.iter_recorded() {
-        let count = bucket.count_at_value();
-        if count == 0 {
-            continue;
-        }
+    // Only non-zero buckets are kept, lowest first.
+    for &(value, count) in histogram.buckets() {
         if current.values.len() == max_values {
             chunks.push(std::mem::replace(
                 &mut current,
@@ -56,7 +54,7 @@ pub fn split_histogram(histogram: &Histogram<u64>, scale: f64, max_values: usize
                 },
             ));
         }
-        let representative = histogram.median_equivalent(bucket.value_iterated_to());
+        let representative = histogram.median_equivalent(value);
         current.values.push(representative as f64 / scale);
         current.counts.push(count as f64);
         current.samples += count;
@@ -92,6 +90,7 @@ pub fn quantile_of_pairs(pairs: &[(f64, f64)], quantile: f64) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hdrhistogram::Histogram;
     use proptest::prelude::*;
 
     fn histogram(sigfig: u8, samples: &[(u64, u64)]) -> Histogram<u64> {
@@ -105,19 +104,19 @@ mod tests {
     #[test]
     fn an_empty_histogram_gives_no_datum() {
         let h = Histogram::<u64>::new(3).unwrap();
-        assert!(split_histogram(&h, 1.0, 150).is_empty());
+        assert!(split_histogram(&(&h).into(), 1.0, 150).is_empty());
     }
 
     #[test]
     fn exactly_150_buckets_fit_in_one_datum_and_151_take_two() {
         let samples: Vec<(u64, u64)> = (1..=150).map(|v| (v, 2)).collect();
-        let chunks = split_histogram(&histogram(3, &samples), 1.0, 150);
+        let chunks = split_histogram(&(&histogram(3, &samples)).into(), 1.0, 150);
         assert_eq!(chunks.len(), 1);
         assert_eq!(chunks[0].values.len(), 150);
         assert_eq!(chunks[0].samples, 300);
 
         let samples: Vec<(u64, u64)> = (1..=151).map(|v| (v, 2)).collect();
-        let chunks = split_histogram(&histogram(3, &samples), 1.0, 150);
+        let chunks = split_histogram(&(&histogram(3, &samples)).into(), 1.0, 150);
         assert_eq!(chunks.len(), 2);
         assert_eq!(chunks[0].values.len(), 150);
         assert_eq!(chunks[1].values, vec![151.0]);
@@ -126,7 +125,8 @@ mod tests {
 
     #[test]
     fn small_integers_are_sent_exactly_and_divided_by_the_scale() {
-        let chunks = split_histogram(&histogram(3, &[(0, 1), (7, 3), (1500, 2)]), 1000.0, 150);
+        let h = histogram(3, &[(0, 1), (7, 3), (1500, 2)]);
+        let chunks = split_histogram(&(&h).into(), 1000.0, 150);
         assert_eq!(chunks.len(), 1);
         assert_eq!(chunks[0].values, vec![0.0, 0.007, 1.5]);
         assert_eq!(chunks[0].counts, vec![1.0, 3.0, 2.0]);
@@ -157,7 +157,7 @@ mod tests {
             let samples: Vec<(u64, u64)> =
                 exponents.iter().map(|&(e, n)| (10f64.powf(e) as u64, n)).collect();
             let h = histogram(sigfig, &samples);
-            let chunks = split_histogram(&h, scale, max_values);
+            let chunks = split_histogram(&(&h).into(), scale, max_values);
             let mut pairs = Vec::new();
             let mut total = 0;
             for c in &chunks {
@@ -184,7 +184,7 @@ mod tests {
         ) {
             let samples: Vec<(u64, u64)> = values.iter().map(|&v| (v, 1)).collect();
             let h = histogram(3, &samples);
-            let chunks = split_histogram(&h, 1.0, max_values);
+            let chunks = split_histogram(&(&h).into(), 1.0, max_values);
             let all: Vec<f64> = chunks.iter().flat_map(|c| c.values.iter().copied()).collect();
             let buckets = h.iter_recorded().count();
             prop_assert_eq!(all.len(), buckets);

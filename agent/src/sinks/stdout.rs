@@ -104,10 +104,9 @@ fn summary(v: &AggregateValue) -> (u64, f64, f64, f64, f64, f64) {
                 return (0, 0.0, 0.0, 0.0, 0.0, 0.0);
             }
             let sum: f64 = h
-                .iter_recorded()
-                .map(|x| {
-                    h.median_equivalent(x.value_iterated_to()) as f64 * x.count_at_value() as f64
-                })
+                .buckets()
+                .iter()
+                .map(|&(value, count)| h.median_equivalent(value) as f64 * count as f64)
                 .sum();
             (
                 h.len(),
@@ -272,7 +271,7 @@ mod tests {
                     },
                     AggregateValue::Distribution {
                         scale: 1e6,
-                        histogram: h,
+                        histogram: (&h).into(),
                     },
                 ),
             ],

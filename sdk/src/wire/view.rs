@@ -336,6 +336,9 @@ pub struct Counts<'v> {
 impl Iterator for Counts<'_> {
     type Item = (u64, u64);
 
+    // Inlined into the agent's merge loop: a call per bucket was a fifth of a histogram's
+    // merge (ingest bench, histograms: 1.25 -> 1.48 M updates/s).
+    #[inline]
     fn next(&mut self) -> Option<(u64, u64)> {
         // The payload was walked with every check during parsing; this walk only stops early
         // if that were somehow not so, it never reads out of bounds.

@@ -1,0 +1,457 @@
+//! The sparse histogram against its oracles: the dense view merge it replaced (kept here
+//! verbatim) and hdrhistogram's own bucket arithmetic.
+
+use hdrhistogram::Histogram;
+use proptest::prelude::*;
+use tally::wire::{
+    encode_batch, Batch, BatchView, HistogramView, Limits, ProcessIdentity, Series, SeriesValue,
+    Unit, ValueView, HEADER_LEN,
+};
+
+use super::*;
+
+/// The dense path the agent ran before sparse histograms, kept as the oracle.
+mod dense {
+    use hdrhistogram::Histogram;
+    use tally::wire::HistogramView;
+
+    use crate::aggregate::series::MergeConflict;
+
+    /// Adds a decoded histogram's buckets into `h`, growing its range when needed: the same
+    /// result as `Histogram::add` of the histogram the sender serialized (every bucket
+    /// recorded at its lowest value, counts and total saturating).
+    pub fn add_view(h: &mut Histogram<u64>, view: &HistogramView<'_>) -> Result<(), MergeConflict> {
+        let Some(top) = view.max_bucket_value() else {
+            return Ok(());
+        };
+        h.auto(true);
+        let same_layout =
+            h.low() == view.lowest_discernible_value() && h.sigfig() == view.significant_digits();
+        let top = if same_layout {
+            h.highest_equivalent(top)
+        } else {
+            top
+        };
+        h.record_n(top, 0).map_err(|_| MergeConflict::Histogram)?;
+        for (value, count) in view.counts().map_err(|_| MergeConflict::Histogram)? {
+            h.record_n(value, count)
+                .map_err(|_| MergeConflict::Histogram)?;
+        }
+        Ok(())
+    }
+
+    /// The histogram a series started a period with: the sender's layout over the range its
+    /// samples use.
+    pub fn new_histogram(view: &HistogramView<'_>) -> Result<Histogram<u64>, MergeConflict> {
+        let low = view.lowest_discernible_value();
+        let high = view.max_bucket_value().unwrap_or(0).max(2 * low);
+        let mut h = Histogram::new_with_bounds(low, high, view.significant_digits())
+            .map_err(|_| MergeConflict::Histogram)?;
+        add_view(&mut h, view)?;
+        Ok(h)
+    }
+}
+
+/// Every observable part of two dense histograms is equal, the counts array included.
+fn assert_same(got: &Histogram<u64>, want: &Histogram<u64>) -> Result<(), TestCaseError> {
+    let recorded = |h: &Histogram<u64>| -> Vec<(u64, u64)> {
+        h.iter_recorded()
+            .map(|b| (b.value_iterated_to(), b.count_at_value()))
+            .collect()
+    };
+    prop_assert_eq!(recorded(got), recorded(want));
+    prop_assert_eq!(got.len(), want.len());
+    prop_assert_eq!(got.low(), want.low());
+    prop_assert_eq!(got.sigfig(), want.sigfig());
+    prop_assert_eq!(got.min(), want.min());
+    prop_assert_eq!(got.min_nz(), want.min_nz());
+    prop_assert_eq!(got.max(), want.max());
+    prop_assert_eq!(got.is_auto_resize(), want.is_auto_resize());
+    // With equal lengths, `==` compares every count, zeros included.
+    prop_assert_eq!(got.distinct_values(), want.distinct_values());
+    prop_assert!(got == want, "histograms differ");
+    Ok(())
+}
+
+/// The frame payload of one batch carrying `hists` as histogram series, in order.
+fn payload(hists: &[Histogram<u64>]) -> Vec<u8> {
+    let series = hists
+        .iter()
+        .enumerate()
+        .map(|(i, h)| Series {
+            name: format!("h{i}"),
+            unit: Unit::Nanoseconds,
+            labels: vec![],
+            value: SeriesValue::Histogram {
+                scale: 1.0,
+                histogram: h.clone(),
+            },
+        })
+        .collect();
+    let batch = Batch {
+        process: ProcessIdentity {
+            instance_id: 1,
+            pid: 1,
+            service: "s".into(),
+            environment: "e".into(),
+            host: "h".into(),
+        },
+        sequence: 1,
+        start_unix_ms: 1_700_000_000_000,
+        end_unix_ms: 1_700_000_001_000,
+        drops: Default::default(),
+        series,
+    };
+    let mut frame = Vec::new();
+    encode_batch(&batch, &mut frame).expect("a test batch encodes");
+    frame.split_off(HEADER_LEN)
+}
+
+/// Room for the widest layouts the strategies make (5 digits over several buckets).
+fn limits() -> Limits {
+    Limits {
+        max_histogram_counts_per_batch: 1 << 26,
+        max_histogram_bytes: 1 << 26,
+        max_frame_len: 1 << 26,
+        ..Limits::default()
+    }
+}
+
+fn views<'v>(batch: &'v BatchView<'_>) -> Vec<HistogramView<'v>> {
+    batch
+        .series()
+        .map(|s| match s.value {
+            ValueView::Histogram(h) => h,
+            _ => unreachable!("only histograms were encoded"),
+        })
+        .collect()
+}
+
+/// A lowest discernible value HdrHistogram accepts with `digits`, from `raw`: `raw` halved
+/// until `Histogram::new_with_bounds` takes it.
+fn valid_low(mut raw: u64, digits: u8) -> u64 {
+    raw = raw.max(1);
+    while Histogram::<u64>::new_with_bounds(raw, raw.saturating_mul(2), digits).is_err() {
+        raw = (raw / 2).max(1);
+    }
+    raw
+}
+
+/// Lowest discernible values: 1, small ones, powers of two and their neighbours (where
+/// `log2` in f64 rounds), anything.
+fn arb_low() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        Just(1_u64),
+        1_u64..5000,
+        (1_u32..63, -1_i64..=1).prop_map(|(k, d)| (1_u64 << k).wrapping_add_signed(d)),
+        any::<u64>(),
+    ]
+}
+
+/// How values are spread in one test case, bounded so no dense histogram (sender, oracle or
+/// conversion) exceeds about 10 MB.
+#[derive(Debug, Clone, Copy)]
+enum Regime {
+    /// 0..=3 digits, any lowest value, values anywhere in `u64`.
+    Wide,
+    /// 0..=5 digits, lowest values up to 2^12, values up to 2^17.
+    Fine,
+    /// 4..=5 digits with lowest values of 2^44..2^46, values anywhere in `u64`.
+    High,
+}
+
+fn arb_layout(regime: Regime) -> BoxedStrategy<(u64, u8)> {
+    match regime {
+        Regime::Wide => (arb_low(), 0_u8..=3)
+            .prop_map(|(low, d)| (valid_low(low, d), d))
+            .boxed(),
+        Regime::Fine => (arb_low(), 0_u8..=5)
+            .prop_map(|(low, d)| (valid_low(low % (1 << 12), d), d))
+            .boxed(),
+        Regime::High => ((1_u64 << 44)..(1 << 46), 4_u8..=5)
+            .prop_map(|(low, d)| (valid_low(low, d), d))
+            .boxed(),
+    }
+}
+
+fn arb_value(regime: Regime) -> BoxedStrategy<u64> {
+    let any_magnitude = (any::<u64>(), 0_u32..64).prop_map(|(v, s)| v >> s);
+    match regime {
+        Regime::Wide | Regime::High => {
+            prop_oneof![any_magnitude, Just(u64::MAX), Just(0_u64), 0_u64..64].boxed()
+        }
+        Regime::Fine => prop_oneof![
+            (0_u64..(1 << 17), 0_u32..17).prop_map(|(v, s)| v >> s),
+            Just((1_u64 << 17) - 1),
+            Just(0_u64),
+        ]
+        .boxed(),
+    }
+}
+
+/// Counts: mostly small, some near 2^61 so that merges saturate at `u64::MAX` (a sender
+/// cannot hold more than `i64::MAX` in one bucket: V2 counts are zig-zag `i64`).
+fn arb_count() -> impl Strategy<Value = (bool, u64)> {
+    prop_oneof![
+        8 => (1_u64..1000).prop_map(|n| (false, n)),
+        1 => ((1_u64 << 61)..(1 << 61) + 1000).prop_map(|n| (true, n)),
+    ]
+}
+
+/// A sender's histogram: one of the case's layouts, any values (none at all too).
+fn arb_hist(regime: Regime, layouts: Vec<(u64, u8)>) -> impl Strategy<Value = Histogram<u64>> {
+    (
+        0..layouts.len(),
+        prop::collection::vec((arb_value(regime), arb_count()), 0..30),
+    )
+        .prop_map(move |(pick, values)| {
+            let (low, digits) = layouts[pick];
+            let mut h =
+                Histogram::<u64>::new_with_bounds(low, low.saturating_mul(2), digits).unwrap();
+            h.auto(true);
+            // At most three huge counts: no bucket passes i64::MAX.
+            let mut huge = 0;
+            for (v, (is_huge, n)) in values {
+                let n = if is_huge && huge < 3 {
+                    huge += 1;
+                    n
+                } else {
+                    n % 1000 + 1
+                };
+                h.record_n(v, n).unwrap();
+            }
+            h
+        })
+}
+
+/// One to three layouts, then one to six histograms using them (so a case mixes same-layout
+/// and other-layout merges).
+fn arb_case() -> impl Strategy<Value = Vec<Histogram<u64>>> {
+    prop_oneof![
+        6 => Just(Regime::Wide),
+        1 => Just(Regime::Fine),
+        1 => Just(Regime::High),
+    ]
+    .prop_flat_map(|regime| {
+        (
+            Just(regime),
+            prop::collection::vec(arb_layout(regime), 1..=3),
+        )
+    })
+    .prop_flat_map(|(regime, layouts)| prop::collection::vec(arb_hist(regime, layouts), 1..=6))
+}
+
+proptest! {
+    // Each case encodes, decodes and densely merges up to six histograms, some of 5 digits.
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Starting from the first view and merging the others, the sparse histogram converts to
+    /// exactly the dense histogram the agent built before: same layout, counts, total,
+    /// extremes and counts-array length. (And a histogram taken directly makes the same
+    /// sparse histogram as its decoded view.)
+    #[test]
+    fn sparse_merges_of_views_convert_to_exactly_the_dense_histogram(hists in arb_case()) {
+        let payload = payload(&hists);
+        let batch = BatchView::parse(&payload, &limits()).unwrap();
+        let views = views(&batch);
+        let mut scratch = Vec::new();
+        for (h, v) in hists.iter().zip(&views) {
+            prop_assert_eq!(
+                SparseHistogram::from_histogram(h),
+                SparseHistogram::from_view(v, &mut scratch).unwrap()
+            );
+        }
+        let mut sparse = SparseHistogram::from_view(&views[0], &mut scratch).unwrap();
+        let mut dense = dense::new_histogram(&views[0]).unwrap();
+        for v in &views[1..] {
+            sparse.add_view(v, &mut scratch).unwrap();
+            dense::add_view(&mut dense, v).unwrap();
+        }
+        prop_assert_eq!(sparse.len(), dense.len());
+        prop_assert!(sparse.buckets().windows(2).all(|w| w[0].0 < w[1].0));
+        prop_assert!(sparse.buckets().iter().all(|b| b.1 > 0));
+        let converted = sparse.to_histogram().unwrap();
+        assert_same(&converted, &dense)?;
+        prop_assert_eq!(converted.high(), dense.high());
+        // What the sinks read straight from the sparse form.
+        prop_assert_eq!(sparse.min(), dense.min());
+        prop_assert_eq!(sparse.max(), dense.max());
+        for &(value, _) in sparse.buckets() {
+            prop_assert_eq!(sparse.median_equivalent(value), dense.median_equivalent(value));
+        }
+        // hdrhistogram's own scan overflows once the counts add up past u64::MAX.
+        if sparse.buckets().iter().try_fold(0_u64, |t, b| t.checked_add(b.1)).is_some() {
+            for q in [0.0, 1e-9, 0.25, 0.5, 0.9, 0.99, 0.999, 1.0, 1.5] {
+                prop_assert_eq!(sparse.value_at_quantile(q), dense.value_at_quantile(q));
+            }
+        }
+    }
+
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Adding whole sparse histograms (what `Agg::merge` does) is merging their views.
+    #[test]
+    fn adding_sparse_histograms_equals_merging_their_views(hists in arb_case()) {
+        let payload = payload(&hists);
+        let batch = BatchView::parse(&payload, &limits()).unwrap();
+        let views = views(&batch);
+        let mut scratch = Vec::new();
+        let mut sparse = SparseHistogram::from_view(&views[0], &mut scratch).unwrap();
+        let mut dense = dense::new_histogram(&views[0]).unwrap();
+        for v in &views[1..] {
+            sparse.add(&SparseHistogram::from_view(v, &mut scratch).unwrap(), &mut scratch);
+            dense::add_view(&mut dense, v).unwrap();
+        }
+        let converted = sparse.to_histogram().unwrap();
+        assert_same(&converted, &dense)?;
+        prop_assert_eq!(converted.high(), dense.high());
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2048))]
+
+    /// The layout arithmetic is hdrhistogram's: the same layouts are refused, and every
+    /// value falls in a bucket with the same lowest and highest values.
+    #[test]
+    fn the_bucket_formula_agrees_with_hdrhistogram(
+        low in arb_low(),
+        digits in 0_u8..=6,
+        values in prop::collection::vec(prop_oneof![any::<u64>(), Just(u64::MAX), 0_u64..4096], 1..16),
+    ) {
+        let reference = Histogram::<u64>::new_with_bounds(low, low.saturating_mul(2), digits);
+        let layout = Layout::new(low, digits);
+        prop_assert_eq!(layout.is_some(), reference.is_ok());
+        if let (Some(layout), Ok(reference)) = (layout, reference) {
+            for v in values {
+                prop_assert_eq!(layout.lowest_equivalent(v), reference.lowest_equivalent(v));
+                prop_assert_eq!(layout.highest_equivalent(v), reference.highest_equivalent(v));
+                prop_assert_eq!(layout.median_equivalent(v), reference.median_equivalent(v));
+            }
+        }
+    }
+
+    /// Galloping finds the same position as a binary search from the start.
+    #[test]
+    fn seeking_finds_the_first_bucket_not_below_a_value(
+        mut values in prop::collection::btree_set(0_u64..10_000, 0..200),
+        from_fraction in 0.0_f64..=1.0,
+        target in 0_u64..10_001,
+    ) {
+        let buckets: Vec<Bucket> = std::mem::take(&mut values).into_iter().map(|v| (v, 1)).collect();
+        let from = ((buckets.len() as f64) * from_fraction) as usize;
+        let want = from + buckets[from..].partition_point(|b| b.0 < target);
+        prop_assert_eq!(seek(&buckets, from, target), want);
+    }
+
+    /// Buckets given out of order (which no view yields) still merge exactly.
+    #[test]
+    fn buckets_in_any_order_merge_like_sorted_ones(
+        start in prop::collection::btree_map(0_u64..500, 1_u64..100, 0..40),
+        incoming in prop::collection::vec((0_u64..500, 1_u64..100), 0..60),
+    ) {
+        let layout = Layout::new(1, 3).unwrap();
+        let base = SparseHistogram {
+            buckets: start.into_iter().collect(),
+            total: 0,
+            high: 2,
+            layout,
+            max_marks: MaxMarks::default(),
+        };
+        let mut shuffled = base.clone();
+        let mut scratch = Vec::new();
+        shuffled.merge_buckets(incoming.iter().copied(), false, &mut scratch);
+        let mut sorted_in = incoming.clone();
+        sorted_in.sort_by_key(|b| b.0);
+        let mut sorted = base;
+        sorted.merge_buckets(sorted_in.into_iter(), false, &mut scratch);
+        prop_assert_eq!(&shuffled, &sorted);
+        prop_assert!(shuffled.buckets().windows(2).all(|w| w[0].0 < w[1].0));
+    }
+}
+
+#[test]
+fn merging_a_view_whose_buckets_are_all_present_neither_allocates_nor_moves() {
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+    for k in 0..20_u64 {
+        h.record(1_000_000 + k * 137_000).unwrap();
+    }
+    let payload = payload(&[h.clone(), h]);
+    let batch = BatchView::parse(&payload, &limits()).unwrap();
+    let views = views(&batch);
+    let mut scratch = Vec::new();
+    let mut sparse = SparseHistogram::from_view(&views[0], &mut scratch).unwrap();
+    assert_eq!(sparse.buckets().len(), 20);
+    assert_eq!(
+        sparse.buckets.capacity(),
+        20,
+        "a new series holds no spare capacity"
+    );
+    let before = sparse.buckets().as_ptr();
+    sparse.add_view(&views[1], &mut scratch).unwrap();
+    assert_eq!(
+        sparse.buckets().as_ptr(),
+        before,
+        "the buckets stayed where they were"
+    );
+    assert!(scratch.is_empty(), "nothing was set aside for insertion");
+    assert_eq!(sparse.len(), 40);
+    assert!(sparse.buckets().iter().all(|b| b.1 == 2));
+}
+
+#[test]
+fn counts_and_the_total_saturate_instead_of_wrapping() {
+    let mut h = Histogram::<u64>::new(2).unwrap();
+    h.record_n(100, i64::MAX as u64).unwrap();
+    let mut sparse = SparseHistogram::from_histogram(&h);
+    let mut scratch = Vec::new();
+    for _ in 0..3 {
+        sparse.add(&SparseHistogram::from_histogram(&h), &mut scratch);
+    }
+    assert_eq!(sparse.len(), u64::MAX);
+    assert_eq!(sparse.buckets(), &[(100, u64::MAX)]);
+    assert_eq!(sparse.to_histogram().unwrap().len(), u64::MAX);
+}
+
+#[test]
+fn a_coarser_view_folds_neighbouring_buckets_into_one() {
+    // 3 digits keeps 1000 and 1001 apart; 0 digits puts both in the bucket from 1000 - 1000 % 512.
+    let mut fine = Histogram::<u64>::new(3).unwrap();
+    fine.record(1000).unwrap();
+    fine.record(1001).unwrap();
+    let coarse = Histogram::<u64>::new(0).unwrap();
+    let mut sparse = SparseHistogram::from_histogram(&coarse);
+    sparse.add(&SparseHistogram::from_histogram(&fine), &mut Vec::new());
+    assert_eq!(sparse.buckets(), &[(coarse.lowest_equivalent(1000), 2)]);
+}
+
+/// The one place where the dense view merge (and so the sparse one) and `Histogram::add` of
+/// the deserialized histograms disagree: the maximum of the topmost bucket, which
+/// `highest_equivalent` saturates to `u64::MAX - 1` unless the recorded value was exactly
+/// `u64::MAX`. The view merge records the bucket's lowest value when the lowest discernible
+/// values differ (2048 and 2049 here, identical buckets); `Histogram::add` copies the
+/// deserialized maximum, the bucket's highest value. Both are the end of the range.
+#[test]
+fn the_topmost_buckets_maximum_is_the_dense_view_merges() {
+    let first = Histogram::<u64>::new_with_bounds(2048, 8192, 0).unwrap();
+    let mut second = Histogram::<u64>::new_with_bounds(2049, 4098, 0).unwrap();
+    second.auto(true);
+    second.record(1 << 63).unwrap();
+    let payload = payload(&[first, second]);
+    let batch = BatchView::parse(&payload, &limits()).unwrap();
+    let views = views(&batch);
+    let mut scratch = Vec::new();
+    let mut sparse = SparseHistogram::from_view(&views[0], &mut scratch).unwrap();
+    sparse.add_view(&views[1], &mut scratch).unwrap();
+    let mut dense = dense::new_histogram(&views[0]).unwrap();
+    dense::add_view(&mut dense, &views[1]).unwrap();
+    let mut added = views[0].to_histogram().unwrap();
+    added.auto(true);
+    added.add(views[1].to_histogram().unwrap()).unwrap();
+    assert_eq!(sparse.to_histogram().unwrap().max(), u64::MAX - 1);
+    assert_eq!(dense.max(), u64::MAX - 1);
+    assert_eq!(added.max(), u64::MAX);
+}
