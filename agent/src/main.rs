@@ -204,6 +204,17 @@ async fn shutdown_signal() {
     }
 }
 
+/// The configuration, with logging set up from it; exit code 2 (after saying why) when it
+/// cannot be loaded.
+fn load_with_logs(common: &Common) -> Result<Config, ExitCode> {
+    let config = load(common).map_err(|e| {
+        eprintln!("tally-agent: {e}");
+        ExitCode::from(2)
+    })?;
+    init_logs(&config);
+    Ok(config)
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -213,14 +224,10 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 }
 
 fn run(common: &Common) -> ExitCode {
-    let config = match load(common) {
+    let config = match load_with_logs(common) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("tally-agent: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    init_logs(&config);
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -328,14 +335,10 @@ fn health(common: &Common, addr: Option<&str>, timeout_ms: u64) -> ExitCode {
 }
 
 fn alarms(common: &Common, command: &AlarmsCommand) -> ExitCode {
-    let config = match load(common) {
+    let config = match load_with_logs(common) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("tally-agent: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    init_logs(&config);
     let result = runtime().and_then(|rt| rt.block_on(alarms_run(&config, command)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
