@@ -780,3 +780,65 @@ proptest! {
         prop_assert!(merged.distinct_values() <= expected.distinct_values());
     }
 }
+
+#[test]
+fn a_histogram_recorded_at_another_scale_is_dropped_and_counted() {
+    let stats = Stats::new();
+    let mut a = Aggregator::new(settings(), &stats, at(T0));
+    let latency = |scale| {
+        let mut h = Histogram::<u64>::new(2).unwrap();
+        h.record_n(5, 3).unwrap();
+        Series {
+            name: "Latency".into(),
+            unit: Unit::Nanoseconds,
+            labels: vec![],
+            value: SeriesValue::Histogram {
+                scale,
+                histogram: h,
+            },
+        }
+    };
+    a.merge_owned(batch(1, 1, T0, vec![latency(1.0)]), at(T0))
+        .unwrap();
+    let r = a
+        .merge_owned(batch(2, 1, T0, vec![latency(1000.0)]), at(T0))
+        .unwrap();
+    assert_eq!((r.merged, r.dropped), (0, 3));
+    assert_eq!(
+        stats.counter_value(DROPPED_SAMPLES, &[("reason", "scale_mismatch")]),
+        3
+    );
+    let closed = a.close_all().remove(0);
+    assert_eq!(closed.samples, 3);
+}
+
+#[test]
+fn histograms_of_different_precision_from_two_processes_merge_into_one_exact_count() {
+    let stats = Stats::new();
+    let mut a = Aggregator::new(settings(), &stats, at(T0));
+    let latency = |sigfig, value, n| {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 1 << 40, sigfig).unwrap();
+        h.record_n(value, n).unwrap();
+        Series {
+            name: "Latency".into(),
+            unit: Unit::Nanoseconds,
+            labels: vec![],
+            value: SeriesValue::Histogram {
+                scale: 1.0,
+                histogram: h,
+            },
+        }
+    };
+    a.merge_owned(batch(1, 1, T0, vec![latency(3, 5, 1)]), at(T0))
+        .unwrap();
+    a.merge_owned(batch(2, 1, T0, vec![latency(2, 1 << 35, 3)]), at(T0))
+        .unwrap();
+    let p = a.close_all().remove(0).data;
+    let AggregateValue::Distribution { histogram, .. } = &p.metrics[0].1 else {
+        panic!("{:?}", p.metrics[0].1)
+    };
+    assert_eq!(histogram.len(), 4);
+    // The first sender's layout (3 digits) is kept; both values keep their own bucket.
+    assert_eq!(histogram.significant_digits(), 3);
+    assert_eq!(histogram.buckets().len(), 2);
+}
