@@ -149,23 +149,26 @@ struct Slot {
 /// into a [`SeriesKey`] when the period closes.
 #[derive(Default)]
 struct OpenPeriod {
-    groups: HashMap<Identity, Group>,
+    /// One entry per sender identity: an agent serves one service, so this holds one or a
+    /// few, and a scan beats hashing two strings per batch.
+    groups: Vec<(Identity, Group)>,
     series: usize,
     samples: u64,
 }
 
 impl OpenPeriod {
-    /// The series of one sender identity, created when absent.
+    /// The series of one sender identity, created when absent (no allocation once it exists).
     fn group(&mut self, service: &str, environment: &str) -> &mut Group {
-        // Two lookups on the first batch of an identity, one afterwards; a borrowed tuple key
-        // would need a wrapper type for no gain.
-        let key = self
+        let at = self
             .groups
-            .keys()
-            .find(|(s, e)| &**s == service && &**e == environment)
-            .cloned()
-            .unwrap_or_else(|| (service.into(), environment.into()));
-        self.groups.entry(key).or_default()
+            .iter()
+            .position(|((s, e), _)| &**s == service && &**e == environment);
+        let i = at.unwrap_or_else(|| {
+            self.groups
+                .push(((service.into(), environment.into()), Group::default()));
+            self.groups.len() - 1
+        });
+        &mut self.groups[i].1
     }
 }
 

@@ -842,3 +842,29 @@ fn histograms_of_different_precision_from_two_processes_merge_into_one_exact_cou
     assert_eq!(histogram.significant_digits(), 3);
     assert_eq!(histogram.buckets().len(), 2);
 }
+
+#[test]
+fn the_same_series_from_two_environments_stays_two_series() {
+    let stats = Stats::new();
+    let mut a = Aggregator::new(settings(), &stats, at(T0));
+    for (id, env, n) in [(1, "prod", 2), (2, "staging", 5), (3, "prod", 1)] {
+        let mut b = batch(
+            id,
+            1,
+            T0,
+            vec![http("RequestCount", "/a", "2xx", SeriesValue::Counter(n))],
+        );
+        b.process.environment = env.into();
+        a.merge_owned(b, at(T0)).unwrap();
+    }
+    let p = a.close_all().remove(0).data;
+    let count = |env: &str| {
+        p.metrics
+            .iter()
+            .find(|(k, _)| k.dimensions.contains(&("Environment".into(), env.into())))
+            .map(|(_, v)| v.clone())
+    };
+    assert!(matches!(count("prod"), Some(AggregateValue::Counter(c)) if c == 3.0));
+    assert!(matches!(count("staging"), Some(AggregateValue::Counter(c)) if c == 5.0));
+    assert_eq!(p.metrics.len(), 2);
+}
