@@ -652,3 +652,39 @@ proptest! {
         assert_agrees_with_reference(&bytes, &Limits::default())?;
     }
 }
+
+#[test]
+fn a_histogram_whose_layout_differs_from_the_one_before_it_is_checked_again() {
+    // Header checks are remembered per layout within a batch: a second histogram that differs
+    // only in its significant digits must still meet the limit on them.
+    let mut batch = sample_batch();
+    let digits = |sigfig| {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 1 << 30, sigfig).unwrap();
+        h.record(1000).unwrap();
+        Series {
+            name: format!("h{sigfig}"),
+            unit: Unit::Nanoseconds,
+            labels: vec![],
+            value: SeriesValue::Histogram {
+                scale: 1.0,
+                histogram: h,
+            },
+        }
+    };
+    batch.series = vec![digits(2), digits(2), digits(3)];
+    let mut frame = Vec::new();
+    encode_batch(&batch, &mut frame).unwrap();
+    let limits = Limits {
+        max_significant_digits: 2,
+        ..Limits::default()
+    };
+    let err = BatchView::parse(payload(&frame), &limits).unwrap_err();
+    assert!(
+        matches!(&err, DecodeError::BadHistogram { name, .. } if name == "h3"),
+        "{err:?}"
+    );
+    batch.series.truncate(2);
+    frame.clear();
+    encode_batch(&batch, &mut frame).unwrap();
+    assert_eq!(BatchView::parse(payload(&frame), &limits).unwrap().len(), 2);
+}
