@@ -2,7 +2,6 @@
 //! or answers `Throttling` (400), `ServiceUnavailable` (503), closes connections before any
 //! answer, or refuses requests carrying a poisoned datum, as the test switches it.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -96,6 +95,14 @@ pub async fn start_counting_proxy(
                                 .map(|b| b.to_bytes())
                                 .unwrap_or_default();
                             let answer = match mode.load(Ordering::SeqCst) {
+                                // A connection kept alive from an earlier mode: fail the
+                                // request without an answer (hyper drops the connection), as
+                                // a new connection would be, instead of forwarding it.
+                                CLOSE => {
+                                    return Err(std::io::Error::other(
+                                        "connection closed by the fault proxy",
+                                    ))
+                                }
                                 THROTTLE => error_answer(400, "Throttling", "Rate exceeded"),
                                 UNAVAILABLE => error_answer(503, "ServiceUnavailable", "try later"),
                                 REJECT_POISON if body.windows(6).any(|w| w == b"Poison") => {
@@ -128,7 +135,7 @@ pub async fn start_counting_proxy(
                                     }
                                 }
                             };
-                            Ok::<_, Infallible>(answer)
+                            Ok::<_, std::io::Error>(answer)
                         }
                     },
                 );
