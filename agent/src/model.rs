@@ -4,22 +4,88 @@
 //! sinks (`publish` for CloudWatch, `sinks::stdout` for the local default) consume it. This
 //! module is the contract between those stages.
 
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use tally::wire::Unit;
 
 use crate::aggregate::sparse::SparseHistogram;
 
+/// A string shared by every metric that holds it: a period of 100k series repeats a few dozen
+/// dimension names and values, and each is stored once (see [`Interner`]).
+pub type Text = Arc<str>;
+
+/// A metric's dimensions, sorted by name: shared by the key and every datum built from it.
+pub type Dimensions = Arc<[(Text, Text)]>;
+
 /// The identity of one published metric: CloudWatch's custom-metric key minus the namespace.
+///
+/// Cloning one costs two reference counts: the name, the dimension list and every string in it
+/// are shared with the closed period they came from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MetricKey {
     /// Metric name (1..=255 characters).
-    pub name: String,
+    pub name: Text,
     /// Unit the values are expressed in, after conversion (never `Unit::Nanoseconds`:
     /// durations are converted to the configured publish time unit).
     pub unit: Unit,
     /// Dimensions sorted by name, including `ServiceName` and `Environment`.
-    pub dimensions: Vec<(String, String)>,
+    pub dimensions: Dimensions,
+}
+
+impl MetricKey {
+    /// A key from borrowed strings; sorts the dimensions by name (then value).
+    pub fn new(name: &str, unit: Unit, dimensions: &[(&str, &str)]) -> Self {
+        let mut dims: Vec<(Text, Text)> = dimensions
+            .iter()
+            .map(|&(n, v)| (Text::from(n), Text::from(v)))
+            .collect();
+        dims.sort_unstable();
+        MetricKey {
+            name: name.into(),
+            unit,
+            dimensions: dims.into(),
+        }
+    }
+
+    /// The dimensions as owned strings (for comparisons in tests and tools).
+    pub fn dimension_pairs(&self) -> Vec<(String, String)> {
+        self.dimensions
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// The value of dimension `name`, if the key has it.
+    pub fn dimension(&self, name: &str) -> Option<&str> {
+        self.dimensions
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, v)| &**v)
+    }
+}
+
+/// Stores each distinct string once; [`Interner::get`] hands out shared copies.
+///
+/// Used while a period closes: its series' names, dimension names and values repeat (every
+/// series carries `ServiceName`, most share a handful of routes), so a period of 100k series
+/// holds a few dozen strings instead of a million small allocations.
+#[derive(Debug, Default)]
+pub struct Interner {
+    set: HashSet<Text>,
+}
+
+impl Interner {
+    /// The shared copy of `s`, stored on first use.
+    pub fn get(&mut self, s: &str) -> Text {
+        if let Some(t) = self.set.get(s) {
+            return t.clone();
+        }
+        let t: Text = s.into();
+        self.set.insert(t.clone());
+        t
+    }
 }
 
 /// The aggregate of one metric over one period, merged across every process.
@@ -91,5 +157,35 @@ pub fn cloudwatch_unit(unit: Unit) -> &'static str {
         Unit::Seconds => "Seconds",
         Unit::Bytes => "Bytes",
         Unit::Percent => "Percent",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interner_hands_out_one_allocation_per_distinct_string() {
+        let mut strings = Interner::default();
+        let a = strings.get("Route");
+        let b = strings.get(&String::from("Route"));
+        let c = strings.get("Method");
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!((&*a, &*c), ("Route", "Method"));
+    }
+
+    #[test]
+    fn a_key_built_from_borrowed_strings_sorts_its_dimensions() {
+        let k = MetricKey::new("M", Unit::Count, &[("Route", "/a"), ("Method", "GET")]);
+        assert_eq!(
+            k.dimension_pairs(),
+            vec![
+                ("Method".to_owned(), "GET".to_owned()),
+                ("Route".to_owned(), "/a".to_owned())
+            ]
+        );
+        assert_eq!(k.dimension("Route"), Some("/a"));
+        assert_eq!(k.dimension("StatusClass"), None);
     }
 }

@@ -71,7 +71,7 @@ use crate::aggregate::period::{align, unix_secs};
 use crate::aggregate::{ClosedPeriod, DROPPED_SAMPLES, UNKNOWN};
 use crate::catalog::CatalogMetric;
 use crate::config::Config;
-use crate::model::{cloudwatch_unit, AggregateValue, MetricKey, PeriodData};
+use crate::model::{cloudwatch_unit, AggregateValue, Dimensions, MetricKey, PeriodData, Text};
 use crate::stats::Stats;
 
 /// The dimension (name, value) that marks the agent's own metrics.
@@ -214,7 +214,7 @@ pub fn published_count(config: &Config) -> u64 {
 #[derive(Debug)]
 pub struct SelfMetrics {
     stats: Stats,
-    dimensions: Vec<(String, String)>,
+    dimensions: Dimensions,
     namespace: String,
     period_secs: u32,
     grace: Duration,
@@ -248,7 +248,10 @@ impl SelfMetrics {
         let p = u64::from(config.period_secs);
         Some(SelfMetrics {
             stats: stats.clone(),
-            dimensions: dimensions(config, extra),
+            dimensions: dimensions(config, extra)
+                .into_iter()
+                .map(|(n, v)| (Text::from(n), Text::from(v)))
+                .collect(),
             namespace: config.namespace.clone(),
             period_secs: config.period_secs,
             grace: config.grace(),
@@ -360,9 +363,9 @@ impl SelfMetrics {
             .map(|(m, v)| {
                 (
                     MetricKey {
-                        name: m.name.to_owned(),
+                        name: m.name.into(),
                         unit: m.unit,
-                        dimensions: self.dimensions.clone(),
+                        dimensions: Dimensions::clone(&self.dimensions),
                     },
                     AggregateValue::Derived(*v),
                 )
@@ -398,7 +401,7 @@ mod tests {
     }
 
     fn value(p: &PeriodData, name: &str) -> f64 {
-        match p.metrics.iter().find(|(k, _)| k.name == name) {
+        match p.metrics.iter().find(|(k, _)| &*k.name == name) {
             Some((_, AggregateValue::Derived(v))) => *v,
             other => panic!("{name}: {other:?}"),
         }
@@ -412,7 +415,7 @@ mod tests {
                     MetricKey {
                         name: (*n).into(),
                         unit: Unit::Count,
-                        dimensions: vec![("ServiceName".into(), "shop".into())],
+                        dimensions: vec![("ServiceName".into(), "shop".into())].into(),
                     },
                     AggregateValue::Counter(3.0),
                 )
@@ -523,12 +526,7 @@ mod tests {
         );
         let p = &closed[1];
         assert_eq!(p.samples, 6, "self-metrics are not user samples");
-        let names: Vec<&str> = p
-            .data
-            .metrics
-            .iter()
-            .map(|(k, _)| k.name.as_str())
-            .collect();
+        let names: Vec<&str> = p.data.metrics.iter().map(|(k, _)| &*k.name).collect();
         let mut sorted = names.clone();
         sorted.sort();
         assert_eq!(names, sorted, "metrics stay sorted by key");
@@ -539,11 +537,11 @@ mod tests {
             .data
             .metrics
             .iter()
-            .find(|(k, _)| k.name == "AgentDecodeErrors")
+            .find(|(k, _)| &*k.name == "AgentDecodeErrors")
             .unwrap()
             .0;
         assert_eq!(
-            own.dimensions,
+            own.dimension_pairs(),
             vec![
                 ("ClusterName".to_owned(), "blue".to_owned()),
                 ("Component".to_owned(), "agent".to_owned()),

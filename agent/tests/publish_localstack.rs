@@ -111,16 +111,7 @@ fn minute(minutes_ago: u64) -> SystemTime {
 }
 
 fn key(name: &str, dims: &[(&str, &str)], unit: Unit) -> MetricKey {
-    let mut dimensions: Vec<(String, String)> = dims
-        .iter()
-        .map(|(k, v)| ((*k).into(), (*v).into()))
-        .collect();
-    dimensions.sort();
-    MetricKey {
-        name: name.into(),
-        unit,
-        dimensions,
-    }
+    MetricKey::new(name, unit, dims)
 }
 
 fn period(ns: &str, ts: SystemTime, metrics: Vec<(MetricKey, AggregateValue)>) -> PeriodData {
@@ -213,7 +204,7 @@ async fn list_metrics(ns: &str) -> BTreeSet<(String, Vec<(String, String)>)> {
 }
 
 fn ident(name: &str, dims: &[(&str, &str)]) -> (String, Vec<(String, String)>) {
-    (name.into(), key(name, dims, Unit::None).dimensions)
+    (name.into(), key(name, dims, Unit::None).dimension_pairs())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,120 +1,128 @@
 //! Closing a period: publish units, global dimensions, rollups and derived metrics.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, UNIX_EPOCH};
 
-use tally::conventions::{ENVIRONMENT, SERVICE_NAME};
 use tally::wire::Unit;
 
 use super::series::{Agg, SeriesKey};
 use super::Settings;
 use crate::config::parse_unit;
-use crate::model::{AggregateValue, MetricKey, PeriodData};
+use crate::model::{AggregateValue, Dimensions, Interner, MetricKey, PeriodData, Text};
 
 /// Most values CloudWatch takes in one datum's `Values` (API model).
 pub const MAX_VALUES_PER_DATUM: usize = 150;
 
 /// Turns an open period's series into the [`PeriodData`] a sink receives, plus the samples
 /// that could not be combined (reason, count) and how many of those are not published at all.
+///
+/// `series` comes in admission order; where two of them meet under one published key the
+/// first keeps its kind and the other's samples are counted as a conflict. Keys, dimension
+/// lists and strings move from `series` into the period (rollups and derived metrics share the
+/// strings too), so a closed period holds one small allocation per metric besides its values.
 pub fn finish(
     settings: &Settings,
     start: u64,
     series: Vec<(SeriesKey, Agg)>,
+    strings: &mut Interner,
 ) -> (PeriodData, Vec<(&'static str, u64)>, u64) {
     let mut conflicts: Vec<(&'static str, u64)> = Vec::new();
     let ns = settings.time_unit.nanos();
-    let mut base: BTreeMap<MetricKey, AggregateValue> = BTreeMap::new();
-    for (k, agg) in series {
-        let is_ns = k.unit == Unit::Nanoseconds;
-        let unit = if is_ns {
-            settings.time_unit.unit()
-        } else {
-            k.unit
-        };
-        let mut dimensions: Vec<(String, String)> = Vec::with_capacity(k.labels.len() + 2);
-        dimensions.push((SERVICE_NAME.into(), k.service.into()));
-        dimensions.push((ENVIRONMENT.into(), k.environment.into()));
-        dimensions.extend(settings.extra_dimensions.iter().cloned());
-        dimensions.extend(k.labels.iter().map(|(a, b)| (a.to_string(), b.to_string())));
-        dimensions.sort();
-        let f = if is_ns { ns } else { 1.0 };
-        let value = match agg {
-            Agg::Counter(n) => AggregateValue::Counter(n as f64 / f),
-            Agg::Gauge {
-                last,
-                min,
-                max,
-                updates,
-            } => AggregateValue::Gauge {
-                last: last / f,
-                min: min / f,
-                max: max / f,
-                updates,
-            },
-            Agg::Dist { scale, histogram } => AggregateValue::Distribution {
-                scale: scale * f,
-                histogram: *histogram,
-            },
-        };
-        let key = MetricKey {
-            name: k.name.into(),
-            unit,
-            dimensions,
-        };
-        insert_merge(&mut base, key, value, &mut conflicts);
-    }
+    let mut base: Vec<(MetricKey, AggregateValue)> = series
+        .into_iter()
+        .map(|(k, agg)| {
+            let is_ns = k.unit == Unit::Nanoseconds;
+            let unit = if is_ns {
+                settings.time_unit.unit()
+            } else {
+                k.unit
+            };
+            let f = if is_ns { ns } else { 1.0 };
+            let value = match agg {
+                Agg::Counter(n) => AggregateValue::Counter(n as f64 / f),
+                Agg::Gauge {
+                    last,
+                    min,
+                    max,
+                    updates,
+                } => AggregateValue::Gauge {
+                    last: last / f,
+                    min: min / f,
+                    max: max / f,
+                    updates,
+                },
+                Agg::Dist { scale, histogram } => AggregateValue::Distribution {
+                    scale: scale * f,
+                    histogram: *histogram,
+                },
+            };
+            let key = MetricKey {
+                name: k.name,
+                unit,
+                dimensions: k.dimensions,
+            };
+            (key, value)
+        })
+        .collect();
+    merge_equal_keys(&mut base, &mut conflicts);
     // Samples of series that could not join their published key (not published at all, unlike
     // a rollup conflict below, whose samples are published in the base series).
     let unpublished: u64 = conflicts.iter().map(|c| c.1).sum();
 
     // Rollups: each base series contributes at most once to each rolled-up key.
-    let mut rolled: BTreeMap<MetricKey, AggregateValue> = BTreeMap::new();
+    let mut all = base;
     if !settings.rollups.is_empty() {
-        for (key, value) in &base {
-            let mut targets: BTreeSet<Vec<(String, String)>> = BTreeSet::new();
+        let mut rolled: Vec<(MetricKey, AggregateValue)> = Vec::new();
+        let mut targets: BTreeSet<Vec<(Text, Text)>> = BTreeSet::new();
+        for (key, value) in &all {
+            targets.clear();
             for r in &settings.rollups {
-                if !r.metrics.is_empty() && !r.metrics.contains(&key.name) {
+                if !r.metrics.is_empty() && !r.metrics.iter().any(|m| **m == *key.name) {
                     continue;
                 }
-                if !key.dimensions.iter().any(|(d, _)| r.drop.contains(d)) {
+                if !key
+                    .dimensions
+                    .iter()
+                    .any(|(d, _)| r.drop.iter().any(|x| **x == **d))
+                {
                     continue;
                 }
                 targets.insert(
                     key.dimensions
                         .iter()
-                        .filter(|(d, _)| !r.drop.contains(d))
+                        .filter(|(d, _)| !r.drop.iter().any(|x| **x == **d))
                         .cloned()
                         .collect(),
                 );
             }
-            for dimensions in targets {
+            for dimensions in std::mem::take(&mut targets) {
                 let k = MetricKey {
                     name: key.name.clone(),
                     unit: key.unit,
-                    dimensions,
+                    dimensions: dimensions.into(),
                 };
-                insert_merge(&mut rolled, k, value.clone(), &mut conflicts);
+                rolled.push((k, value.clone()));
             }
         }
-    }
-    let mut all = base;
-    for (k, v) in rolled {
-        insert_merge(&mut all, k, v, &mut conflicts);
+        // Base series first: where a rolled-up key equals a base key, the base one is kept.
+        all.append(&mut rolled);
+        merge_equal_keys(&mut all, &mut conflicts);
     }
 
     // Derived metrics, for every dimension set of the denominator.
     let mut derived: Vec<(MetricKey, AggregateValue)> = Vec::new();
     for d in &settings.derived {
-        let numerators: HashMap<&[(String, String)], f64> = all
+        let numerators: HashMap<&[(Text, Text)], f64> = all
             .iter()
-            .filter(|(k, _)| k.name == d.numerator)
-            .filter_map(|(k, v)| total(v).map(|t| (k.dimensions.as_slice(), t)))
+            .filter(|(k, _)| *k.name == *d.numerator)
+            .filter_map(|(k, v)| total(v).map(|t| (&*k.dimensions, t)))
             .collect();
         let unit = parse_unit(&d.unit).unwrap_or(Unit::None);
-        for (k, v) in all.iter().filter(|(k, _)| k.name == d.denominator) {
+        let name = strings.get(&d.name);
+        for (k, v) in all.iter().filter(|(k, _)| *k.name == *d.denominator) {
             if k.dimensions
                 .iter()
-                .any(|(n, _)| d.exclude_dimensions.contains(n))
+                .any(|(n, _)| d.exclude_dimensions.iter().any(|x| **x == **n))
             {
                 continue;
             }
@@ -122,22 +130,20 @@ pub fn finish(
             if den <= 0.0 {
                 continue;
             }
-            let num = numerators
-                .get(k.dimensions.as_slice())
-                .copied()
-                .unwrap_or(0.0);
+            let num = numerators.get(&*k.dimensions).copied().unwrap_or(0.0);
             derived.push((
                 MetricKey {
-                    name: d.name.clone(),
+                    name: name.clone(),
                     unit,
-                    dimensions: k.dimensions.clone(),
+                    dimensions: Dimensions::clone(&k.dimensions),
                 },
                 AggregateValue::Derived(d.multiplier * num / den),
             ));
         }
     }
-    for (k, v) in derived {
-        insert_merge(&mut all, k, v, &mut conflicts);
+    if !derived.is_empty() {
+        all.append(&mut derived);
+        merge_equal_keys(&mut all, &mut conflicts);
     }
 
     let data = PeriodData {
@@ -145,9 +151,27 @@ pub fn finish(
         timestamp: UNIX_EPOCH + Duration::from_secs(start),
         period_secs: settings.period_secs,
         storage_resolution: if settings.period_secs < 60 { 1 } else { 60 },
-        metrics: all.into_iter().collect(),
+        metrics: all,
     };
     (data, conflicts, unpublished)
+}
+
+/// Sorts `metrics` by key and merges the values of equal keys into the first of them in the
+/// incoming order (the sort is stable); values that cannot merge are counted in `conflicts`.
+fn merge_equal_keys(
+    metrics: &mut Vec<(MetricKey, AggregateValue)>,
+    conflicts: &mut Vec<(&'static str, u64)>,
+) {
+    metrics.sort_by(|a, b| a.0.cmp(&b.0));
+    metrics.dedup_by(|next, kept| {
+        if next.0 != kept.0 {
+            return false;
+        }
+        if let Err(reason) = merge_values(&mut kept.1, &next.1) {
+            conflicts.push((reason, next.1.samples()));
+        }
+        true
+    });
 }
 
 /// A counter's sum or a distribution's sample count: what a ratio is taken of.
@@ -156,25 +180,6 @@ fn total(v: &AggregateValue) -> Option<f64> {
         AggregateValue::Counter(c) => Some(*c),
         AggregateValue::Distribution { histogram, .. } => Some(histogram.len() as f64),
         _ => None,
-    }
-}
-
-fn insert_merge(
-    map: &mut BTreeMap<MetricKey, AggregateValue>,
-    key: MetricKey,
-    value: AggregateValue,
-    conflicts: &mut Vec<(&'static str, u64)>,
-) {
-    use std::collections::btree_map::Entry;
-    match map.entry(key) {
-        Entry::Vacant(e) => {
-            e.insert(value);
-        }
-        Entry::Occupied(mut e) => {
-            if let Err(reason) = merge_values(e.get_mut(), &value) {
-                conflicts.push((reason, value.samples()));
-            }
-        }
     }
 }
 

@@ -5,7 +5,8 @@
 //! `Environment` and its full label set. In the open period it is found by the bytes the SDK
 //! sent for it (its [`Descriptor`]), grouped by sender identity: merging a known series costs
 //! one hash of those bytes; its strings are read and checked once per period, when it first
-//! appears, and its owned [`SeriesKey`] is built when the period closes (where series that a
+//! appears, and its [`SeriesKey`] (every published dimension, strings interned so that a
+//! period shares one copy of each) is built when the period closes (where series that a
 //! differently ordered label set kept apart meet again). Counters add, gauges keep
 //! last/min/max, and histograms from every process add bucket by bucket, so percentiles of the
 //! merged histogram are exactly those of all samples together; a histogram keeps only its
@@ -30,10 +31,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hashbrown::HashMap;
+use tally::conventions::{ENVIRONMENT, SERVICE_NAME};
 use tally::wire::{BatchView, Descriptor, HistogramView, ValueView};
 
 use crate::config::{Config, DerivedConfig, RollupConfig, TimeUnit};
-use crate::model::PeriodData;
+use crate::model::{Dimensions, Interner, PeriodData, Text};
 use crate::stats::{Counter, Gauge, Stats};
 use crate::util::RateLimitedLog;
 use period::Stamp;
@@ -461,8 +463,10 @@ impl Aggregator {
         let open = self.periods.remove(&start).expect("period exists");
         self.closed_before = self.closed_before.max(start + 1);
         let merged = open.samples;
+        let mut strings = Interner::default();
+        let series = series_keys(open, &self.settings.extra_dimensions, &mut strings);
         let (data, conflicts, unpublished) =
-            close::finish(&self.settings, start, series_keys(open));
+            close::finish(&self.settings, start, series, &mut strings);
         let samples = merged.saturating_sub(unpublished);
         for (reason, n) in conflicts {
             self.stats.drop(reason, n);
@@ -479,13 +483,29 @@ impl Aggregator {
     }
 }
 
-/// An open period's series under their owned keys (labels sorted), in the order they were
-/// admitted: when one series arrives under two descriptors that close cannot combine (a
-/// counter in one process, a gauge in another), the first to arrive is kept and the other is
-/// counted as dropped, whatever the hash maps' order.
-fn series_keys(open: OpenPeriod) -> Vec<(SeriesKey, Agg)> {
+/// An open period's series under their published dimensions (global ones added, labels
+/// sorted), in the order they were admitted: when one series arrives under two descriptors
+/// that close cannot combine (a counter in one process, a gauge in another), the first to
+/// arrive is kept and the other is counted as dropped, whatever the hash maps' order.
+///
+/// Each series' descriptor is freed as its key is built, and every string goes through
+/// `strings`, so the keys of a period share one copy of each name and value.
+fn series_keys(
+    open: OpenPeriod,
+    extra_dimensions: &[(String, String)],
+    strings: &mut Interner,
+) -> Vec<(SeriesKey, Agg)> {
+    let service_name = strings.get(SERVICE_NAME);
+    let environment_name = strings.get(ENVIRONMENT);
+    let extra: Vec<(Text, Text)> = extra_dimensions
+        .iter()
+        .map(|(n, v)| (strings.get(n), strings.get(v)))
+        .collect();
     let mut out: Vec<(usize, SeriesKey, Agg)> = Vec::with_capacity(open.series);
+    let mut dims: Vec<(Text, Text)> = Vec::new();
     for ((service, environment), group) in open.groups {
+        let service = strings.get(&service);
+        let environment = strings.get(&environment);
         for (bytes, slot) in group {
             let mut labels = Vec::new();
             let decoded = Descriptor::parse(&bytes).and_then(|d| Ok((d, d.decode(&mut labels)?)));
@@ -494,15 +514,22 @@ fn series_keys(open: OpenPeriod) -> Vec<(SeriesKey, Agg)> {
                 tracing::error!("an admitted series no longer decodes at close: dropped");
                 continue;
             };
-            labels.sort_unstable();
+            dims.clear();
+            dims.push((service_name.clone(), service.clone()));
+            dims.push((environment_name.clone(), environment.clone()));
+            dims.extend(extra.iter().cloned());
+            dims.extend(
+                labels
+                    .iter()
+                    .map(|&(k, v)| (strings.get(k), strings.get(v))),
+            );
+            dims.sort_unstable();
             out.push((
                 slot.admitted,
                 SeriesKey {
-                    name: name.into(),
+                    name: strings.get(name),
                     unit: d.unit(),
-                    service: service.clone(),
-                    environment: environment.clone(),
-                    labels: labels.iter().map(|&(k, v)| (k.into(), v.into())).collect(),
+                    dimensions: Dimensions::from(dims.as_slice()),
                 },
                 slot.agg,
             ));
@@ -589,10 +616,7 @@ fn check_new(
         ));
     }
     for &(k, v) in labels {
-        if k == tally::conventions::SERVICE_NAME
-            || k == tally::conventions::ENVIRONMENT
-            || extra.iter().any(|(e, _)| e == k)
-        {
+        if k == SERVICE_NAME || k == ENVIRONMENT || extra.iter().any(|(e, _)| e == k) {
             return Err(rules::RuleError::ReservedDimension(k.to_owned()));
         }
         rules::check_dimension_name(k)?;

@@ -8,7 +8,7 @@ use tally::wire::{
 
 use super::*;
 use crate::config::{DerivedConfig, RollupConfig};
-use crate::model::AggregateValue;
+use crate::model::{AggregateValue, MetricKey};
 
 const T0: u64 = 1_700_000_080; // 40 s into a minute (1_700_000_040 is a minute boundary)
 
@@ -93,14 +93,10 @@ fn hist(values: &[u64]) -> SeriesValue {
 }
 
 fn find<'a>(p: &'a PeriodData, name: &str, dims: &[(&str, &str)]) -> Option<&'a AggregateValue> {
-    let mut d: Vec<(String, String)> = dims
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    d.sort();
+    let d = MetricKey::new(name, Unit::None, dims).dimensions;
     p.metrics
         .iter()
-        .find(|(k, _)| k.name == name && k.dimensions == d)
+        .find(|(k, _)| &*k.name == name && k.dimensions == d)
         .map(|(_, v)| v)
 }
 
@@ -153,7 +149,7 @@ fn counters_and_histograms_from_several_processes_merge_into_one_series() {
     let key = p
         .metrics
         .iter()
-        .find(|(k, _)| k.name == "ResponseTime")
+        .find(|(k, _)| &*k.name == "ResponseTime")
         .unwrap();
     assert_eq!(
         key.0.unit,
@@ -313,10 +309,8 @@ fn rollups_publish_each_series_once_more_without_the_dropped_dimensions() {
     assert_eq!(c("ErrorRate", &[("Route", "/b"), ("Method", "GET")]), 0.0);
     assert_eq!(c("ErrorRate", &[]), 5.0);
     assert!(
-        !p.metrics
-            .iter()
-            .any(|(k, _)| k.name == "ErrorRate"
-                && k.dimensions.iter().any(|(d, _)| d == "StatusClass")),
+        !p.metrics.iter().any(|(k, _)| &*k.name == "ErrorRate"
+            && k.dimensions.iter().any(|(d, _)| &**d == "StatusClass")),
         "no error rate per status class"
     );
 }
@@ -341,7 +335,7 @@ fn no_error_rate_is_published_where_there_were_no_requests() {
     )
     .unwrap();
     let p = a.close_all().remove(0).data;
-    assert!(!p.metrics.iter().any(|(k, _)| k.name == "ErrorRate"));
+    assert!(!p.metrics.iter().any(|(k, _)| &*k.name == "ErrorRate"));
 }
 
 #[test]
@@ -680,7 +674,7 @@ fn ecs_dimensions_are_added_to_every_metric_and_a_label_that_collides_is_refused
     assert!(
         p.metrics.iter().all(|(k, _)| k
             .dimensions
-            .contains(&("ClusterName".to_owned(), "prod-cluster".to_owned()))),
+            .contains(&("ClusterName".into(), "prod-cluster".into()))),
         "every metric carries the ECS dimension"
     );
     assert_eq!(
@@ -867,4 +861,75 @@ fn the_same_series_from_two_environments_stays_two_series() {
     assert!(matches!(count("prod"), Some(AggregateValue::Counter(c)) if c == 3.0));
     assert!(matches!(count("staging"), Some(AggregateValue::Counter(c)) if c == 5.0));
     assert_eq!(p.metrics.len(), 2);
+}
+
+#[test]
+fn a_closed_period_stores_each_name_and_dimension_string_once() {
+    let stats = Stats::new();
+    let mut s = settings();
+    s.extra_dimensions = vec![("ClusterName".into(), "prod-cluster".into())];
+    s.rollups = vec![RollupConfig {
+        drop: vec!["StatusClass".into()],
+        metrics: vec![],
+    }];
+    let mut a = Aggregator::new(s, &stats, at(T0));
+    // Two processes, two routes, two status classes: 8 series under 4 keys per metric.
+    for id in 1..=2 {
+        let mut series = Vec::new();
+        for route in ["/a", "/b"] {
+            for status in ["2xx", "5xx"] {
+                series.push(http(
+                    "RequestCount",
+                    route,
+                    status,
+                    SeriesValue::Counter(id),
+                ));
+                series.push(http("ErrorCount", route, status, SeriesValue::Counter(1)));
+            }
+        }
+        a.merge_owned(batch(id, 1, T0, series), at(T0)).unwrap();
+    }
+    let p = a.close_due(at(T0 + 60)).remove(0).data;
+    // 8 base series, 4 rolled up, 2 error rates (on the rolled-up keys only).
+    assert_eq!(p.metrics.len(), 14, "{:#?}", p.metrics);
+    let rc = find(
+        &p,
+        "RequestCount",
+        &with_g(&[
+            ("ClusterName", "prod-cluster"),
+            ("Method", "GET"),
+            ("Route", "/b"),
+        ]),
+    );
+    assert!(
+        matches!(rc, Some(AggregateValue::Counter(c)) if *c == 6.0),
+        "{rc:?}"
+    );
+    let er = find(
+        &p,
+        "ErrorRate",
+        &with_g(&[
+            ("ClusterName", "prod-cluster"),
+            ("Method", "GET"),
+            ("Route", "/a"),
+        ]),
+    );
+    assert!(
+        matches!(er, Some(AggregateValue::Derived(r)) if *r == 100.0 * 4.0 / 6.0),
+        "{er:?}"
+    );
+    // Every string with the same text is one allocation, across metrics, rollups and
+    // derived metrics.
+    let mut seen: std::collections::HashMap<&str, *const u8> = Default::default();
+    let mut strings = 0;
+    for (k, _) in &p.metrics {
+        let names = std::iter::once(&k.name);
+        for t in names.chain(k.dimensions.iter().flat_map(|(n, v)| [n, v])) {
+            strings += 1;
+            let at = seen.entry(&**t).or_insert(t.as_ptr());
+            assert_eq!(*at, t.as_ptr(), "{t:?} is stored twice");
+        }
+    }
+    assert!(strings > 80, "{strings} strings checked");
+    assert_eq!(seen.len(), 17, "{:?}", seen.keys());
 }

@@ -38,7 +38,7 @@ pub fn datum_bytes(datum: &Datum) -> usize {
     n += cbor_str("MetricName".len()) + cbor_str(s.name.len());
     if !s.dimensions.is_empty() {
         n += cbor_str("Dimensions".len()) + cbor_head(s.dimensions.len());
-        for (k, v) in &s.dimensions {
+        for (k, v) in s.dimensions.iter() {
             n += 2 + cbor_str("Name".len()) + cbor_str(k.len());
             n += cbor_str("Value".len()) + cbor_str(v.len());
         }
@@ -159,7 +159,7 @@ mod tests {
                 name: name.into(),
                 unit: StandardUnit::Milliseconds,
                 dimensions: (0..dims)
-                    .map(|i| (format!("Dim{i}"), format!("value-{i}")))
+                    .map(|i| (format!("Dim{i}").into(), format!("value-{i}").into()))
                     .collect(),
             }),
             timestamp: SystemTime::now(),
@@ -236,9 +236,9 @@ mod tests {
     fn the_largest_valid_datum_fits_the_smallest_allowed_request() {
         let mut d = datum("M", 0, 150);
         let series = Arc::make_mut(&mut d.series);
-        series.name = "n".repeat(255);
+        series.name = "n".repeat(255).into();
         series.dimensions = (0..30)
-            .map(|i| (format!("{i:0>255}"), "v".repeat(1024)))
+            .map(|i| (format!("{i:0>255}").into(), "v".repeat(1024).into()))
             .collect();
         let size = request_overhead("N", 1000) + datum_bytes(&d);
         assert!(size <= crate::publish::config::MIN_REQUEST_BYTES, "{size}");

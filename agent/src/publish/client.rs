@@ -275,12 +275,12 @@ mod tests {
         Datum {
             namespace: Arc::from("Tally/Estimate"),
             series: Arc::new(Series {
-                name: "m".repeat(name_len),
+                name: "m".repeat(name_len).into(),
                 unit: StandardUnit::CountSecond,
                 dimensions: dims
                     .iter()
                     .enumerate()
-                    .map(|(i, &(k, v))| (format!("{i:0>k$}"), "v".repeat(v)))
+                    .map(|(i, &(k, v))| (format!("{i:0>k$}").into(), "v".repeat(v).into()))
                     .collect(),
             }),
             timestamp: SystemTime::UNIX_EPOCH + Duration::from_millis(1_754_000_000_123),

@@ -21,7 +21,7 @@ use tally::wire::Unit;
 
 use super::split::split_histogram;
 use super::stats::DropReason;
-use crate::model::{AggregateValue, MetricKey, PeriodData};
+use crate::model::{AggregateValue, Dimensions, MetricKey, PeriodData, Text};
 
 /// How far back CloudWatch accepts timestamps (two weeks), minus ten minutes so that a datum
 /// accepted here is still inside the window when the request lands.
@@ -34,15 +34,16 @@ const MIN_MAGNITUDE: f64 = 4.258_959_674_956_994e-109; // 2^-360
 /// Dimensions per metric.
 pub const MAX_DIMENSIONS: usize = 30;
 
-/// One metric identity as published, shared by every datum of a split histogram.
+/// One metric identity as published, shared by every datum of a split histogram. Its name
+/// and dimensions are the closed period's own (shared, not copied).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Series {
     /// Metric name.
-    pub name: String,
+    pub name: Text,
     /// CloudWatch unit.
     pub unit: StandardUnit,
     /// Dimensions (name, value), sorted by name.
-    pub dimensions: Vec<(String, String)>,
+    pub dimensions: Dimensions,
 }
 
 /// The measurement part of a datum.
@@ -91,12 +92,12 @@ impl Datum {
     /// The SDK's representation, for one attempt.
     pub fn to_sdk(&self) -> MetricDatum {
         let mut b = MetricDatum::builder()
-            .metric_name(self.series.name.clone())
+            .metric_name(&*self.series.name)
             .unit(self.series.unit.clone())
             .timestamp(DateTime::from(self.timestamp))
             .storage_resolution(self.storage_resolution);
-        for (name, value) in &self.series.dimensions {
-            b = b.dimensions(Dimension::builder().name(name).value(value).build());
+        for (name, value) in self.series.dimensions.iter() {
+            b = b.dimensions(Dimension::builder().name(&**name).value(&**value).build());
         }
         match &self.value {
             DatumValue::Value(v) => b = b.value(*v),
@@ -125,14 +126,15 @@ impl Datum {
     }
 
     /// An estimate of the memory this datum holds, for the pending queue's bound. The shared
-    /// series is counted in full for every datum (an over-estimate for split histograms).
+    /// series is counted in full for every datum, strings included (an over-estimate: split
+    /// histograms share one series, and series share their interned strings).
     pub fn memory_bytes(&self) -> usize {
         let series = self.series.name.len()
             + self
                 .series
                 .dimensions
                 .iter()
-                .map(|(k, v)| k.len() + v.len() + 2 * std::mem::size_of::<String>())
+                .map(|(k, v)| k.len() + v.len() + 2 * std::mem::size_of::<Text>())
                 .sum::<usize>()
             + std::mem::size_of::<Series>();
         let values = match &self.value {
@@ -194,7 +196,7 @@ pub fn check_metric_name(name: &str) -> Result<(), String> {
 }
 
 /// Why a dimension set is refused, if it is.
-pub fn check_dimensions(dims: &[(String, String)]) -> Result<(), String> {
+pub fn check_dimensions<N: AsRef<str>, V: AsRef<str>>(dims: &[(N, V)]) -> Result<(), String> {
     if dims.len() > MAX_DIMENSIONS {
         return Err(format!(
             "{} dimensions; CloudWatch allows {MAX_DIMENSIONS}",
@@ -202,6 +204,7 @@ pub fn check_dimensions(dims: &[(String, String)]) -> Result<(), String> {
         ));
     }
     for (i, (name, value)) in dims.iter().enumerate() {
+        let (name, value) = (name.as_ref(), value.as_ref());
         if name.is_empty() || name.len() > 255 || !printable_ascii(name) || name.starts_with(':') {
             return Err(format!(
                 "dimension name {name:?} must be 1 to 255 printable ASCII characters, not starting with ':'"
@@ -212,7 +215,7 @@ pub fn check_dimensions(dims: &[(String, String)]) -> Result<(), String> {
                 "dimension {name}={value:?}: the value must be 1 to 1024 printable ASCII characters"
             ));
         }
-        if dims[..i].iter().any(|(n, _)| n == name) {
+        if dims[..i].iter().any(|(n, _)| n.as_ref() == name) {
             return Err(format!("dimension {name} appears twice"));
         }
     }
@@ -274,7 +277,7 @@ pub fn build_datums(
     let namespace: Arc<str> = Arc::from(period.namespace.as_str());
     for (key, agg) in &period.metrics {
         let reject = |reason: DropReason, detail: String| Rejection {
-            name: key.name.clone(),
+            name: key.name.to_string(),
             reason,
             detail,
             datums: 1,
@@ -319,9 +322,9 @@ fn datums_of(
 ) -> Result<Vec<Datum>, (DropReason, String)> {
     let (unit, divisor) = standard_unit(key.unit);
     let series = Arc::new(Series {
-        name: key.name.clone(),
+        name: Text::clone(&key.name),
         unit,
-        dimensions: key.dimensions.clone(),
+        dimensions: Dimensions::clone(&key.dimensions),
     });
     let datum = |value: DatumValue, samples: u64| Datum {
         namespace: namespace.clone(),
@@ -412,14 +415,7 @@ pub(crate) mod tests {
     use hdrhistogram::Histogram;
 
     pub(crate) fn key(name: &str, dims: &[(&str, &str)], unit: Unit) -> MetricKey {
-        MetricKey {
-            name: name.into(),
-            unit,
-            dimensions: dims
-                .iter()
-                .map(|(k, v)| ((*k).into(), (*v).into()))
-                .collect(),
-        }
+        MetricKey::new(name, unit, dims)
     }
 
     pub(crate) fn period(ts: SystemTime, metrics: Vec<(MetricKey, AggregateValue)>) -> PeriodData {
@@ -429,6 +425,40 @@ pub(crate) mod tests {
             period_secs: 60,
             storage_resolution: 60,
             metrics,
+        }
+    }
+
+    #[test]
+    fn datums_share_the_closed_periods_names_and_dimensions_instead_of_copying_them() {
+        let now = SystemTime::now();
+        let mut h = Histogram::<u64>::new(3).unwrap();
+        for v in 1..=400u64 {
+            h.record(v * 1_000).unwrap();
+        }
+        let k = key(
+            "Latency",
+            &[("Route", "/a"), ("Method", "GET")],
+            Unit::Count,
+        );
+        let p = period(
+            now,
+            vec![(
+                k.clone(),
+                AggregateValue::Distribution {
+                    scale: 1.0,
+                    histogram: (&h).into(),
+                },
+            )],
+        );
+        let (d, _) = build_datums(&p, now, 150);
+        assert!(d.len() > 1, "a split histogram");
+        for x in &d {
+            assert!(Arc::ptr_eq(&x.series.name, &k.name));
+            assert!(Arc::ptr_eq(&x.series.dimensions, &k.dimensions));
+            assert!(
+                Arc::ptr_eq(&x.series, &d[0].series),
+                "one series per metric"
+            );
         }
     }
 
@@ -526,7 +556,7 @@ pub(crate) mod tests {
         assert_eq!(d.len(), 3);
         assert!(d
             .iter()
-            .all(|x| x.series.name == "Latency" && x.timestamp == now));
+            .all(|x| &*x.series.name == "Latency" && x.timestamp == now));
         assert_eq!(d.iter().map(|x| x.samples).sum::<u64>(), 400);
     }
 
@@ -534,8 +564,9 @@ pub(crate) mod tests {
     fn names_dimensions_and_values_cloudwatch_refuses_are_rejected_one_metric_at_a_time() {
         let now = SystemTime::now();
         let long = "x".repeat(256);
-        let many: Vec<(String, String)> =
-            (0..31).map(|i| (format!("D{i:02}"), "v".into())).collect();
+        let many: Dimensions = (0..31)
+            .map(|i| (format!("D{i:02}").into(), "v".into()))
+            .collect();
         let mut too_many = key("TooMany", &[], Unit::Count);
         too_many.dimensions = many;
         let p = period(
@@ -582,7 +613,7 @@ pub(crate) mod tests {
         );
         let (d, r) = build_datums(&p, now, 150);
         assert_eq!(d.len(), 1);
-        assert_eq!(d[0].series.name, "Ok");
+        assert_eq!(&*d[0].series.name, "Ok");
         let reasons: Vec<DropReason> = r.iter().map(|x| x.reason).collect();
         use DropReason::*;
         assert_eq!(

@@ -229,9 +229,9 @@ mod tests {
         Datum {
             namespace: Arc::from("Ns"),
             series: Arc::new(Series {
-                name: format!("M{i}"),
+                name: format!("M{i}").into(),
                 unit: StandardUnit::Count,
-                dimensions: vec![("A".into(), "b".into())],
+                dimensions: vec![("A".into(), "b".into())].into(),
             }),
             timestamp: ts,
             storage_resolution: 60,
@@ -268,12 +268,7 @@ mod tests {
         assert_eq!(q.datums(), 5);
         assert!(q.bytes() <= one * 5);
         let batch = q.take(LIMITS).unwrap();
-        let names: Vec<&str> = batch
-            .batch
-            .datums
-            .iter()
-            .map(|d| d.series.name.as_str())
-            .collect();
+        let names: Vec<&str> = batch.batch.datums.iter().map(|d| &*d.series.name).collect();
         assert_eq!(names, vec!["M2", "M3", "M4", "M5", "M6"]);
     }
 
@@ -291,7 +286,7 @@ mod tests {
         q.push(vec![datum(5, now, 1)]);
         assert_eq!(q.finish(done, batch.datums), Dropped::default());
         let (batch, _) = q.take(LIMITS).unwrap().into_parts();
-        let names: Vec<String> = batch.datums.iter().map(|d| d.series.name.clone()).collect();
+        let names: Vec<&str> = batch.datums.iter().map(|d| &*d.series.name).collect();
         assert_eq!(names, vec!["M0", "M1", "M2", "M3", "M4", "M5"]);
     }
 

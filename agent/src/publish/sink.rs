@@ -678,7 +678,7 @@ mod tests {
                 if self.down.load(Ordering::SeqCst) {
                     return fail(ErrorKind::Network);
                 }
-                if datums.iter().any(|d| d.series.name == "Poison") {
+                if datums.iter().any(|d| &*d.series.name == "Poison") {
                     return fail(ErrorKind::Invalid);
                 }
                 self.requests.lock().push(datums.len());

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{Sink, SinkError, SinkFuture};
-use crate::model::{cloudwatch_unit, AggregateValue, PeriodData};
+use crate::model::{cloudwatch_unit, AggregateValue, MetricKey, PeriodData};
 
 /// How the stdout sink prints a period.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -49,13 +49,15 @@ impl StdoutSink {
         StdoutSink { format, out }
     }
 
+    /// Writes a period line by line through a buffer: a period of 100k metrics is never
+    /// rendered as a whole in memory.
     fn write_period(&mut self, p: &PeriodData) -> std::io::Result<()> {
-        let text = match self.format {
-            StdoutFormat::Json => render_json(p),
-            StdoutFormat::Table => render_table(p),
-        };
-        self.out.write_all(text.as_bytes())?;
-        self.out.flush()
+        let mut out = std::io::BufWriter::with_capacity(64 * 1024, &mut self.out);
+        match self.format {
+            StdoutFormat::Json => write_json(p, &mut out)?,
+            StdoutFormat::Table => write_table(p, &mut out)?,
+        }
+        out.flush()
     }
 }
 
@@ -130,21 +132,20 @@ fn kind(v: &AggregateValue) -> &'static str {
 }
 
 /// One JSON object per metric, newline-terminated.
-pub fn render_json(p: &PeriodData) -> String {
-    let mut out = String::new();
+pub fn write_json(p: &PeriodData, out: &mut impl Write) -> std::io::Result<()> {
     let ts = unix_secs(p);
     for (key, value) in &p.metrics {
         let dims: Map<String, Value> = key
             .dimensions
             .iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .map(|(k, v)| (k.to_string(), Value::from(&**v)))
             .collect();
         let (count, sum, min, max, p50, p99) = summary(value);
         let mut obj = json!({
             "namespace": p.namespace,
             "timestamp": ts,
             "period": p.period_secs,
-            "metric": key.name,
+            "metric": &*key.name,
             "unit": cloudwatch_unit(key.unit),
             "kind": kind(value),
             "dimensions": dims,
@@ -160,56 +161,60 @@ pub fn render_json(p: &PeriodData) -> String {
             obj["p50"] = json!(p50);
             obj["p99"] = json!(p99);
         }
-        out.push_str(&obj.to_string());
-        out.push('\n');
+        serde_json::to_writer(&mut *out, &obj)?;
+        out.write_all(b"\n")?;
     }
-    out
+    Ok(())
 }
 
-/// A compact table: one header line per period, then one line per metric.
-pub fn render_table(p: &PeriodData) -> String {
-    use std::fmt::Write as _;
-    let mut rows: Vec<[String; 6]> = Vec::with_capacity(p.metrics.len());
-    for (key, value) in &p.metrics {
-        let dims = key
-            .dimensions
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let (count, sum, _min, max, p50, p99) = summary(value);
-        let unit = cloudwatch_unit(key.unit);
-        let (c, a, b, m) = match value {
-            AggregateValue::Counter(_) => (format!("{sum}"), "-".into(), "-".into(), "-".into()),
-            // A derived value (ErrorRate) is a ratio: three decimals, in the count column.
-            AggregateValue::Derived(_) => (format!("{sum:.3}"), "-".into(), "-".into(), "-".into()),
-            _ => (
-                count.to_string(),
-                format!("{p50:.3}"),
-                format!("{p99:.3}"),
-                format!("{max:.3}"),
-            ),
-        };
-        rows.push([format!("{} ({unit})", key.name), dims, c, a, b, m]);
+/// The table's cells for one metric: name (unit), dimensions, count, p50, p99, max.
+fn cells(key: &MetricKey, value: &AggregateValue) -> [String; 6] {
+    let mut dims = String::new();
+    for (i, (k, v)) in key.dimensions.iter().enumerate() {
+        if i > 0 {
+            dims.push(',');
+        }
+        dims.push_str(k);
+        dims.push('=');
+        dims.push_str(v);
     }
+    let (count, sum, _min, max, p50, p99) = summary(value);
+    let unit = cloudwatch_unit(key.unit);
+    let (c, a, b, m) = match value {
+        AggregateValue::Counter(_) => (format!("{sum}"), "-".into(), "-".into(), "-".into()),
+        // A derived value (ErrorRate) is a ratio: three decimals, in the count column.
+        AggregateValue::Derived(_) => (format!("{sum:.3}"), "-".into(), "-".into(), "-".into()),
+        _ => (
+            count.to_string(),
+            format!("{p50:.3}"),
+            format!("{p99:.3}"),
+            format!("{max:.3}"),
+        ),
+    };
+    [format!("{} ({unit})", key.name), dims, c, a, b, m]
+}
+
+/// A compact table: one header line per period, then one line per metric, columns aligned.
+///
+/// Two passes over the period (widths, then lines), so only one row is held at a time.
+pub fn write_table(p: &PeriodData, out: &mut impl Write) -> std::io::Result<()> {
     let headers = ["metric", "dimensions", "count", "p50", "p99", "max"];
     let mut widths = headers.map(str::len);
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
+    for (key, value) in &p.metrics {
+        for (w, c) in widths.iter_mut().zip(cells(key, value)) {
             *w = (*w).max(c.len());
         }
     }
-    let mut out = String::new();
-    let _ = writeln!(
+    writeln!(
         out,
         "-- {} period {}s at unix {} ({} metrics)",
         p.namespace,
         p.period_secs,
         unix_secs(p),
         p.metrics.len()
-    );
-    let line = |out: &mut String, cells: [&str; 6]| {
-        let _ = writeln!(
+    )?;
+    let mut line = |cells: [&str; 6]| {
+        writeln!(
             out,
             "{:<w0$}  {:<w1$}  {:>w2$}  {:>w3$}  {:>w4$}  {:>w5$}",
             cells[0],
@@ -224,13 +229,14 @@ pub fn render_table(p: &PeriodData) -> String {
             w3 = widths[3],
             w4 = widths[4],
             w5 = widths[5],
-        );
+        )
     };
-    line(&mut out, headers);
-    for r in &rows {
-        line(&mut out, [&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]]);
+    line(headers)?;
+    for (key, value) in &p.metrics {
+        let r = cells(key, value);
+        line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]])?;
     }
-    out
+    Ok(())
 }
 
 #[cfg(test)]
@@ -241,14 +247,22 @@ mod tests {
     use tally::wire::Unit;
 
     use super::*;
-    use crate::model::MetricKey;
+
+    fn render(
+        p: &PeriodData,
+        write: fn(&PeriodData, &mut Vec<u8>) -> std::io::Result<()>,
+    ) -> String {
+        let mut out = Vec::new();
+        write(p, &mut out).expect("writing to memory cannot fail");
+        String::from_utf8(out).expect("the sink writes UTF-8")
+    }
 
     fn period() -> PeriodData {
         let mut h = Histogram::<u64>::new(3).unwrap();
         for v in [1_000_000u64, 2_000_000, 3_000_000] {
             h.record(v).unwrap();
         }
-        let dims = vec![("ServiceName".to_owned(), "shop".to_owned())];
+        let dims = MetricKey::new("", Unit::None, &[("ServiceName", "shop")]).dimensions;
         PeriodData {
             namespace: "Tally/Test".into(),
             timestamp: UNIX_EPOCH + Duration::from_secs(120),
@@ -280,7 +294,7 @@ mod tests {
 
     #[test]
     fn json_lines_carry_one_object_per_metric_with_counts_in_the_published_unit() {
-        let text = render_json(&period());
+        let text = render(&period(), write_json);
         let lines: Vec<Value> = text
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
@@ -298,7 +312,7 @@ mod tests {
 
     #[test]
     fn the_table_names_each_metric_with_its_dimensions_and_percentiles() {
-        let text = render_table(&period());
+        let text = render(&period(), write_table);
         assert!(text.contains("RequestCount (Count)"), "{text}");
         assert!(text.contains("ServiceName=shop"), "{text}");
         let row = text
