@@ -36,16 +36,21 @@ GEN="$CARGO_TARGET_DIR/release/examples/loadgen"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 rss() { awk '/^VmRSS/{r=$2} /^VmHWM/{h=$2} END{printf "%.1f MiB (peak %.1f MiB)", r/1024, h/1024}' "/proc/$1/status"; }
-# A Prometheus sample's value from the admin endpoint (0 when absent).
-metric() { curl -s --max-time 2 "http://$1/metrics" | awk -v m="$2" '$1 == m {v=$2} END{print v+0}'; }
+# A Prometheus metric from the admin endpoint, summed over its label sets (0 when absent).
+metric() {
+  curl -s --max-time 2 "http://$1/metrics" \
+    | awk -v m="$2" '$1 == m || index($1, m "{") == 1 {v += $2} END{printf "%d\n", v}'
+}
 
 measure() {
   local series="$1"
   local ingest admin pid sink open="" closed=""
   ingest="127.0.0.1:$(free_port)"; admin="127.0.0.1:$(free_port)"
   sink=(--sink stdout)
+  # The pending queue gets room for a whole period of 200k series (this script raises
+  # aggregate.max_series to 200000, twice the default the default bound is sized for).
   [ -n "$CW" ] && sink=(--sink cloudwatch --set "publish.endpoint_url=$CW" --set publish.region=us-east-1
-                       --set "namespace=Tally/RssBench$RANDOM")
+                       --set "namespace=Tally/RssBench$RANDOM" --set publish.max_pending_bytes=536870912)
   local period=()
   [ -n "$CLOSE" ] && period=(--set period_secs=10)
   AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test \
@@ -67,18 +72,20 @@ measure() {
   open="$(rss "$pid")"
   if [ -n "$CLOSE" ]; then
     local done=""
-    for _ in $(seq 1 600); do
+    for _ in $(seq 1 1200); do
       if [ "$(metric "$admin" tally_agent_periods_closed_total)" -ge 1 ] \
          && [ "$(metric "$admin" tally_agent_sink_queue_depth)" -eq 0 ] \
-         && { [ -z "$CW" ] || [ "$(metric "$admin" tally_publish_queue_datums)" -eq 0 ]; }; then
+         && { [ -z "$CW" ] || [ "$(( $(metric "$admin" tally_publish_datums_total) \
+                + $(metric "$admin" tally_publish_dropped_datums_total) ))" \
+                -ge "$(metric "$admin" tally_agent_last_period_datums)" ]; }; then
         done=1; break
       fi
       sleep 0.2
     done
-    [ -n "$done" ] || { echo "the period did not close and drain within 120 s" >&2; exit 1; }
+    [ -n "$done" ] || { echo "the period did not close and drain within 240 s" >&2; exit 1; }
     sleep 1
     closed="$(rss "$pid") | $(metric "$admin" tally_agent_last_period_metrics) metrics"
-    [ -n "$CW" ] && closed="$closed, $(metric "$admin" tally_publish_datums_total) datums published"
+    [ -n "$CW" ] && closed="$closed, $(metric "$admin" tally_publish_datums_total) datums published, $(metric "$admin" tally_publish_dropped_datums_total) dropped"
     closed=" | $closed"
   fi
   printf "| %s | %s%s |\n" "$( [ "$series" -eq 0 ] && echo idle || echo "$series series" )" "$open" "$closed"

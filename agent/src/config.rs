@@ -594,6 +594,38 @@ impl Config {
         Self::from_tree(tree, &overrides)
     }
 
+    /// Settings that are valid but will probably not do what the operator wants, each with
+    /// what to change: `tally-agent validate` prints them, `tally-agent run` logs them.
+    pub fn warnings(&self) -> Vec<String> {
+        // A typical series when sizing the pending queue: ServiceName, Environment, three
+        // labels and three ECS dimensions, values of 16 bytes.
+        const DIMENSIONS: usize = 8;
+        const VALUE_LEN: usize = 16;
+        let mut out = Vec::new();
+        let metrics = self
+            .aggregate
+            .max_series
+            .saturating_mul(1 + self.aggregate.derived.len());
+        let per_metric = crate::publish::datum::counter_datum_bytes(DIMENSIONS, VALUE_LEN);
+        let need = metrics.saturating_mul(per_metric);
+        if self.sink.kind != SinkKind::Stdout && need > self.publish.max_pending_bytes {
+            const MIB: usize = 1024 * 1024;
+            out.push(format!(
+                "publish.max_pending_bytes = {} MiB holds about {} metrics of {DIMENSIONS} dimensions, \
+                 but a period at aggregate.max_series = {} with {} derived metric(s) can reach {metrics}: \
+                 the oldest datums of such a period would be dropped (reason=\"queue_full\") even while \
+                 CloudWatch answers. Raise publish.max_pending_bytes to at least {} MiB (and the \
+                 container's memory with it), or lower aggregate.max_series",
+                self.publish.max_pending_bytes / MIB,
+                self.publish.max_pending_bytes / per_metric,
+                self.aggregate.max_series,
+                self.aggregate.derived.len(),
+                need.div_ceil(MIB),
+            ));
+        }
+        out
+    }
+
     /// Checks every value; the error lists each problem with the key to fix.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errs = Vec::new();
@@ -996,5 +1028,28 @@ mod tests {
     fn a_syntax_error_names_the_file() {
         let e = load("namespace = ", &[], &[]).unwrap_err();
         assert!(e.to_string().contains("test.toml"), "{e}");
+    }
+
+    #[test]
+    fn the_default_pending_bound_holds_a_period_at_the_default_series_limit() {
+        let c = load("", &[], &[]).unwrap();
+        assert_eq!(c.warnings(), Vec::<String>::new());
+        let w = load("", &[], &["aggregate.max_series=300000"])
+            .unwrap()
+            .warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("publish.max_pending_bytes to at least")
+                && w[0].contains("aggregate.max_series = 300000"),
+            "{w:?}"
+        );
+        // Printing periods locally queues nothing.
+        let stdout = load(
+            "",
+            &[],
+            &["aggregate.max_series=300000", "sink.kind=stdout"],
+        )
+        .unwrap();
+        assert_eq!(stdout.warnings(), Vec::<String>::new());
     }
 }

@@ -228,6 +228,9 @@ fn run(common: &Common) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    for w in config.warnings() {
+        tracing::warn!("{w}");
+    }
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -285,6 +288,9 @@ fn validate(common: &Common) -> ExitCode {
                 println!(
                     "warning: self_metrics.cloudwatch = true but `service` or `environment` is unset: the agent's own metrics are published with ServiceName/Environment = \"unknown\"; set both (TALLY_SERVICE / TALLY_ENVIRONMENT)"
                 );
+            }
+            for w in c.warnings() {
+                println!("warning: {w}");
             }
             for d in &c.aggregate.derived {
                 if cat.metric(&d.name).is_none() {

@@ -110,7 +110,9 @@ pub enum AggregateValue {
         scale: f64,
         /// The merged samples: the non-zero buckets of one HdrHistogram layout
         /// ([`SparseHistogram::to_histogram`] gives the dense `hdrhistogram::Histogram`).
-        histogram: SparseHistogram,
+        /// Boxed, as in the open period: most metrics are counters, and this keeps every
+        /// entry of a closed period small.
+        histogram: Box<SparseHistogram>,
     },
     /// A derived ratio or value computed by the agent (for example `ErrorRate`).
     Derived(f64),

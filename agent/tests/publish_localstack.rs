@@ -132,7 +132,7 @@ fn histogram(buckets: u64, each: u64) -> AggregateValue {
     }
     AggregateValue::Distribution {
         scale: 1.0,
-        histogram: (&h).into(),
+        histogram: Box::new((&h).into()),
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use tally::wire::Unit;
 
-use super::series::{Agg, SeriesKey};
+use super::series::Agg;
 use super::Settings;
 use crate::config::parse_unit;
 use crate::model::{AggregateValue, Dimensions, Interner, MetricKey, PeriodData, Text};
@@ -13,57 +13,67 @@ use crate::model::{AggregateValue, Dimensions, Interner, MetricKey, PeriodData, 
 /// Most values CloudWatch takes in one datum's `Values` (API model).
 pub const MAX_VALUES_PER_DATUM: usize = 150;
 
-/// Turns an open period's series into the [`PeriodData`] a sink receives, plus the samples
-/// that could not be combined (reason, count) and how many of those are not published at all.
+/// A series as published: its unit converted (nanoseconds to the publish time unit) and its
+/// value scaled to match. `dimensions` are every dimension it is published with, sorted.
+pub fn publishable(
+    settings: &Settings,
+    name: Text,
+    unit: Unit,
+    dimensions: Dimensions,
+    agg: Agg,
+) -> (MetricKey, AggregateValue) {
+    let is_ns = unit == Unit::Nanoseconds;
+    let unit = if is_ns {
+        settings.time_unit.unit()
+    } else {
+        unit
+    };
+    let f = if is_ns {
+        settings.time_unit.nanos()
+    } else {
+        1.0
+    };
+    let value = match agg {
+        Agg::Counter(n) => AggregateValue::Counter(n as f64 / f),
+        Agg::Gauge {
+            last,
+            min,
+            max,
+            updates,
+        } => AggregateValue::Gauge {
+            last: last / f,
+            min: min / f,
+            max: max / f,
+            updates,
+        },
+        Agg::Dist { scale, histogram } => AggregateValue::Distribution {
+            scale: scale * f,
+            histogram,
+        },
+    };
+    let key = MetricKey {
+        name,
+        unit,
+        dimensions,
+    };
+    (key, value)
+}
+
+/// Turns an open period's series (see [`publishable`]) into the [`PeriodData`] a sink
+/// receives, plus the samples that could not be combined (reason, count) and how many of
+/// those are not published at all.
 ///
-/// `series` comes in admission order; where two of them meet under one published key the
-/// first keeps its kind and the other's samples are counted as a conflict. Keys, dimension
-/// lists and strings move from `series` into the period (rollups and derived metrics share the
-/// strings too), so a closed period holds one small allocation per metric besides its values.
+/// `base` comes in admission order; where two series meet under one published key the first
+/// keeps its kind and the other's samples are counted as a conflict. Keys, dimension lists and
+/// strings move from `base` into the period (rollups and derived metrics share the strings
+/// too), so a closed period holds one small allocation per metric besides its values.
 pub fn finish(
     settings: &Settings,
     start: u64,
-    series: Vec<(SeriesKey, Agg)>,
+    mut base: Vec<(MetricKey, AggregateValue)>,
     strings: &mut Interner,
 ) -> (PeriodData, Vec<(&'static str, u64)>, u64) {
     let mut conflicts: Vec<(&'static str, u64)> = Vec::new();
-    let ns = settings.time_unit.nanos();
-    let mut base: Vec<(MetricKey, AggregateValue)> = series
-        .into_iter()
-        .map(|(k, agg)| {
-            let is_ns = k.unit == Unit::Nanoseconds;
-            let unit = if is_ns {
-                settings.time_unit.unit()
-            } else {
-                k.unit
-            };
-            let f = if is_ns { ns } else { 1.0 };
-            let value = match agg {
-                Agg::Counter(n) => AggregateValue::Counter(n as f64 / f),
-                Agg::Gauge {
-                    last,
-                    min,
-                    max,
-                    updates,
-                } => AggregateValue::Gauge {
-                    last: last / f,
-                    min: min / f,
-                    max: max / f,
-                    updates,
-                },
-                Agg::Dist { scale, histogram } => AggregateValue::Distribution {
-                    scale: scale * f,
-                    histogram: *histogram,
-                },
-            };
-            let key = MetricKey {
-                name: k.name,
-                unit,
-                dimensions: k.dimensions,
-            };
-            (key, value)
-        })
-        .collect();
     merge_equal_keys(&mut base, &mut conflicts);
     // Samples of series that could not join their published key (not published at all, unlike
     // a rollup conflict below, whose samples are published in the base series).

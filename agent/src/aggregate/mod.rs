@@ -5,8 +5,8 @@
 //! `Environment` and its full label set. In the open period it is found by the bytes the SDK
 //! sent for it (its [`Descriptor`]), grouped by sender identity: merging a known series costs
 //! one hash of those bytes; its strings are read and checked once per period, when it first
-//! appears, and its [`SeriesKey`] (every published dimension, strings interned so that a
-//! period shares one copy of each) is built when the period closes (where series that a
+//! appears, and its published key (every dimension, strings interned so that a period
+//! shares one copy of each) is built when the period closes (where series that a
 //! differently ordered label set kept apart meet again). Counters add, gauges keep
 //! last/min/max, and histograms from every process add bucket by bucket, so percentiles of the
 //! merged histogram are exactly those of all samples together; a histogram keeps only its
@@ -35,11 +35,11 @@ use tally::conventions::{ENVIRONMENT, SERVICE_NAME};
 use tally::wire::{BatchView, Descriptor, HistogramView, ValueView};
 
 use crate::config::{Config, DerivedConfig, RollupConfig, TimeUnit};
-use crate::model::{Dimensions, Interner, PeriodData, Text};
+use crate::model::{AggregateValue, Dimensions, Interner, MetricKey, PeriodData, Text};
 use crate::stats::{Counter, Gauge, Stats};
 use crate::util::RateLimitedLog;
 use period::Stamp;
-use series::{Agg, SeriesKey};
+use series::Agg;
 use sparse::{Bucket, SparseHistogram};
 
 /// What the aggregator needs from the configuration.
@@ -148,7 +148,7 @@ struct Slot {
 /// by their descriptor bytes as the SDK sent them (see [`Descriptor`]). A known series is
 /// found by hashing those bytes, without reading a string; names and labels are read, checked
 /// against CloudWatch's rules, once, when a series first appears in the period, and turned
-/// into a [`SeriesKey`] when the period closes.
+/// into a published key when the period closes.
 #[derive(Default)]
 struct OpenPeriod {
     /// One entry per sender identity: an agent serves one service, so this holds one or a
@@ -464,7 +464,7 @@ impl Aggregator {
         self.closed_before = self.closed_before.max(start + 1);
         let merged = open.samples;
         let mut strings = Interner::default();
-        let series = series_keys(open, &self.settings.extra_dimensions, &mut strings);
+        let series = publishable_series(open, &self.settings, &mut strings);
         let (data, conflicts, unpublished) =
             close::finish(&self.settings, start, series, &mut strings);
         let samples = merged.saturating_sub(unpublished);
@@ -483,25 +483,26 @@ impl Aggregator {
     }
 }
 
-/// An open period's series under their published dimensions (global ones added, labels
-/// sorted), in the order they were admitted: when one series arrives under two descriptors
+/// An open period's series as published (global dimensions added, labels sorted, units
+/// converted: [`close::publishable`]), in the order they were admitted: when one series arrives under two descriptors
 /// that close cannot combine (a counter in one process, a gauge in another), the first to
 /// arrive is kept and the other is counted as dropped, whatever the hash maps' order.
 ///
 /// Each series' descriptor is freed as its key is built, and every string goes through
 /// `strings`, so the keys of a period share one copy of each name and value.
-fn series_keys(
+fn publishable_series(
     open: OpenPeriod,
-    extra_dimensions: &[(String, String)],
+    settings: &Settings,
     strings: &mut Interner,
-) -> Vec<(SeriesKey, Agg)> {
+) -> Vec<(MetricKey, AggregateValue)> {
     let service_name = strings.get(SERVICE_NAME);
     let environment_name = strings.get(ENVIRONMENT);
-    let extra: Vec<(Text, Text)> = extra_dimensions
+    let extra: Vec<(Text, Text)> = settings
+        .extra_dimensions
         .iter()
         .map(|(n, v)| (strings.get(n), strings.get(v)))
         .collect();
-    let mut out: Vec<(usize, SeriesKey, Agg)> = Vec::with_capacity(open.series);
+    let mut out: Vec<(usize, MetricKey, AggregateValue)> = Vec::with_capacity(open.series);
     let mut dims: Vec<(Text, Text)> = Vec::new();
     for ((service, environment), group) in open.groups {
         let service = strings.get(&service);
@@ -524,15 +525,14 @@ fn series_keys(
                     .map(|&(k, v)| (strings.get(k), strings.get(v))),
             );
             dims.sort_unstable();
-            out.push((
-                slot.admitted,
-                SeriesKey {
-                    name: strings.get(name),
-                    unit: d.unit(),
-                    dimensions: Dimensions::from(dims.as_slice()),
-                },
+            let (key, value) = close::publishable(
+                settings,
+                strings.get(name),
+                d.unit(),
+                Dimensions::from(dims.as_slice()),
                 slot.agg,
-            ));
+            );
+            out.push((slot.admitted, key, value));
         }
     }
     out.sort_unstable_by_key(|(admitted, ..)| *admitted);

@@ -1,25 +1,7 @@
-//! Series keys and in-period values.
-//!
-//! An open period keys its series by descriptor bytes (see `aggregate`); the [`SeriesKey`]
-//! with its dimensions is built when the period closes.
-
-use tally::wire::Unit;
+//! In-period values. An open period keys its series by descriptor bytes (see `aggregate`);
+//! their published keys are built when the period closes.
 
 use super::sparse::SparseHistogram;
-use crate::model::{Dimensions, Text};
-
-/// A series of a closing period: name, recorded unit and every dimension it is published
-/// with (`ServiceName`, `Environment`, the configured extra dimensions and its labels), sorted
-/// by name. The strings are shared (interned while the period closes).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SeriesKey {
-    /// Metric name.
-    pub name: Text,
-    /// Unit as recorded by the SDK (before conversion).
-    pub unit: Unit,
-    /// Dimensions sorted by name (then value).
-    pub dimensions: Dimensions,
-}
 
 /// A series' value within an open period.
 #[derive(Debug, Clone)]

@@ -45,7 +45,10 @@ pub struct PublishConfig {
     pub connect_timeout_ms: u64,
     /// Memory bound of the pending queue (datums waiting for CloudWatch) in bytes. When a new
     /// period would pass it, the oldest datums are dropped and counted
-    /// (`reason="queue_full"`). Default 64 MiB.
+    /// (`reason="queue_full"`). Default 128 MiB: one period at the default
+    /// `aggregate.max_series` (100k series and their `ErrorRate`, about 112 MiB at eight
+    /// dimensions each) must fit, or every such period would lose its oldest datums while
+    /// CloudWatch answers. `tally-agent validate` warns when a configuration does not fit.
     pub max_pending_bytes: usize,
     /// Datums per request, at most 1000 (CloudWatch's limit). Default 1000.
     pub max_datums_per_request: usize,
@@ -71,7 +74,7 @@ impl Default for PublishConfig {
             backoff_max_ms: 20_000,
             attempt_timeout_ms: 10_000,
             connect_timeout_ms: 3_000,
-            max_pending_bytes: 64 * 1024 * 1024,
+            max_pending_bytes: 128 * 1024 * 1024,
             max_datums_per_request: CLOUDWATCH_MAX_DATUMS_PER_REQUEST,
             max_request_bytes: CLOUDWATCH_MAX_REQUEST_BYTES,
             max_values_per_datum: CLOUDWATCH_MAX_VALUES_PER_DATUM,

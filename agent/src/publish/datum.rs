@@ -125,18 +125,20 @@ impl Datum {
         b.build()
     }
 
-    /// An estimate of the memory this datum holds, for the pending queue's bound. The shared
-    /// series is counted in full for every datum, strings included (an over-estimate: split
-    /// histograms share one series, and series share their interned strings).
+    /// An estimate of the memory this datum holds, for the pending queue's bound: the datum,
+    /// its values, and its series (the shared `Series`, its dimension list and the strings a
+    /// series may own alone: its name and dimension values). Dimension names are not counted:
+    /// a closed period stores each once for all its series (see `model::Interner`). A split
+    /// histogram's datums each count the series they share (a small over-estimate).
     pub fn memory_bytes(&self) -> usize {
-        let series = self.series.name.len()
-            + self
-                .series
-                .dimensions
-                .iter()
-                .map(|(k, v)| k.len() + v.len() + 2 * std::mem::size_of::<Text>())
-                .sum::<usize>()
-            + std::mem::size_of::<Series>();
+        const ARC_COUNTS: usize = 2 * std::mem::size_of::<usize>();
+        let dims = &self.series.dimensions;
+        let series = ARC_COUNTS
+            + std::mem::size_of::<Series>()
+            + self.series.name.len()
+            + ARC_COUNTS
+            + std::mem::size_of_val::<[(Text, Text)]>(dims)
+            + dims.iter().map(|(_, v)| v.len()).sum::<usize>();
         let values = match &self.value {
             DatumValue::Values { values, counts } => {
                 (values.capacity() + counts.capacity()) * std::mem::size_of::<f64>()
@@ -145,6 +147,29 @@ impl Datum {
         };
         std::mem::size_of::<Datum>() + series + values
     }
+}
+
+/// What [`Datum::memory_bytes`] charges for a counter with `dimensions` dimensions whose
+/// values are `value_len` bytes long: the unit of the pending queue's bound, for sizing
+/// `publish.max_pending_bytes` against `aggregate.max_series`.
+pub fn counter_datum_bytes(dimensions: usize, value_len: usize) -> usize {
+    let value = "v".repeat(value_len);
+    let dims: Dimensions = (0..dimensions)
+        .map(|i| (Text::from(format!("D{i}")), Text::from(value.as_str())))
+        .collect();
+    Datum {
+        namespace: Arc::from("N"),
+        series: Arc::new(Series {
+            name: "RequestCount".into(),
+            unit: StandardUnit::Count,
+            dimensions: dims,
+        }),
+        timestamp: SystemTime::UNIX_EPOCH,
+        storage_resolution: 60,
+        value: DatumValue::Value(0.0),
+        samples: 0,
+    }
+    .memory_bytes()
 }
 
 /// The CloudWatch unit for a tally unit, and the divisor that converts values to it.
@@ -446,7 +471,7 @@ pub(crate) mod tests {
                 k.clone(),
                 AggregateValue::Distribution {
                     scale: 1.0,
-                    histogram: (&h).into(),
+                    histogram: Box::new((&h).into()),
                 },
             )],
         );
@@ -500,7 +525,7 @@ pub(crate) mod tests {
                     key("Latency", &[], Unit::Nanoseconds),
                     AggregateValue::Distribution {
                         scale: 1.0,
-                        histogram: (&h).into(),
+                        histogram: Box::new((&h).into()),
                     },
                 ),
             ],
@@ -548,7 +573,7 @@ pub(crate) mod tests {
                 key("Latency", &[], Unit::Milliseconds),
                 AggregateValue::Distribution {
                     scale: 1.0,
-                    histogram: (&h).into(),
+                    histogram: Box::new((&h).into()),
                 },
             )],
         );

@@ -89,6 +89,8 @@ impl PendingQueue {
 
     /// Appends a period's datums, then drops the oldest queued datums while over the bound.
     pub fn push(&mut self, datums: Vec<Datum>) -> Dropped {
+        // One allocation of the needed size, not a doubling (a period can be 200k datums).
+        self.items.reserve_exact(datums.len());
         for d in datums {
             self.queued_bytes += d.memory_bytes();
             self.queued_samples += d.samples;
@@ -154,6 +156,11 @@ impl PendingQueue {
             samples += d.samples;
             batch.estimated_bytes += size;
             batch.datums.push(d);
+        }
+        if self.items.is_empty() {
+            // Give the period's slots back (about 100 bytes a datum): between periods an
+            // agent that keeps up holds nothing here.
+            self.items = VecDeque::new();
         }
         let datums = batch.datums.len();
         self.in_flight_bytes += memory;
@@ -247,6 +254,53 @@ mod tests {
         max_datums: 1000,
         max_bytes: 999_000,
     };
+
+    #[test]
+    fn a_period_at_the_default_series_limit_fits_the_default_bound_without_a_drop() {
+        use crate::model::{AggregateValue, MetricKey, PeriodData};
+        use tally::wire::Unit;
+        // 100k series (eight dimensions: ServiceName, Environment, three labels, three ECS
+        // dimensions) and the ErrorRate derived from each, as a closed period holds them.
+        let c = crate::config::Config::default();
+        let now = SystemTime::now();
+        let mut metrics = Vec::new();
+        for i in 0..c.aggregate.max_series {
+            let route = format!("/api/v1/item/{i:05}");
+            let key = MetricKey::new(
+                "RequestCount",
+                Unit::Count,
+                &[
+                    ("ServiceName", "checkout-api"),
+                    ("Environment", "production"),
+                    ("Method", "GET"),
+                    ("Route", &route),
+                    ("StatusClass", "2xx"),
+                    ("ClusterName", "prod-cluster-1"),
+                    ("EcsServiceName", "checkout-api-svc"),
+                    ("TaskDefinitionFamily", "checkout-api"),
+                ],
+            );
+            let rate = MetricKey {
+                name: "ErrorRate".into(),
+                ..key.clone()
+            };
+            metrics.push((key, AggregateValue::Counter(1.0)));
+            metrics.push((rate, AggregateValue::Derived(0.0)));
+        }
+        let period = PeriodData {
+            namespace: "ECS/Checkout".into(),
+            timestamp: now,
+            period_secs: 60,
+            storage_resolution: 60,
+            metrics,
+        };
+        let (datums, rejected) = super::super::datum::build_datums(&period, now, 150);
+        assert!(rejected.is_empty());
+        let mut q = PendingQueue::new(c.publish.max_pending_bytes);
+        assert_eq!(q.push(datums), Dropped::default());
+        assert_eq!(q.datums(), 2 * c.aggregate.max_series);
+        assert!(q.bytes() <= c.publish.max_pending_bytes);
+    }
 
     #[test]
     fn over_the_bound_the_oldest_datums_go_first_and_are_counted() {

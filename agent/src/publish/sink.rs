@@ -730,7 +730,7 @@ mod tests {
                         key(&format!("H{i}"), &[], Unit::Milliseconds),
                         AggregateValue::Distribution {
                             scale: 1.0,
-                            histogram: (&h).into(),
+                            histogram: Box::new((&h).into()),
                         },
                     )
                 })

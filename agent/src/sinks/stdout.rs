@@ -285,7 +285,7 @@ mod tests {
                     },
                     AggregateValue::Distribution {
                         scale: 1e6,
-                        histogram: (&h).into(),
+                        histogram: Box::new((&h).into()),
                     },
                 ),
             ],
