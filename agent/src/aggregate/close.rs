@@ -85,7 +85,6 @@ pub fn finish(
         let mut rolled: Vec<(MetricKey, AggregateValue)> = Vec::new();
         let mut targets: BTreeSet<Vec<(Text, Text)>> = BTreeSet::new();
         for (key, value) in &all {
-            targets.clear();
             for r in &settings.rollups {
                 if !r.metrics.is_empty() && !r.metrics.iter().any(|m| **m == *key.name) {
                     continue;
