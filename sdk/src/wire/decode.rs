@@ -21,6 +21,7 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    #[inline]
     fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], DecodeError> {
         if self.buf.len() - self.pos < n {
             return Err(DecodeError::Truncated { field });
@@ -43,7 +44,21 @@ impl<'a> Reader<'a> {
         Ok(f64::from_bits(self.u64_fixed(field)?))
     }
 
+    /// A LEB128 varint of at most 10 bytes. Lengths, counts and small deltas take one byte,
+    /// decoded inline; longer ones take the loop.
+    #[inline]
     fn varint(&mut self, field: &'static str) -> Result<u64, DecodeError> {
+        match self.buf.get(self.pos) {
+            Some(&b) if b < 0x80 => {
+                self.pos += 1;
+                Ok(u64::from(b))
+            }
+            _ => self.varint_long(field),
+        }
+    }
+
+    #[inline(never)]
+    fn varint_long(&mut self, field: &'static str) -> Result<u64, DecodeError> {
         let mut v: u64 = 0;
         for i in 0..10 {
             let b = self.u8(field)?;
@@ -75,6 +90,7 @@ impl<'a> Reader<'a> {
 
     /// The bytes of a string of at most `max` bytes (at least one when `non_empty`), not yet
     /// checked to be UTF-8.
+    #[inline]
     fn raw_str(
         &mut self,
         field: &'static str,
