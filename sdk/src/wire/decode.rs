@@ -230,11 +230,9 @@ pub(super) fn walk_counts(
 ) -> Result<Walk, String> {
     let mut pos = 0;
     let mut index: usize = 0;
-    let mut walk = Walk {
-        total: 0,
-        max_index: None,
-        recorded: true,
-    };
+    // Kept in locals (registers) through the loop; `last` is the index of the last non-zero
+    // count, meaningful once `total > 0` (every non-zero count adds at least 1).
+    let (mut total, mut last, mut recorded) = (0u64, 0usize, true);
     while pos < payload.len() {
         let (raw, used) = read_v2_varint(&payload[pos..])
             .ok_or_else(|| "counts end in the middle of a varint".to_owned())?;
@@ -258,12 +256,12 @@ pub(super) fn walk_counts(
                         "a count at bucket {index} lies beyond the {counts_len} buckets of the declared range"
                     ));
                 }
-                walk.total = walk.total.saturating_add(n);
-                walk.max_index = Some(index);
+                total = total.saturating_add(n);
+                last = index;
                 if out.len() < room {
                     out.push((value_for(index, unit_magnitude, half_magnitude), n));
                 } else {
-                    walk.recorded = false;
+                    recorded = false;
                 }
             }
             index = index
@@ -271,7 +269,11 @@ pub(super) fn walk_counts(
                 .ok_or_else(|| "bucket index overflows".to_owned())?;
         }
     }
-    Ok(walk)
+    Ok(Walk {
+        total,
+        max_index: (total > 0).then_some(last),
+        recorded,
+    })
 }
 
 /// The lowest value of the bucket at `index` (HdrHistogram's private `value_for`, with the
