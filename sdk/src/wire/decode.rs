@@ -424,7 +424,7 @@ fn record_counts(
         buckets.truncate(start);
     }
     let walk = walk?;
-    Ok((walk, recorded.then(|| start..buckets.len())))
+    Ok((walk, recorded.then_some(start..buckets.len())))
 }
 
 fn over_budget(name: &Lossy<'_>, counts: u64, left: u64) -> DecodeError {
