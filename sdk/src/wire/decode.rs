@@ -21,7 +21,7 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    #[inline]
+    #[inline(always)]
     fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], DecodeError> {
         if self.buf.len() - self.pos < n {
             return Err(DecodeError::Truncated { field });
@@ -46,7 +46,7 @@ impl<'a> Reader<'a> {
 
     /// A LEB128 varint of at most 10 bytes. Lengths, counts and small deltas take one byte,
     /// decoded inline; longer ones take the loop.
-    #[inline]
+    #[inline(always)]
     fn varint(&mut self, field: &'static str) -> Result<u64, DecodeError> {
         match self.buf.get(self.pos) {
             Some(&b) if b < 0x80 => {
@@ -74,6 +74,7 @@ impl<'a> Reader<'a> {
         Err(DecodeError::BadVarint { field })
     }
 
+    #[inline(always)]
     fn len(&mut self, field: &'static str) -> Result<usize, DecodeError> {
         let n = self.varint(field)?;
         usize::try_from(n).map_err(|_| DecodeError::Truncated { field })
@@ -90,7 +91,7 @@ impl<'a> Reader<'a> {
 
     /// The bytes of a string of at most `max` bytes (at least one when `non_empty`), not yet
     /// checked to be UTF-8.
-    #[inline]
+    #[inline(always)]
     fn raw_str(
         &mut self,
         field: &'static str,
