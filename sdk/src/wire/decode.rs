@@ -20,6 +20,9 @@ struct Reader<'a> {
     pos: usize,
 }
 
+// The small readers are always inlined: as calls, each returned its `Result` (a `DecodeError`
+// is several words) through memory, about a fifth of a counter batch's decode + merge (ingest
+// bench, counters: 111-114 -> 88-92 us a batch of CPU time).
 impl<'a> Reader<'a> {
     #[inline(always)]
     fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], DecodeError> {
