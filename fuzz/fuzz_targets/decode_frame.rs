@@ -38,6 +38,12 @@ fuzz_target!(|data: &[u8]| {
                         _ => None,
                     };
                     if let Some(h) = h {
+                        // The buckets the parse recorded: non-zero, strictly increasing (the
+                        // merge relies on it), adding up to the histogram's total.
+                        let buckets = h.buckets().expect("walks");
+                        assert!(buckets.iter().all(|&(_, c)| c > 0));
+                        assert!(buckets.windows(2).all(|w| w[0].0 < w[1].0));
+                        assert_eq!(buckets.last().map(|b| b.0), h.max_bucket_value());
                         let n: u64 = h.counts().expect("walks").map(|(_, c)| c).fold(0, u64::saturating_add);
                         assert_eq!(n, h.len());
                     }

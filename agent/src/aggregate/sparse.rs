@@ -15,7 +15,7 @@
 //!
 //! A pair's key is the lowest value of its bucket rather than the bucket's index: both order
 //! the buckets the same way and a `(u32, u64)` pair is 16 bytes with its padding anyway, but
-//! [`HistogramView::counts`] yields exactly these lowest values, so merging a view of the same
+//! [`HistogramView::buckets`] holds exactly these lowest values, so merging a view of the same
 //! layout is a merge of two sorted lists by plain comparison, with no per-bucket arithmetic.
 //! A view of another layout has each value mapped to the lowest value of its bucket in this
 //! layout (`Layout::lowest_equivalent`, HdrHistogram's index formula), which is what
@@ -250,14 +250,15 @@ impl SparseHistogram {
         let Some(top) = view.max_bucket_value() else {
             return Ok(());
         };
-        let counts = view.counts().map_err(|_| REFUSED)?;
+        // The buckets the parse recorded while it checked them: no V2 decoding here.
+        let buckets = view.buckets().map_err(|_| REFUSED)?;
         let (low, digits) = (view.lowest_discernible_value(), view.significant_digits());
         // The common case (every process of a service records with the same settings) needs
         // no layout arithmetic.
         let identical = low == self.layout.low && digits == self.layout.digits;
         let same_buckets =
             identical || Layout::new(low, digits).is_some_and(|l| l.same_buckets(self.layout));
-        self.merge_buckets(counts, !same_buckets, scratch);
+        self.merge_buckets(buckets.iter().copied(), !same_buckets, scratch);
         self.note_top(top, identical);
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! Decoding frame payloads, with every length checked before memory is committed to it.
 
 use std::io::Read;
+use std::ops::Range;
 
 use flate2::read::ZlibDecoder;
 
@@ -19,7 +20,11 @@ struct Reader<'a> {
     pos: usize,
 }
 
+// The small readers are always inlined: as calls, each returned its `Result` (a `DecodeError`
+// is several words) through memory, about a fifth of a counter batch's decode + merge (ingest
+// bench, counters: 111-114 -> 88-92 us a batch of CPU time).
 impl<'a> Reader<'a> {
+    #[inline(always)]
     fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], DecodeError> {
         if self.buf.len() - self.pos < n {
             return Err(DecodeError::Truncated { field });
@@ -42,7 +47,21 @@ impl<'a> Reader<'a> {
         Ok(f64::from_bits(self.u64_fixed(field)?))
     }
 
+    /// A LEB128 varint of at most 10 bytes. Lengths, counts and small deltas take one byte,
+    /// decoded inline; longer ones take the loop.
+    #[inline(always)]
     fn varint(&mut self, field: &'static str) -> Result<u64, DecodeError> {
+        match self.buf.get(self.pos) {
+            Some(&b) if b < 0x80 => {
+                self.pos += 1;
+                Ok(u64::from(b))
+            }
+            _ => self.varint_long(field),
+        }
+    }
+
+    #[inline(never)]
+    fn varint_long(&mut self, field: &'static str) -> Result<u64, DecodeError> {
         let mut v: u64 = 0;
         for i in 0..10 {
             let b = self.u8(field)?;
@@ -58,6 +77,7 @@ impl<'a> Reader<'a> {
         Err(DecodeError::BadVarint { field })
     }
 
+    #[inline(always)]
     fn len(&mut self, field: &'static str) -> Result<usize, DecodeError> {
         let n = self.varint(field)?;
         usize::try_from(n).map_err(|_| DecodeError::Truncated { field })
@@ -74,6 +94,7 @@ impl<'a> Reader<'a> {
 
     /// The bytes of a string of at most `max` bytes (at least one when `non_empty`), not yet
     /// checked to be UTF-8.
+    #[inline(always)]
     fn raw_str(
         &mut self,
         field: &'static str,
@@ -148,7 +169,26 @@ pub(crate) fn hdr_counts_len(low: u64, high: u64, sigfig: u8) -> Option<u64> {
 
 /// Reads one varint of HdrHistogram's V2 counts encoding (LEB128, at most 9 bytes, the 9th
 /// contributing all 8 bits): `None` when the bytes end first.
+///
+/// Counts are mostly below 64 (one byte) and runs of empty buckets between a histogram's
+/// values mostly below 8,192 (two bytes), so those are decoded inline; longer ones (the run
+/// before a histogram's first value, say) take the loop.
+#[inline]
 pub(super) fn read_v2_varint(b: &[u8]) -> Option<(u64, usize)> {
+    let first = *b.first()?;
+    if first < 0x80 {
+        return Some((u64::from(first), 1));
+    }
+    let second = *b.get(1)?;
+    if second < 0x80 {
+        return Some((u64::from(first & 0x7f) | (u64::from(second) << 7), 2));
+    }
+    read_v2_varint_long(b)
+}
+
+/// [`read_v2_varint`] of a varint of three bytes or more.
+#[inline(never)]
+fn read_v2_varint_long(b: &[u8]) -> Option<(u64, usize)> {
     let mut v = 0u64;
     for i in 0..8 {
         let byte = *b.get(i)?;
@@ -160,71 +200,126 @@ pub(super) fn read_v2_varint(b: &[u8]) -> Option<(u64, usize)> {
     Some((v | (u64::from(*b.get(8)?) << 56), 9))
 }
 
-/// HdrHistogram's zig-zag decoding: negative numbers are runs of empty buckets.
-pub(super) fn zig_zag(encoded: u64) -> i64 {
-    ((encoded >> 1) as i64) ^ -((encoded & 1) as i64)
-}
-
 /// Inflates a zlib stream with a fresh decoder, reading at most `max` bytes into `out`.
 pub(super) fn inflate_fresh(zlib: &[u8], max: u64, out: &mut Vec<u8>) -> std::io::Result<usize> {
     ZlibDecoder::new(zlib).take(max).read_to_end(out)
 }
 
 /// What walking a V2 payload's counts found.
-struct Walk {
-    total: u64,
-    max_index: Option<usize>,
+pub(super) struct Walk {
+    pub(super) total: u64,
+    pub(super) max_index: Option<usize>,
+    /// Whether every non-zero bucket went into the buckets buffer (see [`walk_counts`]).
+    pub(super) recorded: bool,
 }
+
+/// The bucket layout of a histogram (what [`HistEntry::value_for`] needs), as `(unit
+/// magnitude, half magnitude)`.
+pub(super) type Magnitudes = (u8, u8);
 
 /// Walks the counts of a V2 payload with exactly the checks HdrHistogram's deserializer makes
 /// (a varint cut short, a run of empty buckets that overflows, a count beyond the declared
 /// range or above `i64::MAX`), without allocating the counts array.
-fn walk_counts(payload: &[u8], counts_len: u64) -> Result<Walk, String> {
+///
+/// Each non-zero bucket is appended to `out` as `(lowest value of the bucket, count)` while
+/// `out` holds fewer than `room` buckets; past that nothing more is appended, the walk goes on
+/// checking, and the result says the buckets were not all recorded (the caller then takes
+/// back what this histogram appended).
+pub(super) fn walk_counts(
+    payload: &[u8],
+    counts_len: u64,
+    (unit_magnitude, half_magnitude): Magnitudes,
+    out: &mut Vec<(u64, u64)>,
+    room: usize,
+) -> Result<Walk, String> {
     let mut pos = 0;
     let mut index: usize = 0;
-    let mut walk = Walk {
-        total: 0,
-        max_index: None,
-    };
+    // Kept in locals (registers) through the loop; `last` is the index of the last non-zero
+    // count, meaningful once `total > 0` (every non-zero count adds at least 1).
+    let (mut total, mut last, mut recorded) = (0u64, 0usize, true);
     while pos < payload.len() {
         let (raw, used) = read_v2_varint(&payload[pos..])
             .ok_or_else(|| "counts end in the middle of a varint".to_owned())?;
         pos += used;
-        let n = zig_zag(raw);
-        if n < 0 {
-            let zeros = n
-                .checked_neg()
-                .and_then(|z| usize::try_from(z).ok())
+        // Zig-zag: an odd value is a run of `(raw >> 1) + 1` empty buckets, an even one the
+        // count `raw >> 1`.
+        if raw & 1 == 1 {
+            // `raw == u64::MAX` is -2^63, whose run length HdrHistogram cannot negate.
+            let zeros = (raw != u64::MAX)
+                .then(|| usize::try_from((raw >> 1) + 1).ok())
+                .flatten()
                 .ok_or_else(|| "a run of empty buckets is out of range".to_owned())?;
             index = index
                 .checked_add(zeros)
                 .ok_or_else(|| "runs of empty buckets overflow".to_owned())?;
         } else {
+            let n = raw >> 1;
             if n > 0 {
                 if index as u64 >= counts_len {
                     return Err(format!(
                         "a count at bucket {index} lies beyond the {counts_len} buckets of the declared range"
                     ));
                 }
-                walk.total = walk.total.saturating_add(n as u64);
-                walk.max_index = Some(index);
+                total = total.saturating_add(n);
+                last = index;
+                if out.len() < room {
+                    out.push((value_for(index, unit_magnitude, half_magnitude), n));
+                } else {
+                    recorded = false;
+                }
             }
             index = index
                 .checked_add(1)
                 .ok_or_else(|| "bucket index overflows".to_owned())?;
         }
     }
-    Ok(walk)
+    Ok(Walk {
+        total,
+        max_index: (total > 0).then_some(last),
+        recorded,
+    })
+}
+
+/// The lowest value of the bucket at `index` (HdrHistogram's private `value_for`, with the
+/// shift wrapping as it does in release builds).
+#[inline]
+pub(super) fn value_for(index: usize, unit_magnitude: u8, half_magnitude: u8) -> u64 {
+    let half_count = 1usize << half_magnitude;
+    let mut bucket = (index >> half_magnitude) as i64 - 1;
+    let mut sub_bucket = (index & (half_count - 1)) + half_count;
+    if bucket < 0 {
+        sub_bucket -= half_count;
+        bucket = 0;
+    }
+    (sub_bucket as u64).wrapping_shl(bucket as u32 + u32::from(unit_magnitude))
 }
 
 /// Everything a batch parse keeps across histograms: one zlib decoder (reset per histogram,
-/// so its state is allocated once a batch) and the arena of inflated payloads.
+/// so its state is allocated once a batch), the arena of inflated payloads and the buckets
+/// buffer.
 struct HistScratch<'a> {
     /// The last V2 layout checked, and the shape it implies.
     shape: Option<([u8; 32], Shape)>,
     zlib: Option<ZlibDecoder<&'a [u8]>>,
     arena: Vec<u8>,
+    /// The non-zero buckets of every histogram walked so far, as `(lowest value of the
+    /// bucket, count)` (see [`HistEntry::buckets`]).
+    buckets: Vec<(u64, u64)>,
+    /// Most buckets `buckets` may hold (see [`bucket_room`]).
+    bucket_room: usize,
     counts_budget: u64,
+}
+
+/// Most non-zero buckets one batch view records: half the counters
+/// [`Limits::max_histogram_counts_per_batch`] allows, so the buffer (16 bytes a bucket) never
+/// takes more than the 8 bytes a counter that limit is stated in. The buffer is bounded twice
+/// over anyway: a recorded bucket is a non-zero count within its histogram's declared range,
+/// and the ranges of a batch's histograms are charged to that same limit (so a batch records
+/// at most that many buckets), and every non-zero count takes at least one byte of V2 body.
+/// The cap only matters for a batch built to be dense: a histogram whose buckets do not fit
+/// is recorded not at all and walked again when its counts are read.
+fn bucket_room(limits: &Limits) -> usize {
+    usize::try_from(limits.max_histogram_counts_per_batch / 2).unwrap_or(usize::MAX)
 }
 
 fn histogram<'a>(
@@ -253,9 +348,10 @@ fn histogram<'a>(
         if shape.counts > scratch.counts_budget {
             return Err(over_budget(name, shape.counts, scratch.counts_budget));
         }
-        let walk = check_counts(bytes, shape.counts).map_err(bad)?;
+        let (walk, buckets) =
+            record_counts(bytes, &shape, &mut scratch.buckets, scratch.bucket_room).map_err(bad)?;
         scratch.counts_budget -= shape.counts;
-        return Ok(entry(scale, &shape, &walk, Body::Frame(bytes)));
+        return Ok(entry(scale, &shape, &walk, buckets, Body::Frame(bytes)));
     }
     if cookie != V2_COMPRESSED_COOKIE {
         return Err(bad(format!(
@@ -291,10 +387,11 @@ fn histogram<'a>(
         if shape.counts > scratch.counts_budget {
             return Err(over_budget(name, shape.counts, scratch.counts_budget));
         }
-        let walk = check_counts(body, shape.counts).map_err(bad)?;
-        Ok((shape, walk))
+        let (walk, buckets) =
+            record_counts(body, &shape, &mut scratch.buckets, scratch.bucket_room).map_err(bad)?;
+        Ok((shape, walk, buckets))
     });
-    let (shape, walk) = match checked {
+    let (shape, walk, buckets) = match checked {
         Ok(x) => x,
         Err(e) => {
             scratch.arena.truncate(start);
@@ -311,7 +408,27 @@ fn histogram<'a>(
         scratch.arena.truncate(start);
         Body::Deflated { zlib, len }
     };
-    Ok(entry(scale, &shape, &walk, body))
+    Ok(entry(scale, &shape, &walk, buckets, body))
+}
+
+/// [`check_counts`] of one histogram's inflated body, its non-zero buckets appended to the
+/// batch's buckets buffer: their range there, or `None` (and nothing appended) when they did
+/// not all fit.
+fn record_counts(
+    body: &[u8],
+    shape: &Shape,
+    buckets: &mut Vec<(u64, u64)>,
+    room: usize,
+) -> Result<(Walk, Option<Range<usize>>), String> {
+    let start = buckets.len();
+    let magnitudes = (shape.unit_magnitude, shape.half_magnitude);
+    let walk = check_counts(body, shape.counts, magnitudes, buckets, room);
+    let recorded = walk.as_ref().is_ok_and(|w| w.recorded);
+    if !recorded {
+        buckets.truncate(start);
+    }
+    let walk = walk?;
+    Ok((walk, recorded.then_some(start..buckets.len())))
 }
 
 fn over_budget(name: &Lossy<'_>, counts: u64, left: u64) -> DecodeError {
@@ -324,7 +441,13 @@ fn over_budget(name: &Lossy<'_>, counts: u64, left: u64) -> DecodeError {
     }
 }
 
-fn entry<'a>(scale: f64, shape: &Shape, walk: &Walk, body: Body<'a>) -> HistEntry<'a> {
+fn entry<'a>(
+    scale: f64,
+    shape: &Shape,
+    walk: &Walk,
+    buckets: Option<Range<usize>>,
+    body: Body<'a>,
+) -> HistEntry<'a> {
     HistEntry {
         scale,
         significant_digits: shape.sigfig,
@@ -334,6 +457,7 @@ fn entry<'a>(scale: f64, shape: &Shape, walk: &Walk, body: Body<'a>) -> HistEntr
         half_magnitude: shape.half_magnitude,
         total: walk.total,
         max_index: walk.max_index,
+        buckets,
         body,
     }
 }
@@ -417,8 +541,15 @@ fn check_header(
 }
 
 /// What HdrHistogram's V2 deserializer checks beyond the header: no normalizing offset, an
-/// integer histogram, and every count (see [`walk_counts`]).
-fn check_counts(body: &[u8], counts_len: u64) -> Result<Walk, String> {
+/// integer histogram, and every count (see [`walk_counts`], which records the buckets into
+/// `out` while it holds fewer than `room`).
+pub(super) fn check_counts(
+    body: &[u8],
+    counts_len: u64,
+    magnitudes: Magnitudes,
+    out: &mut Vec<(u64, u64)>,
+    room: usize,
+) -> Result<Walk, String> {
     let offset = u32::from_be_bytes(body[8..12].try_into().expect("4 bytes"));
     let ratio = f64::from_bits(u64::from_be_bytes(
         body[32..40].try_into().expect("8 bytes"),
@@ -433,7 +564,7 @@ fn check_counts(body: &[u8], counts_len: u64) -> Result<Walk, String> {
             "an integer-to-double ratio other than 1 (a double histogram) is not supported".into(),
         );
     }
-    walk_counts(&body[V2_HEADER_SIZE..], counts_len)
+    walk_counts(&body[V2_HEADER_SIZE..], counts_len, magnitudes, out, room)
 }
 
 /// Decodes a `Batch` payload (the bytes after the frame header) into owned values: the
@@ -569,6 +700,8 @@ impl<'a> BatchView<'a> {
             shape: None,
             zlib: None,
             arena: Vec::new(),
+            buckets: Vec::new(),
+            bucket_room: bucket_room(limits),
             counts_budget: limits.max_histogram_counts_per_batch,
         };
         let mut series = Vec::with_capacity(count as usize);
@@ -642,6 +775,7 @@ impl<'a> BatchView<'a> {
             drops,
             series,
             arena: hist.arena,
+            buckets: hist.buckets,
         })
     }
 }

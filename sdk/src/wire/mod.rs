@@ -169,15 +169,18 @@ pub struct Limits {
     pub max_series_per_batch: usize,
     /// Largest inflated histogram (V2 body) accepted, in bytes (default 1 MiB). It is also the
     /// most inflated histogram bytes one [`BatchView`] keeps: a histogram past that is kept
-    /// compressed and inflated again (into a buffer of its own size) when its counts are
-    /// walked, so a view never holds more than this plus one histogram in flight.
+    /// compressed and inflated again (into a buffer of its own size) when it is read again
+    /// (built whole, or its counts walked when they did not fit the view's buckets buffer), so
+    /// a view never holds more than this plus one histogram in flight.
     pub max_histogram_bytes: usize,
     /// Most histogram counters (8 bytes each) all histograms of one batch may declare
     /// (default 4 Mi counters = 32 MiB). A histogram's counters follow from its declared value
     /// range and precision, not from its encoded size. [`BatchView`] never allocates them, but
     /// its histograms may be materialised: [`decode_batch`] allocates exactly the declared
     /// counters, and the agent gives a series it has not seen before a histogram covering the
-    /// used part of that range. This bound caps both, per batch.
+    /// used part of that range. This bound caps both, per batch. It also bounds the non-zero
+    /// buckets a [`BatchView`] records while it checks the counts (16 bytes each): at most
+    /// half this many, so never more than the bytes stated here.
     pub max_histogram_counts_per_batch: u64,
     /// Most significant digits a histogram may declare (HdrHistogram allows 0..=5).
     pub max_significant_digits: u8,

@@ -688,3 +688,139 @@ fn a_histogram_whose_layout_differs_from_the_one_before_it_is_checked_again() {
     encode_batch(&batch, &mut frame).unwrap();
     assert_eq!(BatchView::parse(payload(&frame), &limits).unwrap().len(), 2);
 }
+
+// ---- The buckets a parse records (one walk of the V2 counts) ----
+
+/// A batch payload with one histogram series per blob, each blob verbatim.
+fn payload_with_histogram_blobs(blobs: &[Vec<u8>]) -> Vec<u8> {
+    let mut p = payload_with_histogram_blob(&blobs[0]);
+    // The series count, after the instance id, pid, "svc", "env", "host" and six varints
+    // (one byte: fewer than 128 blobs); the other series are appended.
+    let count_at = 8 + 1 + 4 + 4 + 5 + 6;
+    assert_eq!(p[count_at], 1);
+    p[count_at] = u8::try_from(blobs.len()).unwrap();
+    for (i, blob) in blobs.iter().enumerate().skip(1) {
+        let name = format!("lat{i}");
+        p.push(name.len() as u8);
+        p.extend_from_slice(name.as_bytes());
+        p.extend_from_slice(&[3, Unit::Nanoseconds as u8, 0]);
+        p.extend_from_slice(&1.0f64.to_le_bytes());
+        let mut n = blob.len();
+        while n >= 0x80 {
+            p.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        p.push(n as u8);
+        p.extend_from_slice(blob);
+    }
+    p
+}
+
+/// The non-zero buckets of `h` as HdrHistogram yields them, at each bucket's lowest value.
+fn recorded_buckets(h: &Histogram<u64>) -> Vec<(u64, u64)> {
+    h.iter_recorded()
+        .map(|b| {
+            (
+                h.lowest_equivalent(b.value_iterated_to()),
+                b.count_at_value(),
+            )
+        })
+        .collect()
+}
+
+/// A histogram of any layout whose counts may be huge (sums saturate) and whose values may
+/// reach the top of `u64`.
+fn arb_wide_hist() -> impl Strategy<Value = Histogram<u64>> {
+    (
+        arb_any_layout_hist(),
+        prop::collection::vec(
+            (
+                prop_oneof![any::<u64>(), Just(u64::MAX), Just(u64::MAX / 2)],
+                prop_oneof![1u64..4, (1u64 << 61)..(1u64 << 62)],
+            ),
+            0..4,
+        ),
+    )
+        .prop_map(|(mut h, extra)| {
+            for (v, n) in extra {
+                // Values HdrHistogram cannot track are left out, as a sender would have.
+                let _ = h.record_n(v.max(h.low()), n);
+            }
+            h
+        })
+}
+
+#[test]
+fn a_histogram_whose_buckets_do_not_fit_the_buffer_is_walked_again_and_reads_the_same() {
+    // Every bucket of a 0-digit histogram over 1..1024 holds a sample: 11 non-zero buckets of
+    // the 12 its range charges, over the 6 a budget of exactly 12 counters lets a view record.
+    let mut dense = Histogram::<u64>::new_with_bounds(1, 1024, 0).unwrap();
+    for v in 1..=1024 {
+        dense.record(v).unwrap();
+    }
+    let mut body = Vec::new();
+    V2Serializer::new().serialize(&dense, &mut body).unwrap();
+    let limits = Limits {
+        max_histogram_counts_per_batch: 12,
+        ..Limits::default()
+    };
+    for blob in [body.clone(), deflate_v2(&body)] {
+        let p = payload_with_histogram_blob(&blob);
+        let view = BatchView::parse(&p, &limits).unwrap();
+        assert!(view.buckets.is_empty());
+        let ValueView::Histogram(h) = view.series().next().unwrap().value else {
+            panic!("a histogram series");
+        };
+        assert!(matches!(h.buckets().unwrap(), std::borrow::Cow::Owned(_)));
+        assert_eq!(
+            h.counts().unwrap().collect::<Vec<_>>(),
+            recorded_buckets(&dense)
+        );
+        assert_eq!(h.len(), dense.len());
+        assert_agrees_with_reference(&p, &limits).unwrap();
+    }
+}
+
+proptest! {
+    #[test]
+    fn the_buckets_a_parse_records_are_those_hdrhistogram_decodes(
+        hists in prop::collection::vec((arb_wide_hist(), any::<bool>()), 1..5),
+        budget_slack in prop_oneof![Just(0u64), 0u64..64, Just(4u64 << 20)],
+        small_arena in any::<bool>(),
+    ) {
+        let mut blobs = Vec::new();
+        let mut bodies = Vec::new();
+        let mut counts = 0u64;
+        for (h, deflated) in &hists {
+            let mut body = Vec::new();
+            // Counts above i64::MAX have no V2 encoding: such a histogram is not sent.
+            prop_assume!(V2Serializer::new().serialize(h, &mut body).is_ok());
+            counts += hdr_counts_len(h.low(), h.high(), h.sigfig()).unwrap();
+            blobs.push(if *deflated { deflate_v2(&body) } else { body.clone() });
+            bodies.push(body);
+        }
+        let largest = bodies.iter().map(Vec::len).max().unwrap();
+        let limits = Limits {
+            // Exactly the counters the batch needs (so the buffer holds half of them), or more.
+            max_histogram_counts_per_batch: counts + budget_slack,
+            // Small: inflated bodies past the first that fits are kept compressed.
+            max_histogram_bytes: if small_arena { largest } else { 1 << 20 },
+            ..Limits::default()
+        };
+        let p = payload_with_histogram_blobs(&blobs);
+        let view = BatchView::parse(&p, &limits).unwrap();
+        prop_assert!(view.buckets.len() as u64 <= limits.max_histogram_counts_per_batch / 2);
+        for (s, (h, _)) in view.series().zip(&hists) {
+            let ValueView::Histogram(v) = s.value else {
+                panic!("a histogram series");
+            };
+            prop_assert_eq!(v.buckets().unwrap().into_owned(), recorded_buckets(h));
+            prop_assert_eq!(v.len(), h.len());
+            prop_assert_eq!(
+                v.max_bucket_value(),
+                (!h.is_empty()).then(|| h.lowest_equivalent(h.max()))
+            );
+        }
+        assert_agrees_with_reference(&p, &limits)?;
+    }
+}
