@@ -395,8 +395,12 @@ async fn sink_loop(
                     if let Err(e) = sink.send(p).await {
                         tracing::error!(sink = sink.name(), "{e}");
                     }
-                    if let (Some(w), None) = (&wal, &settled) {
-                        w.settle(sent);
+                    if settled.is_none() {
+                        // The period is written out and dropped.
+                        if let Some(w) = &wal {
+                            w.settle(sent);
+                        }
+                        crate::util::release_free_memory();
                     }
                 }
                 Some(SinkMsg::Shutdown(d)) => {
@@ -405,11 +409,14 @@ async fn sink_loop(
                 }
                 None => break,
             },
-            Ok(()) = async { settled.as_mut().expect("guarded").changed().await }, if settled.is_some() && wal.is_some() => {
+            Ok(()) = async { settled.as_mut().expect("guarded").changed().await }, if settled.is_some() => {
+                // Every period handed over so far is published or counted as dropped: the
+                // sink holds no datum now.
                 let n = *settled.as_mut().expect("guarded").borrow_and_update();
                 if let Some(w) = &wal {
                     w.settle(n);
                 }
+                crate::util::release_free_memory();
             }
         }
     }
