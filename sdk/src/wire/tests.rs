@@ -470,8 +470,14 @@ fn payload_with_histogram_blob(blob: &[u8]) -> Vec<u8> {
     }
     p.extend_from_slice(&[1, 2, 3, 0, 0, 0]); // sequence, start, end, drops
     p.push(1); // one series
-    p.push(3);
-    p.extend_from_slice(b"lat");
+    push_histogram_series(&mut p, "lat", blob);
+    p
+}
+
+/// Appends a histogram series named `name` (no labels, scale 1) whose blob is `blob`, verbatim.
+fn push_histogram_series(p: &mut Vec<u8>, name: &str, blob: &[u8]) {
+    p.push(name.len() as u8);
+    p.extend_from_slice(name.as_bytes());
     p.extend_from_slice(&[3, Unit::Nanoseconds as u8, 0]); // histogram, unit, no labels
     p.extend_from_slice(&1.0f64.to_le_bytes());
     let mut n = blob.len();
@@ -481,7 +487,6 @@ fn payload_with_histogram_blob(blob: &[u8]) -> Vec<u8> {
     }
     p.push(n as u8);
     p.extend_from_slice(blob);
-    p
 }
 
 /// Wraps an (uncompressed) V2 body as the wire carries it: V2+DEFLATE cookie, length, zlib.
@@ -700,18 +705,7 @@ fn payload_with_histogram_blobs(blobs: &[Vec<u8>]) -> Vec<u8> {
     assert_eq!(p[count_at], 1);
     p[count_at] = u8::try_from(blobs.len()).unwrap();
     for (i, blob) in blobs.iter().enumerate().skip(1) {
-        let name = format!("lat{i}");
-        p.push(name.len() as u8);
-        p.extend_from_slice(name.as_bytes());
-        p.extend_from_slice(&[3, Unit::Nanoseconds as u8, 0]);
-        p.extend_from_slice(&1.0f64.to_le_bytes());
-        let mut n = blob.len();
-        while n >= 0x80 {
-            p.push((n as u8) | 0x80);
-            n >>= 7;
-        }
-        p.push(n as u8);
-        p.extend_from_slice(blob);
+        push_histogram_series(&mut p, &format!("lat{i}"), blob);
     }
     p
 }
