@@ -484,9 +484,10 @@ impl Aggregator {
 }
 
 /// An open period's series as published (global dimensions added, labels sorted, units
-/// converted: [`close::publishable`]), in the order they were admitted: when one series arrives under two descriptors
-/// that close cannot combine (a counter in one process, a gauge in another), the first to
-/// arrive is kept and the other is counted as dropped, whatever the hash maps' order.
+/// converted: [`close::publishable`]), in the order they were admitted: when one series
+/// arrives under two descriptors that close cannot combine (a counter in one process, a
+/// gauge in another), the first to arrive is kept and the other is counted as dropped,
+/// whatever the hash maps' order.
 ///
 /// Each series' descriptor is freed as its key is built, and every string goes through
 /// `strings`, so the keys of a period share one copy of each name and value.

@@ -89,8 +89,12 @@ impl PendingQueue {
 
     /// Appends a period's datums, then drops the oldest queued datums while over the bound.
     pub fn push(&mut self, datums: Vec<Datum>) -> Dropped {
-        // One allocation of the needed size, not a doubling (a period can be 200k datums).
-        self.items.reserve_exact(datums.len());
+        if self.items.is_empty() {
+            // The usual case (CloudWatch keeps up): one allocation of the period's size, not
+            // a doubling past it (a period can be 200k datums). Behind an outage the queue
+            // grows the usual way, so appending stays amortised.
+            self.items.reserve_exact(datums.len());
+        }
         for d in datums {
             self.queued_bytes += d.memory_bytes();
             self.queued_samples += d.samples;
