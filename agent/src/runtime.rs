@@ -400,7 +400,7 @@ async fn sink_loop(
                         if let Some(w) = &wal {
                             w.settle(sent);
                         }
-                        crate::util::release_free_memory();
+                        tokio::task::spawn_blocking(crate::util::release_free_memory);
                     }
                 }
                 Some(SinkMsg::Shutdown(d)) => {
@@ -416,7 +416,7 @@ async fn sink_loop(
                 if let Some(w) = &wal {
                     w.settle(n);
                 }
-                crate::util::release_free_memory();
+                tokio::task::spawn_blocking(crate::util::release_free_memory);
             }
         }
     }

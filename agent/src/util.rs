@@ -50,14 +50,23 @@ impl RateLimitedLog {
 /// Called once a closed period has gone through the sink: closing and publishing 100k series
 /// allocate tens of MiB that glibc keeps in its arenas after they are freed, so without this
 /// the resident size stays at the close's level until the next close reuses it
-/// (`scripts/agent-rss.sh --close`). It walks glibc's free lists, once a period, off the ingest
-/// path (the sink task calls it). A no-op where the C library is not glibc.
+/// (`scripts/agent-rss.sh --close`). It walks glibc's free lists and takes its arena locks, so
+/// callers run it on a blocking thread, once a period; the time it took is logged at debug
+/// level. A no-op where the C library is not glibc.
 pub fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim(3) has no preconditions: it takes glibc's arena locks itself and only
-    // returns whole free pages to the kernel; no pointer is passed and none is invalidated.
-    unsafe {
-        libc::malloc_trim(0);
+    {
+        let started = Instant::now();
+        // SAFETY: malloc_trim(3) has no preconditions: it takes glibc's arena locks itself and
+        // only returns whole free pages to the kernel; no pointer is passed, none is
+        // invalidated.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        tracing::debug!(
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "returned free memory to the operating system"
+        );
     }
 }
 
