@@ -219,6 +219,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_operator_docs_list_every_publish_key_with_its_default() {
+        let doc = include_str!("../../../docs/configuration.md");
+        let section = doc
+            .split("## `[publish]`")
+            .nth(1)
+            .expect("docs/configuration.md has a [publish] section");
+        let section = section.split("\n## ").next().unwrap_or(section);
+        let defaults = toml::Value::try_from(PublishConfig::default()).unwrap();
+        let mut every = PublishConfig::default();
+        every.region = Some("r".into());
+        every.endpoint_url = Some("e".into());
+        let every = toml::Value::try_from(every).unwrap();
+        let mut documented: Vec<&str> = Vec::new();
+        for row in section.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let key = cells[1].trim_matches('`');
+            documented.push(key);
+            match defaults.get(key) {
+                Some(v) => assert_eq!(cells[2].trim_matches('`'), v.to_string(), "{key}"),
+                None => assert_eq!(cells[2], "none", "{key} has no default: the docs say none"),
+            }
+        }
+        let mut keys: Vec<&str> = every
+            .as_table()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        documented.sort_unstable();
+        assert_eq!(documented, keys, "docs/configuration.md [publish] table");
+    }
+
+    #[test]
     fn the_defaults_are_valid_and_match_cloudwatch_limits() {
         let c = PublishConfig::default();
         c.validate().unwrap();
