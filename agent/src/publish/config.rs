@@ -227,10 +227,12 @@ mod tests {
             .expect("docs/configuration.md has a [publish] section");
         let section = section.split("\n## ").next().unwrap_or(section);
         let defaults = toml::Value::try_from(PublishConfig::default()).unwrap();
-        let mut every = PublishConfig::default();
-        every.region = Some("r".into());
-        every.endpoint_url = Some("e".into());
-        let every = toml::Value::try_from(every).unwrap();
+        let every = toml::Value::try_from(PublishConfig {
+            region: Some("r".into()),
+            endpoint_url: Some("e".into()),
+            ..PublishConfig::default()
+        })
+        .unwrap();
         let mut documented: Vec<&str> = Vec::new();
         for row in section.lines().filter(|l| l.starts_with("| `")) {
             let cells: Vec<&str> = row.split('|').map(str::trim).collect();
