@@ -76,7 +76,7 @@ pub use decode::{decode_ack, decode_batch};
 pub use encode::{encode_ack, encode_batch, EncodeError};
 pub(crate) use encode::{BatchHead, Encoder, HistRef, SeriesRef, ValueRef};
 pub use error::DecodeError;
-pub use view::{BatchView, Counts, Descriptor, HistogramView, ProcessView, SeriesView, ValueView};
+pub use view::{BatchView, Descriptor, HistogramView, ProcessView, SeriesView, ValueView};
 
 use hdrhistogram::Histogram;
 

@@ -310,14 +310,6 @@ impl<'v> HistogramView<'v> {
         Ok(out)
     }
 
-    /// [`HistogramView::buckets`] as an iterator.
-    pub fn counts(&self) -> Result<Counts<'v>, DecodeError> {
-        Ok(Counts {
-            buckets: self.buckets()?,
-            at: 0,
-        })
-    }
-
     /// The inflated V2 body, from the arena or inflated again.
     fn body(&self) -> Result<Cow<'v, [u8]>, DecodeError> {
         match &self.entry.body {
@@ -357,31 +349,6 @@ fn bad(reason: String) -> DecodeError {
         reason,
     }
 }
-
-/// Iterator over a histogram's non-zero buckets (see [`HistogramView::counts`]).
-#[derive(Debug)]
-pub struct Counts<'v> {
-    buckets: Cow<'v, [(u64, u64)]>,
-    at: usize,
-}
-
-impl Iterator for Counts<'_> {
-    type Item = (u64, u64);
-
-    #[inline]
-    fn next(&mut self) -> Option<(u64, u64)> {
-        let b = self.buckets.get(self.at).copied()?;
-        self.at += 1;
-        Some(b)
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = self.buckets.len() - self.at;
-        (n, Some(n))
-    }
-}
-
-impl ExactSizeIterator for Counts<'_> {}
 
 impl<'a> BatchView<'a> {
     /// The series, in the order the SDK sent them.

@@ -33,7 +33,7 @@ mod dense {
             top
         };
         h.record_n(top, 0).map_err(|_| MergeConflict::Histogram)?;
-        for (value, count) in view.counts().map_err(|_| MergeConflict::Histogram)? {
+        for &(value, count) in view.buckets().map_err(|_| MergeConflict::Histogram)?.iter() {
             h.record_n(value, count)
                 .map_err(|_| MergeConflict::Histogram)?;
         }
@@ -292,7 +292,8 @@ proptest! {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
-    /// Adding whole sparse histograms (what `Agg::merge` does) is merging their views.
+    /// Adding whole sparse histograms (what a close does where two series meet under one
+    /// published key, and for rollups) is merging their views.
     #[test]
     fn adding_sparse_histograms_equals_merging_their_views(hists in arb_case()) {
         let payload = payload(&hists);
