@@ -32,7 +32,7 @@ const DOUBLE: usize = 9;
 
 /// Upper bound of the serialized size of `datum` inside a request.
 pub fn datum_bytes(datum: &Datum) -> usize {
-    let s = &datum.series;
+    let s = datum;
     // Indefinite-length map: start and break.
     let mut n = 2;
     n += cbor_str("MetricName".len()) + cbor_str(s.name.len());
@@ -47,7 +47,7 @@ pub fn datum_bytes(datum: &Datum) -> usize {
     n += cbor_str("Timestamp".len()) + 1 + DOUBLE;
     n += match &datum.value {
         DatumValue::Value(_) => cbor_str("Value".len()) + DOUBLE,
-        DatumValue::StatisticSet { .. } => {
+        DatumValue::StatisticSet(_) => {
             cbor_str("StatisticValues".len())
                 + 2
                 + cbor_str("SampleCount".len())
@@ -56,7 +56,8 @@ pub fn datum_bytes(datum: &Datum) -> usize {
                 + cbor_str("Maximum".len())
                 + 4 * DOUBLE
         }
-        DatumValue::Values { values, counts } => {
+        DatumValue::Values(v) => {
+            let (values, counts) = (&v.values, &v.counts);
             cbor_str("Values".len())
                 + cbor_head(values.len())
                 + values.len() * DOUBLE
@@ -65,7 +66,7 @@ pub fn datum_bytes(datum: &Datum) -> usize {
                 + counts.len() * DOUBLE
         }
     };
-    n += cbor_str("Unit".len()) + cbor_str(s.unit.as_str().len());
+    n += cbor_str("Unit".len()) + cbor_str(s.standard_unit().as_str().len());
     // StorageResolution as an integer (1 or 60; at most 9 bytes for any i32).
     n += cbor_str("StorageResolution".len()) + 9;
     n
@@ -116,14 +117,14 @@ pub fn pack(datums: impl IntoIterator<Item = Datum>, limits: RequestLimits) -> V
         let fits = current.as_ref().is_some_and(|b| {
             b.datums.len() < limits.max_datums
                 && b.estimated_bytes + size <= limits.max_bytes
-                && b.datums[0].namespace == d.namespace
+                && b.datums[0].stamp.namespace == d.stamp.namespace
         });
         if !fits {
             if let Some(b) = current.take() {
                 out.push(b);
             }
             current = Some(Batch {
-                estimated_bytes: request_overhead(&d.namespace, limits.max_datums),
+                estimated_bytes: request_overhead(&d.stamp.namespace, limits.max_datums),
                 datums: Vec::with_capacity(limits.max_datums.min(1000)),
             });
         }
@@ -138,32 +139,32 @@ pub fn pack(datums: impl IntoIterator<Item = Datum>, limits: RequestLimits) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::publish::datum::Series;
-    use aws_sdk_cloudwatch::types::StandardUnit;
+    use crate::publish::datum::{Stamp, ValueCounts};
     use proptest::prelude::*;
     use std::sync::Arc;
     use std::time::SystemTime;
+    use tally::wire::Unit;
 
     pub(crate) fn datum(name: &str, dims: usize, values: usize) -> Datum {
         let value = if values == 0 {
             DatumValue::Value(1.0)
         } else {
-            DatumValue::Values {
+            DatumValue::Values(Box::new(ValueCounts {
                 values: (0..values).map(|v| v as f64 + 0.5).collect(),
                 counts: vec![1.0; values],
-            }
+            }))
         };
         Datum {
-            namespace: Arc::from("Tally/Test"),
-            series: Arc::new(Series {
-                name: name.into(),
-                unit: StandardUnit::Milliseconds,
-                dimensions: (0..dims)
-                    .map(|i| (format!("Dim{i}").into(), format!("value-{i}").into()))
-                    .collect(),
+            stamp: Arc::new(Stamp {
+                namespace: Arc::from("Tally/Test"),
+                timestamp: SystemTime::now(),
+                storage_resolution: 60,
             }),
-            timestamp: SystemTime::now(),
-            storage_resolution: 60,
+            name: name.into(),
+            dimensions: (0..dims)
+                .map(|i| (format!("Dim{i}").into(), format!("value-{i}").into()))
+                .collect(),
+            unit: Unit::Milliseconds,
             value,
             samples: values.max(1) as u64,
         }
@@ -227,7 +228,10 @@ mod tests {
     fn datums_of_different_namespaces_never_share_a_request() {
         let a = datum("A", 0, 0);
         let mut b = datum("B", 0, 0);
-        b.namespace = Arc::from("Other");
+        b.stamp = Arc::new(Stamp {
+            namespace: Arc::from("Other"),
+            ..(*b.stamp).clone()
+        });
         let batches = pack(vec![a.clone(), b, a], LIMITS);
         assert_eq!(batches.len(), 3);
     }
@@ -235,9 +239,8 @@ mod tests {
     #[test]
     fn the_largest_valid_datum_fits_the_smallest_allowed_request() {
         let mut d = datum("M", 0, 150);
-        let series = Arc::make_mut(&mut d.series);
-        series.name = "n".repeat(255).into();
-        series.dimensions = (0..30)
+        d.name = "n".repeat(255).into();
+        d.dimensions = (0..30)
             .map(|i| (format!("{i:0>255}").into(), "v".repeat(1024).into()))
             .collect();
         let size = request_overhead("N", 1000) + datum_bytes(&d);

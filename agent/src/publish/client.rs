@@ -239,12 +239,12 @@ where
 mod tests {
     use super::*;
     use crate::publish::batch::{datum_bytes, request_overhead};
-    use crate::publish::datum::{DatumValue, Series};
+    use crate::publish::datum::{DatumValue, Stamp, Statistics, ValueCounts};
     use aws_sdk_cloudwatch::config::Credentials;
-    use aws_sdk_cloudwatch::types::StandardUnit;
     use proptest::prelude::*;
     use std::sync::Arc;
     use std::time::{Duration, SystemTime};
+    use tally::wire::Unit;
 
     /// A client pointed at a closed loopback port: every request is serialized (and measured)
     /// and then fails to connect.
@@ -273,18 +273,19 @@ mod tests {
 
     fn datum(name_len: usize, dims: &[(usize, usize)], value: DatumValue) -> Datum {
         Datum {
-            namespace: Arc::from("Tally/Estimate"),
-            series: Arc::new(Series {
-                name: "m".repeat(name_len).into(),
-                unit: StandardUnit::CountSecond,
-                dimensions: dims
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &(k, v))| (format!("{i:0>k$}").into(), "v".repeat(v).into()))
-                    .collect(),
+            stamp: Arc::new(Stamp {
+                namespace: Arc::from("Tally/Estimate"),
+                timestamp: SystemTime::UNIX_EPOCH + Duration::from_millis(1_754_000_000_123),
+                storage_resolution: 1,
             }),
-            timestamp: SystemTime::UNIX_EPOCH + Duration::from_millis(1_754_000_000_123),
-            storage_resolution: 1,
+            name: "m".repeat(name_len).into(),
+            dimensions: dims
+                .iter()
+                .enumerate()
+                .map(|(i, &(k, v))| (format!("{i:0>k$}").into(), "v".repeat(v).into()))
+                .collect(),
+            // The longest unit name a datum is published with ("Microseconds").
+            unit: Unit::Microseconds,
             value,
             samples: 1,
         }
@@ -293,16 +294,18 @@ mod tests {
     fn value_strategy() -> impl Strategy<Value = DatumValue> {
         prop_oneof![
             any::<f64>().prop_map(DatumValue::Value),
-            (1.0f64..1e9, -1e9f64..1e9).prop_map(|(n, s)| DatumValue::StatisticSet {
-                sample_count: n,
-                sum: s,
-                minimum: s,
-                maximum: s
-            }),
-            (0usize..=150).prop_map(|n| DatumValue::Values {
+            (1.0f64..1e9, -1e9f64..1e9).prop_map(|(n, s)| DatumValue::StatisticSet(Box::new(
+                Statistics {
+                    sample_count: n,
+                    sum: s,
+                    minimum: s,
+                    maximum: s
+                }
+            ))),
+            (0usize..=150).prop_map(|n| DatumValue::Values(Box::new(ValueCounts {
                 values: (0..n).map(|i| i as f64 * 1.37).collect(),
                 counts: (0..n).map(|i| (i + 1) as f64).collect(),
-            }),
+            }))),
         ]
     }
 

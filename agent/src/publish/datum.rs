@@ -34,54 +34,66 @@ const MIN_MAGNITUDE: f64 = 4.258_959_674_956_994e-109; // 2^-360
 /// Dimensions per metric.
 pub const MAX_DIMENSIONS: usize = 30;
 
-/// One metric identity as published, shared by every datum of a split histogram. Its name
-/// and dimensions are the closed period's own (shared, not copied).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Series {
-    /// Metric name.
-    pub name: Text,
-    /// CloudWatch unit.
-    pub unit: StandardUnit,
-    /// Dimensions (name, value), sorted by name.
-    pub dimensions: Dimensions,
+/// What every datum of one closed period shares: one allocation per period, not per datum.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp {
+    /// Namespace.
+    pub namespace: Arc<str>,
+    /// Timestamp (the period's start).
+    pub timestamp: SystemTime,
+    /// 1 (high resolution) or 60.
+    pub storage_resolution: i32,
 }
 
-/// The measurement part of a datum.
+/// `StatisticValues`: pre-aggregated statistics of one datum.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Statistics {
+    /// Number of samples.
+    pub sample_count: f64,
+    /// Their sum.
+    pub sum: f64,
+    /// Smallest.
+    pub minimum: f64,
+    /// Largest.
+    pub maximum: f64,
+}
+
+/// `Values`/`Counts`: distinct values and how many samples each stands for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValueCounts {
+    /// Values (at most 150).
+    pub values: Vec<f64>,
+    /// Counts, same length.
+    pub counts: Vec<f64>,
+}
+
+/// The measurement part of a datum. The rarer, larger shapes are boxed so that a queued
+/// counter datum stays small (a period can queue 200k of them).
 #[derive(Debug, Clone, PartialEq)]
 pub enum DatumValue {
     /// One value.
     Value(f64),
     /// Pre-aggregated statistics.
-    StatisticSet {
-        /// Number of samples.
-        sample_count: f64,
-        /// Their sum.
-        sum: f64,
-        /// Smallest.
-        minimum: f64,
-        /// Largest.
-        maximum: f64,
-    },
-    /// Distinct values and how many samples each stands for (at most 150 of each).
-    Values {
-        /// Values.
-        values: Vec<f64>,
-        /// Counts, same length.
-        counts: Vec<f64>,
-    },
+    StatisticSet(Box<Statistics>),
+    /// Distinct values and how many samples each stands for.
+    Values(Box<ValueCounts>),
 }
 
 /// One CloudWatch MetricDatum, with the sample count it carries (for drop accounting).
+///
+/// Its name and dimensions are the closed period's own (shared, not copied), and what the
+/// whole period shares sits behind one [`Stamp`]: a queued counter datum is 72 bytes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Datum {
-    /// Namespace, shared by every datum of a period.
-    pub namespace: Arc<str>,
-    /// The metric identity.
-    pub series: Arc<Series>,
-    /// Timestamp (the period's start).
-    pub timestamp: SystemTime,
-    /// 1 (high resolution) or 60.
-    pub storage_resolution: i32,
+    /// Namespace, timestamp and resolution, shared by every datum of a period.
+    pub stamp: Arc<Stamp>,
+    /// Metric name.
+    pub name: Text,
+    /// Dimensions (name, value), sorted by name.
+    pub dimensions: Dimensions,
+    /// The metric's unit; [`Datum::standard_unit`] is the CloudWatch unit it is published in
+    /// (the values are already converted to it).
+    pub unit: Unit,
     /// What is measured.
     pub value: DatumValue,
     /// How many recorded samples this datum stands for.
@@ -92,60 +104,61 @@ impl Datum {
     /// The SDK's representation, for one attempt.
     pub fn to_sdk(&self) -> MetricDatum {
         let mut b = MetricDatum::builder()
-            .metric_name(&*self.series.name)
-            .unit(self.series.unit.clone())
-            .timestamp(DateTime::from(self.timestamp))
-            .storage_resolution(self.storage_resolution);
-        for (name, value) in self.series.dimensions.iter() {
+            .metric_name(&*self.name)
+            .unit(self.standard_unit())
+            .timestamp(DateTime::from(self.stamp.timestamp))
+            .storage_resolution(self.stamp.storage_resolution);
+        for (name, value) in self.dimensions.iter() {
             b = b.dimensions(Dimension::builder().name(&**name).value(&**value).build());
         }
         match &self.value {
             DatumValue::Value(v) => b = b.value(*v),
-            DatumValue::StatisticSet {
-                sample_count,
-                sum,
-                minimum,
-                maximum,
-            } => {
+            DatumValue::StatisticSet(s) => {
                 b = b.statistic_values(
                     StatisticSet::builder()
-                        .sample_count(*sample_count)
-                        .sum(*sum)
-                        .minimum(*minimum)
-                        .maximum(*maximum)
+                        .sample_count(s.sample_count)
+                        .sum(s.sum)
+                        .minimum(s.minimum)
+                        .maximum(s.maximum)
                         .build(),
                 );
             }
-            DatumValue::Values { values, counts } => {
+            DatumValue::Values(v) => {
                 b = b
-                    .set_values(Some(values.clone()))
-                    .set_counts(Some(counts.clone()));
+                    .set_values(Some(v.values.clone()))
+                    .set_counts(Some(v.counts.clone()));
             }
         }
         b.build()
     }
 
+    /// The CloudWatch unit the datum is published in.
+    pub fn standard_unit(&self) -> StandardUnit {
+        standard_unit(self.unit).0
+    }
+
     /// An estimate of the memory this datum holds, for the pending queue's bound: the datum,
-    /// its values, and its series (the shared `Series`, its dimension list and the strings a
-    /// series may own alone: its name and dimension values). Dimension names are not counted:
-    /// a closed period stores each once for all its series (see `model::Interner`). A split
-    /// histogram's datums each count the series they share (a small over-estimate).
+    /// its boxed value, and what a datum may keep alive alone once its period is gone: its
+    /// dimension list and the strings a series may own alone (its name and dimension values).
+    /// Dimension names are not counted: a closed period stores each once for all its series
+    /// (see `model::Interner`), as it does the [`Stamp`]. A split histogram's datums each count
+    /// the dimension list they share (a small over-estimate).
     pub fn memory_bytes(&self) -> usize {
         const ARC_COUNTS: usize = 2 * std::mem::size_of::<usize>();
-        let dims = &self.series.dimensions;
-        let series = ARC_COUNTS
-            + std::mem::size_of::<Series>()
-            + self.series.name.len()
+        let dims = &self.dimensions;
+        let series = self.name.len()
             + ARC_COUNTS
             + std::mem::size_of_val::<[(Text, Text)]>(dims)
             + dims.iter().map(|(_, v)| v.len()).sum::<usize>();
-        let values = match &self.value {
-            DatumValue::Values { values, counts } => {
-                (values.capacity() + counts.capacity()) * std::mem::size_of::<f64>()
+        let value = match &self.value {
+            DatumValue::Value(_) => 0,
+            DatumValue::StatisticSet(_) => std::mem::size_of::<Statistics>(),
+            DatumValue::Values(v) => {
+                std::mem::size_of::<ValueCounts>()
+                    + (v.values.capacity() + v.counts.capacity()) * std::mem::size_of::<f64>()
             }
-            _ => 0,
         };
-        std::mem::size_of::<Datum>() + series + values
+        std::mem::size_of::<Datum>() + series + value
     }
 }
 
@@ -158,14 +171,14 @@ pub fn counter_datum_bytes(dimensions: usize, value_len: usize) -> usize {
         .map(|i| (Text::from(format!("D{i}")), Text::from(value.as_str())))
         .collect();
     Datum {
-        namespace: Arc::from("N"),
-        series: Arc::new(Series {
-            name: "RequestCount".into(),
-            unit: StandardUnit::Count,
-            dimensions: dims,
+        stamp: Arc::new(Stamp {
+            namespace: Arc::from("N"),
+            timestamp: SystemTime::UNIX_EPOCH,
+            storage_resolution: 60,
         }),
-        timestamp: SystemTime::UNIX_EPOCH,
-        storage_resolution: 60,
+        name: "RequestCount".into(),
+        dimensions: dims,
+        unit: Unit::Count,
         value: DatumValue::Value(0.0),
         samples: 0,
     }
@@ -299,7 +312,11 @@ pub fn build_datums(
     let mut rejections = Vec::new();
     let namespace_problem = check_namespace(&period.namespace).err();
     let time_problem = check_timestamp(period.timestamp, now).err();
-    let namespace: Arc<str> = Arc::from(period.namespace.as_str());
+    let stamp = Arc::new(Stamp {
+        namespace: Arc::from(period.namespace.as_str()),
+        timestamp: period.timestamp,
+        storage_resolution: period.storage_resolution,
+    });
     for (key, agg) in &period.metrics {
         let reject = |reason: DropReason, detail: String| Rejection {
             name: key.name.to_string(),
@@ -330,32 +347,27 @@ pub fn build_datums(
             rejections.push(reject(DropReason::InvalidDimension, detail));
             continue;
         }
-        match datums_of(key, agg, &namespace, period, max_values) {
-            Ok(mut d) => datums.append(&mut d),
-            Err((reason, detail)) => rejections.push(reject(reason, detail)),
+        if let Err((reason, detail)) = datums_of(key, agg, &stamp, max_values, &mut datums) {
+            rejections.push(reject(reason, detail));
         }
     }
     (datums, rejections)
 }
 
+/// Appends the datums of one metric to `out`, or none of them with why.
 fn datums_of(
     key: &MetricKey,
     agg: &AggregateValue,
-    namespace: &Arc<str>,
-    period: &PeriodData,
+    stamp: &Arc<Stamp>,
     max_values: usize,
-) -> Result<Vec<Datum>, (DropReason, String)> {
-    let (unit, divisor) = standard_unit(key.unit);
-    let series = Arc::new(Series {
-        name: Text::clone(&key.name),
-        unit,
-        dimensions: Dimensions::clone(&key.dimensions),
-    });
+    out: &mut Vec<Datum>,
+) -> Result<(), (DropReason, String)> {
+    let (_, divisor) = standard_unit(key.unit);
     let datum = |value: DatumValue, samples: u64| Datum {
-        namespace: namespace.clone(),
-        series: series.clone(),
-        timestamp: period.timestamp,
-        storage_resolution: period.storage_resolution,
+        stamp: Arc::clone(stamp),
+        name: Text::clone(&key.name),
+        dimensions: Dimensions::clone(&key.dimensions),
+        unit: key.unit,
         value,
         samples,
     };
@@ -369,15 +381,15 @@ fn datums_of(
         })
     };
     let checked = |v: f64, what: &str| valid(v / divisor, what);
-    Ok(match agg {
-        AggregateValue::Counter(v) => vec![datum(
+    match agg {
+        AggregateValue::Counter(v) => out.push(datum(
             DatumValue::Value(checked(*v, "counter value")?),
             agg.samples(),
-        )],
-        AggregateValue::Derived(v) => vec![datum(
+        )),
+        AggregateValue::Derived(v) => out.push(datum(
             DatumValue::Value(checked(*v, "derived value")?),
             agg.samples(),
-        )],
+        )),
         AggregateValue::Gauge {
             last,
             min,
@@ -394,14 +406,14 @@ fn datums_of(
             } else {
                 let sum = min + last + max;
                 valid(sum, "gauge sum")?;
-                DatumValue::StatisticSet {
+                DatumValue::StatisticSet(Box::new(Statistics {
                     sample_count: 3.0,
                     sum,
                     minimum: min,
                     maximum: max,
-                }
+                }))
             };
-            vec![datum(value, *updates)]
+            out.push(datum(value, *updates));
         }
         AggregateValue::Distribution { scale, histogram } => {
             let scale = scale * divisor;
@@ -417,21 +429,19 @@ fn datums_of(
                     valid(*v, "distribution value")?;
                 }
             }
-            chunks
-                .into_iter()
-                .map(|c| {
-                    let samples = c.samples;
-                    datum(
-                        DatumValue::Values {
-                            values: c.values,
-                            counts: c.counts,
-                        },
-                        samples,
-                    )
-                })
-                .collect()
+            out.extend(chunks.into_iter().map(|c| {
+                let samples = c.samples;
+                datum(
+                    DatumValue::Values(Box::new(ValueCounts {
+                        values: c.values,
+                        counts: c.counts,
+                    })),
+                    samples,
+                )
+            }));
         }
-    })
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -478,12 +488,9 @@ pub(crate) mod tests {
         let (d, _) = build_datums(&p, now, 150);
         assert!(d.len() > 1, "a split histogram");
         for x in &d {
-            assert!(Arc::ptr_eq(&x.series.name, &k.name));
-            assert!(Arc::ptr_eq(&x.series.dimensions, &k.dimensions));
-            assert!(
-                Arc::ptr_eq(&x.series, &d[0].series),
-                "one series per metric"
-            );
+            assert!(Arc::ptr_eq(&x.name, &k.name));
+            assert!(Arc::ptr_eq(&x.dimensions, &k.dimensions));
+            assert!(Arc::ptr_eq(&x.stamp, &d[0].stamp), "one stamp per period");
         }
     }
 
@@ -534,30 +541,31 @@ pub(crate) mod tests {
         assert!(rejected.is_empty());
         assert_eq!(d[0].value, DatumValue::Value(7.0));
         assert_eq!(d[0].samples, 7);
-        assert_eq!(d[0].series.unit, StandardUnit::Count);
+        assert_eq!(d[0].standard_unit(), StandardUnit::Count);
         assert_eq!(
             d[1].value,
-            DatumValue::StatisticSet {
+            DatumValue::StatisticSet(Box::new(Statistics {
                 sample_count: 3.0,
                 sum: 13.0,
                 minimum: 1.0,
                 maximum: 9.0
-            }
+            }))
         );
         assert_eq!(d[1].samples, 12);
         assert_eq!(d[2].value, DatumValue::Value(4.0));
         assert_eq!(d[3].value, DatumValue::Value(12.5));
-        assert_eq!(d[3].series.unit, StandardUnit::Percent);
+        assert_eq!(d[3].standard_unit(), StandardUnit::Percent);
         // Nanoseconds are published as microseconds.
-        assert_eq!(d[4].series.unit, StandardUnit::Microseconds);
-        let DatumValue::Values { values, counts } = &d[4].value else {
+        assert_eq!(d[4].standard_unit(), StandardUnit::Microseconds);
+        let DatumValue::Values(v) = &d[4].value else {
             panic!("{:?}", d[4].value)
         };
+        let (values, counts) = (&v.values, &v.counts);
         assert_eq!(counts, &vec![3.0]);
         assert!((values[0] - 2000.0).abs() / 2000.0 < 0.001, "{values:?}");
         assert!(d
             .iter()
-            .all(|d| d.storage_resolution == 60 && d.timestamp == now));
+            .all(|d| d.stamp.storage_resolution == 60 && d.stamp.timestamp == now));
     }
 
     #[test]
@@ -581,7 +589,7 @@ pub(crate) mod tests {
         assert_eq!(d.len(), 3);
         assert!(d
             .iter()
-            .all(|x| &*x.series.name == "Latency" && x.timestamp == now));
+            .all(|x| &*x.name == "Latency" && x.stamp.timestamp == now));
         assert_eq!(d.iter().map(|x| x.samples).sum::<u64>(), 400);
     }
 
@@ -638,7 +646,7 @@ pub(crate) mod tests {
         );
         let (d, r) = build_datums(&p, now, 150);
         assert_eq!(d.len(), 1);
-        assert_eq!(&*d[0].series.name, "Ok");
+        assert_eq!(&*d[0].name, "Ok");
         let reasons: Vec<DropReason> = r.iter().map(|x| x.reason).collect();
         use DropReason::*;
         assert_eq!(

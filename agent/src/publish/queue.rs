@@ -89,16 +89,17 @@ impl PendingQueue {
 
     /// Appends a period's datums, then drops the oldest queued datums while over the bound.
     pub fn push(&mut self, datums: Vec<Datum>) -> Dropped {
-        if self.items.is_empty() {
-            // The usual case (CloudWatch keeps up): one allocation of the period's size, not
-            // a doubling past it (a period can be 200k datums). Behind an outage the queue
-            // grows the usual way, so appending stays amortised.
-            self.items.reserve_exact(datums.len());
-        }
-        for d in datums {
+        for d in &datums {
             self.queued_bytes += d.memory_bytes();
             self.queued_samples += d.samples;
-            self.items.push_back(d);
+        }
+        if self.items.is_empty() {
+            // The usual case (CloudWatch keeps up): the period's vector becomes the queue, no
+            // copy (a period can be 200k datums, and a copy would hold both at once). Behind
+            // an outage the queue grows the usual way, so appending stays amortised.
+            self.items = VecDeque::from(datums);
+        } else {
+            self.items.extend(datums);
         }
         self.evict()
     }
@@ -125,7 +126,7 @@ impl PendingQueue {
         let mut dropped = Dropped::default();
         let mut kept = VecDeque::with_capacity(self.items.len());
         for d in std::mem::take(&mut self.items) {
-            if check_timestamp(d.timestamp, now) == Err(DropReason::Expired) {
+            if check_timestamp(d.stamp.timestamp, now) == Err(DropReason::Expired) {
                 self.forget(&d);
                 dropped.add(&d);
             } else {
@@ -140,7 +141,7 @@ impl PendingQueue {
     /// `limits`), or `None` when nothing is queued.
     pub fn take(&mut self, limits: RequestLimits) -> Option<InFlight> {
         let first = self.items.front()?;
-        let namespace = first.namespace.clone();
+        let namespace = first.stamp.namespace.clone();
         let mut batch = Batch {
             datums: Vec::new(),
             estimated_bytes: request_overhead(&namespace, limits.max_datums),
@@ -149,7 +150,7 @@ impl PendingQueue {
         while let Some(d) = self.items.front() {
             let size = datum_bytes(d);
             let full = batch.datums.len() == limits.max_datums
-                || d.namespace != namespace
+                || d.stamp.namespace != namespace
                 || (!batch.datums.is_empty() && batch.estimated_bytes + size > limits.max_bytes);
             if full {
                 break;
@@ -230,26 +231,26 @@ impl InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::publish::datum::{DatumValue, Series};
-    use aws_sdk_cloudwatch::types::StandardUnit;
+    use crate::publish::datum::{DatumValue, Stamp, ValueCounts};
     use proptest::prelude::*;
     use std::sync::Arc;
     use std::time::Duration;
+    use tally::wire::Unit;
 
     fn datum(i: usize, ts: SystemTime, values: usize) -> Datum {
         Datum {
-            namespace: Arc::from("Ns"),
-            series: Arc::new(Series {
-                name: format!("M{i}").into(),
-                unit: StandardUnit::Count,
-                dimensions: vec![("A".into(), "b".into())].into(),
+            stamp: Arc::new(Stamp {
+                namespace: Arc::from("Ns"),
+                timestamp: ts,
+                storage_resolution: 60,
             }),
-            timestamp: ts,
-            storage_resolution: 60,
-            value: DatumValue::Values {
+            name: format!("M{i}").into(),
+            dimensions: vec![("A".into(), "b".into())].into(),
+            unit: Unit::Count,
+            value: DatumValue::Values(Box::new(ValueCounts {
                 values: vec![1.0; values],
                 counts: vec![2.0; values],
-            },
+            })),
             samples: 2 * values as u64,
         }
     }
@@ -262,7 +263,6 @@ mod tests {
     #[test]
     fn a_period_at_the_default_series_limit_fits_the_default_bound_without_a_drop() {
         use crate::model::{AggregateValue, MetricKey, PeriodData};
-        use tally::wire::Unit;
         // 100k series (eight dimensions: ServiceName, Environment, three labels, three ECS
         // dimensions) and the ErrorRate derived from each, as a closed period holds them.
         let c = crate::config::Config::default();
@@ -326,7 +326,7 @@ mod tests {
         assert_eq!(q.datums(), 5);
         assert!(q.bytes() <= one * 5);
         let batch = q.take(LIMITS).unwrap();
-        let names: Vec<&str> = batch.batch.datums.iter().map(|d| &*d.series.name).collect();
+        let names: Vec<&str> = batch.batch.datums.iter().map(|d| &*d.name).collect();
         assert_eq!(names, vec!["M2", "M3", "M4", "M5", "M6"]);
     }
 
@@ -344,7 +344,7 @@ mod tests {
         q.push(vec![datum(5, now, 1)]);
         assert_eq!(q.finish(done, batch.datums), Dropped::default());
         let (batch, _) = q.take(LIMITS).unwrap().into_parts();
-        let names: Vec<&str> = batch.datums.iter().map(|d| &*d.series.name).collect();
+        let names: Vec<&str> = batch.datums.iter().map(|d| &*d.name).collect();
         assert_eq!(names, vec!["M0", "M1", "M2", "M3", "M4", "M5"]);
     }
 
