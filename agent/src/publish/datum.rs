@@ -82,7 +82,7 @@ pub enum DatumValue {
 /// One CloudWatch MetricDatum, with the sample count it carries (for drop accounting).
 ///
 /// Its name and dimensions are the closed period's own (shared, not copied), and what the
-/// whole period shares sits behind one [`Stamp`]: a queued counter datum is 72 bytes.
+/// whole period shares sits behind one [`Stamp`]: a queued counter datum is 64 bytes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Datum {
     /// Namespace, timestamp and resolution, shared by every datum of a period.
@@ -488,10 +488,20 @@ pub(crate) mod tests {
         let (d, _) = build_datums(&p, now, 150);
         assert!(d.len() > 1, "a split histogram");
         for x in &d {
-            assert!(Arc::ptr_eq(&x.name, &k.name));
+            assert!(Text::ptr_eq(&x.name, &k.name));
             assert!(Arc::ptr_eq(&x.dimensions, &k.dimensions));
             assert!(Arc::ptr_eq(&x.stamp, &d[0].stamp), "one stamp per period");
         }
+    }
+
+    /// A period can queue 200k datums; this holds the layout the queue's bound and the
+    /// memory figures in docs/benchmarks-agent.md assume.
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_datum_and_its_strings_stay_small() {
+        assert!(std::mem::size_of::<Datum>() <= 64);
+        assert_eq!(std::mem::size_of::<Text>(), 8, "a thin shared string");
+        assert_eq!(std::mem::size_of::<(Text, Text)>(), 16);
     }
 
     #[test]
