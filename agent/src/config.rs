@@ -606,14 +606,14 @@ impl Config {
             .aggregate
             .max_series
             .saturating_mul(1 + self.aggregate.derived.len());
-        let per_metric = crate::publish::datum::counter_datum_bytes(DIMENSIONS, VALUE_LEN);
+        let per_metric = crate::publish::datum::counter_metric_bytes(DIMENSIONS, VALUE_LEN);
         let need = metrics.saturating_mul(per_metric);
         if self.sink.kind != SinkKind::Stdout && need > self.publish.max_pending_bytes {
             const MIB: usize = 1024 * 1024;
             out.push(format!(
                 "publish.max_pending_bytes = {} MiB holds about {} metrics of {DIMENSIONS} dimensions, \
                  but a period at aggregate.max_series = {} with {} derived metric(s) can reach {metrics}: \
-                 the oldest datums of such a period would be dropped (reason=\"queue_full\") even while \
+                 the oldest metrics of such a period would be dropped (reason=\"queue_full\") even while \
                  CloudWatch answers. Raise publish.max_pending_bytes to at least {} MiB (and the \
                  container's memory with it), or lower aggregate.max_series",
                 self.publish.max_pending_bytes / MIB,

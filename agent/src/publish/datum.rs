@@ -21,6 +21,7 @@ use tally::wire::Unit;
 
 use super::split::split_histogram;
 use super::stats::DropReason;
+use crate::aggregate::sparse::SparseHistogram;
 use crate::model::{AggregateValue, Dimensions, MetricKey, PeriodData, Text};
 
 /// How far back CloudWatch accepts timestamps (two weeks), minus ten minutes so that a datum
@@ -144,12 +145,6 @@ impl Datum {
     /// (see `model::Interner`), as it does the [`Stamp`]. A split histogram's datums each count
     /// the dimension list they share (a small over-estimate).
     pub fn memory_bytes(&self) -> usize {
-        const ARC_COUNTS: usize = 2 * std::mem::size_of::<usize>();
-        let dims = &self.dimensions;
-        let series = self.name.len()
-            + ARC_COUNTS
-            + std::mem::size_of_val::<[(Text, Text)]>(dims)
-            + dims.iter().map(|(_, v)| v.len()).sum::<usize>();
         let value = match &self.value {
             DatumValue::Value(_) => 0,
             DatumValue::StatisticSet(_) => std::mem::size_of::<Statistics>(),
@@ -158,31 +153,19 @@ impl Datum {
                     + (v.values.capacity() + v.counts.capacity()) * std::mem::size_of::<f64>()
             }
         };
-        std::mem::size_of::<Datum>() + series + value
+        std::mem::size_of::<Datum>() + series_bytes(&self.name, &self.dimensions) + value
     }
 }
 
-/// What [`Datum::memory_bytes`] charges for a counter with `dimensions` dimensions whose
-/// values are `value_len` bytes long: the unit of the pending queue's bound, for sizing
-/// `publish.max_pending_bytes` against `aggregate.max_series`.
-pub fn counter_datum_bytes(dimensions: usize, value_len: usize) -> usize {
+/// What the pending queue charges for a counter waiting with `dimensions` dimensions whose
+/// values are `value_len` bytes long (see [`metric_memory_bytes`]): the unit of its bound,
+/// for sizing `publish.max_pending_bytes` against `aggregate.max_series`.
+pub fn counter_metric_bytes(dimensions: usize, value_len: usize) -> usize {
     let value = "v".repeat(value_len);
-    let dims: Dimensions = (0..dimensions)
-        .map(|i| (Text::from(format!("D{i}")), Text::from(value.as_str())))
-        .collect();
-    Datum {
-        stamp: Arc::new(Stamp {
-            namespace: Arc::from("N"),
-            timestamp: SystemTime::UNIX_EPOCH,
-            storage_resolution: 60,
-        }),
-        name: "RequestCount".into(),
-        dimensions: dims,
-        unit: Unit::Count,
-        value: DatumValue::Value(0.0),
-        samples: 0,
-    }
-    .memory_bytes()
+    let names: Vec<String> = (0..dimensions).map(|i| format!("D{i}")).collect();
+    let dims: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), value.as_str())).collect();
+    let key = MetricKey::new("RequestCount", Unit::Count, &dims);
+    metric_memory_bytes(&key, &AggregateValue::Counter(0.0))
 }
 
 /// The CloudWatch unit for a tally unit, and the divisor that converts values to it.
@@ -301,57 +284,164 @@ pub struct Rejection {
     pub samples: u64,
 }
 
-/// Turns one closed period into datums. Metrics CloudWatch would refuse land in the returned
-/// rejections instead (the caller logs and counts them).
+/// A closed period checked for what CloudWatch refuses before any datum is made: its
+/// namespace, its timestamp, and every metric's name and dimensions.
+#[derive(Debug)]
+pub struct Prepared {
+    /// What the period's datums share.
+    pub stamp: Arc<Stamp>,
+    /// The metrics that passed, in the period's order (the period's own vector).
+    pub metrics: Vec<(MetricKey, AggregateValue)>,
+    /// The metrics that did not (the caller logs and counts them).
+    pub rejections: Vec<Rejection>,
+}
+
+/// Checks one closed period (see [`Prepared`]). The metrics stay in the period's vector:
+/// refused ones are taken out in place, nothing is copied, so a period of 200k metrics costs
+/// no second vector here. Their datums are made later, a request at a time
+/// ([`make_datums`], called by the pending queue).
+pub fn prepare(period: PeriodData, now: SystemTime) -> Prepared {
+    let PeriodData {
+        namespace,
+        timestamp,
+        storage_resolution,
+        mut metrics,
+        ..
+    } = period;
+    let whole_period = check_namespace(&namespace)
+        .err()
+        .map(|detail| {
+            (
+                DropReason::InvalidNamespace,
+                format!("{detail}: fix `namespace` in the agent's configuration"),
+            )
+        })
+        .or_else(|| {
+            check_timestamp(timestamp, now).err().map(|reason| {
+                (
+                    reason,
+                    "period timestamp outside CloudWatch's window (2 weeks back, 2 hours ahead): check the host clock".to_string(),
+                )
+            })
+        });
+    let mut rejections = Vec::new();
+    if let Some((reason, detail)) = whole_period {
+        rejections = metrics
+            .iter()
+            .map(|(key, agg)| rejection(key, agg, reason, detail.clone()))
+            .collect();
+        metrics = Vec::new();
+    } else {
+        metrics.retain(|(key, agg)| {
+            let problem = check_metric_name(&key.name)
+                .map_err(|d| (DropReason::InvalidName, d))
+                .and_then(|()| {
+                    check_dimensions(&key.dimensions).map_err(|d| (DropReason::InvalidDimension, d))
+                });
+            match problem {
+                Ok(()) => true,
+                Err((reason, detail)) => {
+                    rejections.push(rejection(key, agg, reason, detail));
+                    false
+                }
+            }
+        });
+    }
+    Prepared {
+        stamp: Arc::new(Stamp {
+            namespace: Arc::from(namespace),
+            timestamp,
+            storage_resolution,
+        }),
+        metrics,
+        rejections,
+    }
+}
+
+fn rejection(
+    key: &MetricKey,
+    agg: &AggregateValue,
+    reason: DropReason,
+    detail: String,
+) -> Rejection {
+    Rejection {
+        name: key.name.to_string(),
+        reason,
+        detail,
+        datums: 1,
+        samples: agg.samples(),
+    }
+}
+
+/// Appends the datums of one metric that [`prepare`] let through to `out`; a value CloudWatch
+/// would refuse (NaN, infinite, outside ±2^360) makes no datum and comes back as a rejection.
+pub fn make_datums(
+    key: &MetricKey,
+    agg: &AggregateValue,
+    stamp: &Arc<Stamp>,
+    max_values: usize,
+    out: &mut impl Extend<Datum>,
+) -> Result<(), Rejection> {
+    datums_of(key, agg, stamp, max_values, out)
+        .map_err(|(reason, detail)| rejection(key, agg, reason, detail))
+}
+
+/// Every datum of one closed period at once, with the metrics CloudWatch would refuse (for
+/// tools and tests; the pending queue makes datums a request at a time instead).
 pub fn build_datums(
     period: &PeriodData,
     now: SystemTime,
     max_values: usize,
 ) -> (Vec<Datum>, Vec<Rejection>) {
-    let mut datums = Vec::with_capacity(period.metrics.len());
-    let mut rejections = Vec::new();
-    let namespace_problem = check_namespace(&period.namespace).err();
-    let time_problem = check_timestamp(period.timestamp, now).err();
-    let stamp = Arc::new(Stamp {
-        namespace: Arc::from(period.namespace.as_str()),
-        timestamp: period.timestamp,
-        storage_resolution: period.storage_resolution,
-    });
-    for (key, agg) in &period.metrics {
-        let reject = |reason: DropReason, detail: String| Rejection {
-            name: key.name.to_string(),
-            reason,
-            detail,
-            datums: 1,
-            samples: agg.samples(),
-        };
-        if let Some(detail) = &namespace_problem {
-            rejections.push(reject(
-                DropReason::InvalidNamespace,
-                format!("{detail}: fix `namespace` in the agent's configuration"),
-            ));
-            continue;
-        }
-        if let Some(reason) = time_problem {
-            rejections.push(reject(
-                reason,
-                "period timestamp outside CloudWatch's window (2 weeks back, 2 hours ahead): check the host clock".into(),
-            ));
-            continue;
-        }
-        if let Err(detail) = check_metric_name(&key.name) {
-            rejections.push(reject(DropReason::InvalidName, detail));
-            continue;
-        }
-        if let Err(detail) = check_dimensions(&key.dimensions) {
-            rejections.push(reject(DropReason::InvalidDimension, detail));
-            continue;
-        }
-        if let Err((reason, detail)) = datums_of(key, agg, &stamp, max_values, &mut datums) {
-            rejections.push(reject(reason, detail));
+    let Prepared {
+        stamp,
+        metrics,
+        mut rejections,
+    } = prepare(period.clone(), now);
+    let mut datums = Vec::with_capacity(metrics.len());
+    for (key, agg) in &metrics {
+        if let Err(r) = make_datums(key, agg, &stamp, max_values, &mut datums) {
+            rejections.push(r);
         }
     }
     (datums, rejections)
+}
+
+/// How many datums [`make_datums`] makes of `agg` when its values are valid.
+pub fn planned_datums(agg: &AggregateValue, max_values: usize) -> u64 {
+    match agg {
+        AggregateValue::Distribution { histogram, .. } => {
+            histogram.buckets().len().div_ceil(max_values.max(1)) as u64
+        }
+        _ => 1,
+    }
+}
+
+/// An estimate of the memory a metric waiting in the pending queue holds, in the terms of
+/// [`Datum::memory_bytes`]: its slot, its histogram, and what it may keep alive alone (its
+/// dimension list, the strings of its name and dimension values).
+pub fn metric_memory_bytes(key: &MetricKey, agg: &AggregateValue) -> usize {
+    let value = match agg {
+        AggregateValue::Distribution { histogram, .. } => {
+            std::mem::size_of::<SparseHistogram>()
+                + std::mem::size_of_val(histogram.buckets())
+        }
+        _ => 0,
+    };
+    std::mem::size_of::<(MetricKey, AggregateValue)>()
+        + series_bytes(&key.name, &key.dimensions)
+        + value
+}
+
+/// What a series may keep alive alone: its name, its dimension list and the dimension
+/// values. Dimension names are not counted: a closed period stores each once for all its
+/// series (see `model::Interner`).
+fn series_bytes(name: &str, dimensions: &Dimensions) -> usize {
+    const ARC_COUNTS: usize = 2 * std::mem::size_of::<usize>();
+    name.len()
+        + ARC_COUNTS
+        + std::mem::size_of_val::<[(Text, Text)]>(dimensions)
+        + dimensions.iter().map(|(_, v)| v.len()).sum::<usize>()
 }
 
 /// Appends the datums of one metric to `out`, or none of them with why.
@@ -360,7 +450,7 @@ fn datums_of(
     agg: &AggregateValue,
     stamp: &Arc<Stamp>,
     max_values: usize,
-    out: &mut Vec<Datum>,
+    out: &mut impl Extend<Datum>,
 ) -> Result<(), (DropReason, String)> {
     let (_, divisor) = standard_unit(key.unit);
     let datum = |value: DatumValue, samples: u64| Datum {
@@ -382,14 +472,14 @@ fn datums_of(
     };
     let checked = |v: f64, what: &str| valid(v / divisor, what);
     match agg {
-        AggregateValue::Counter(v) => out.push(datum(
+        AggregateValue::Counter(v) => out.extend([datum(
             DatumValue::Value(checked(*v, "counter value")?),
             agg.samples(),
-        )),
-        AggregateValue::Derived(v) => out.push(datum(
+        )]),
+        AggregateValue::Derived(v) => out.extend([datum(
             DatumValue::Value(checked(*v, "derived value")?),
             agg.samples(),
-        )),
+        )]),
         AggregateValue::Gauge {
             last,
             min,
@@ -413,7 +503,7 @@ fn datums_of(
                     maximum: max,
                 }))
             };
-            out.push(datum(value, *updates));
+            out.extend([datum(value, *updates)]);
         }
         AggregateValue::Distribution { scale, histogram } => {
             let scale = scale * divisor;

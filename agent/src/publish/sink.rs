@@ -1,7 +1,7 @@
 //! The CloudWatch sink: closed periods in, PutMetricData out, nothing lost silently.
 //!
 //! ```text
-//! PeriodData ─ build_datums ─▶ PendingQueue ─ take ─▶ up to N requests in flight
+//! PeriodData ─ prepare ─▶ PendingQueue ─ take (makes datums) ─▶ up to N requests in flight
 //!                 │ refused: counted      ▲  │           │ ok: counted as published
 //!                 ▼                       │  │           │ 4xx: bisect, drop the bad datum (counted)
 //!           dropped{reason}     unsent ◀──┘  └ too old / over the bound: dropped{reason}
@@ -25,8 +25,8 @@ use tokio::task::JoinSet;
 use super::batch::RequestLimits;
 use super::client::{build_client, ClientError, ClientOverrides, SdkTransport, Transport};
 use super::config::PublishConfig;
-use super::datum::{build_datums, Datum};
-use super::queue::{Dropped, InFlightDone, PendingQueue};
+use super::datum::{prepare, Datum, Prepared, Rejection};
+use super::queue::{Dropped, InFlight, InFlightDone, PendingQueue};
 use super::retry::{backoff_ceiling, full_jitter, ErrorKind, SendError};
 use super::stats::{DropReason, PublishStats};
 use crate::model::PeriodData;
@@ -126,7 +126,10 @@ impl CloudWatchSink {
         Self {
             inner: Arc::new(Inner {
                 transport,
-                queue: Mutex::new(PendingQueue::new(config.max_pending_bytes)),
+                queue: Mutex::new(PendingQueue::new(
+                    config.max_pending_bytes,
+                    config.max_values_per_datum,
+                )),
                 config,
                 stats,
                 drain_lock: tokio::sync::Mutex::new(()),
@@ -441,26 +444,15 @@ impl Inner {
     }
 
     fn enqueue(&self, period: PeriodData) {
-        let (datums, rejections) =
-            build_datums(&period, SystemTime::now(), self.config.max_values_per_datum);
-        let namespace = period.namespace;
-        // The datums share the period's strings; its aggregates (and their vector, 80 bytes
-        // a metric) go now, before the queue takes the datums.
-        drop(period.metrics);
-        for r in &rejections {
-            tracing::warn!(
-                metric = %r.name,
-                namespace = %namespace,
-                reason = r.reason.as_str(),
-                samples = r.samples,
-                "not publishing a metric CloudWatch would refuse: {}",
-                r.detail
-            );
-            self.stats.drop(r.reason, r.datums, r.samples);
-        }
+        let Prepared {
+            stamp,
+            metrics,
+            rejections,
+        } = prepare(period, SystemTime::now());
+        self.count_rejections(&rejections);
         let dropped = {
             let mut q = self.queue.lock();
-            let d = q.push(datums);
+            let d = q.push(stamp, metrics);
             self.periods_in
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.update_gauges(&q);
@@ -468,6 +460,37 @@ impl Inner {
             d
         };
         self.count_queue_drop(DropReason::QueueFull, dropped);
+    }
+
+    /// Logs and counts metrics left out because CloudWatch would refuse them.
+    fn count_rejections(&self, rejections: &[Rejection]) {
+        for r in rejections {
+            tracing::warn!(
+                metric = %r.name,
+                reason = r.reason.as_str(),
+                samples = r.samples,
+                "not publishing a metric CloudWatch would refuse: {}",
+                r.detail
+            );
+            self.stats.drop(r.reason, r.datums, r.samples);
+        }
+    }
+
+    /// The next request's worth of datums, with what the queue then looks like published to
+    /// the gauges; metrics refused while their datums were made are logged and counted.
+    fn take(&self) -> Option<InFlight> {
+        let mut rejected = Vec::new();
+        let taken = {
+            let mut q = self.queue.lock();
+            let t = q.take(self.limits(), &mut rejected);
+            self.update_gauges(&q);
+            if t.is_none() {
+                self.check_settled(&q);
+            }
+            t
+        };
+        self.count_rejections(&rejected);
+        taken
     }
 
     /// Runs `fut` unless the shutdown deadline passes first (`None` then).
@@ -508,7 +531,7 @@ impl Inner {
         let mut tasks: JoinSet<BatchOutcome> = JoinSet::new();
         loop {
             while report.gave_up.is_none() && tasks.len() < self.config.max_concurrent_requests {
-                let Some(in_flight) = self.queue.lock().take(self.limits()) else {
+                let Some(in_flight) = self.take() else {
                     break;
                 };
                 let (batch, done) = in_flight.into_parts();
