@@ -118,40 +118,52 @@ pub fn finish(
         merge_equal_keys(&mut all, &mut conflicts);
     }
 
-    // Derived metrics, for every dimension set of the denominator.
-    let mut derived: Vec<(MetricKey, AggregateValue)> = Vec::new();
+    // Derived metrics, for every dimension set of the denominator (of the base and rolled-up
+    // metrics only, not of other derived metrics). Each rule first lists (denominator, value)
+    // pairs, then appends its metrics into room reserved once: the period's vector is the
+    // largest allocation of a close and never exists twice.
+    let measured = all.len();
+    let mut any_derived = false;
     for d in &settings.derived {
-        let numerators: HashMap<&[(Text, Text)], f64> = all
-            .iter()
-            .filter(|(k, _)| *k.name == *d.numerator)
-            .filter_map(|(k, v)| total(v).map(|t| (&*k.dimensions, t)))
-            .collect();
+        let values: Vec<(usize, f64)> = {
+            let numerators: HashMap<&[(Text, Text)], f64> = all[..measured]
+                .iter()
+                .filter(|(k, _)| *k.name == *d.numerator)
+                .filter_map(|(k, v)| total(v).map(|t| (&*k.dimensions, t)))
+                .collect();
+            all[..measured]
+                .iter()
+                .enumerate()
+                .filter(|(_, (k, _))| *k.name == *d.denominator)
+                .filter(|(_, (k, _))| {
+                    !k.dimensions
+                        .iter()
+                        .any(|(n, _)| d.exclude_dimensions.iter().any(|x| **x == **n))
+                })
+                .filter_map(|(i, (k, v))| {
+                    let den = total(v).filter(|den| *den > 0.0)?;
+                    let num = numerators.get(&*k.dimensions).copied().unwrap_or(0.0);
+                    Some((i, d.multiplier * num / den))
+                })
+                .collect()
+        };
         let unit = parse_unit(&d.unit).unwrap_or(Unit::None);
         let name = strings.get(&d.name);
-        for (k, v) in all.iter().filter(|(k, _)| *k.name == *d.denominator) {
-            if k.dimensions
-                .iter()
-                .any(|(n, _)| d.exclude_dimensions.iter().any(|x| **x == **n))
-            {
-                continue;
-            }
-            let Some(den) = total(v) else { continue };
-            if den <= 0.0 {
-                continue;
-            }
-            let num = numerators.get(&*k.dimensions).copied().unwrap_or(0.0);
-            derived.push((
+        all.reserve_exact(values.len());
+        for (i, value) in values {
+            let dimensions = Dimensions::clone(&all[i].0.dimensions);
+            all.push((
                 MetricKey {
                     name: name.clone(),
                     unit,
-                    dimensions: Dimensions::clone(&k.dimensions),
+                    dimensions,
                 },
-                AggregateValue::Derived(d.multiplier * num / den),
+                AggregateValue::Derived(value),
             ));
+            any_derived = true;
         }
     }
-    if !derived.is_empty() {
-        all.append(&mut derived);
+    if any_derived {
         merge_equal_keys(&mut all, &mut conflicts);
     }
 
@@ -167,11 +179,17 @@ pub fn finish(
 
 /// Sorts `metrics` by key and merges the values of equal keys into the first of them in the
 /// incoming order (the sort is stable); values that cannot merge are counted in `conflicts`.
+///
+/// The sort orders indices (8 bytes a metric) and then moves the metrics in place: a stable
+/// sort of the metrics themselves (80 bytes each) would borrow a scratch buffer of half the
+/// period (8 MB at 200k metrics) at the close's busiest moment.
 fn merge_equal_keys(
     metrics: &mut Vec<(MetricKey, AggregateValue)>,
     conflicts: &mut Vec<(&'static str, u64)>,
 ) {
-    metrics.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut order: Vec<usize> = (0..metrics.len()).collect();
+    order.sort_by(|&a, &b| metrics[a].0.cmp(&metrics[b].0));
+    permute(metrics, order);
     metrics.dedup_by(|next, kept| {
         if next.0 != kept.0 {
             return false;
@@ -181,6 +199,22 @@ fn merge_equal_keys(
         }
         true
     });
+}
+
+/// Puts the element at `order[k]` at position `k`, for every `k`, in place: each cycle of the
+/// permutation is walked once with swaps. `order` must be a permutation of `0..v.len()`.
+fn permute<T>(v: &mut [T], mut order: Vec<usize>) {
+    debug_assert_eq!(v.len(), order.len());
+    for start in 0..v.len() {
+        let mut at = start;
+        while order[at] != start {
+            let from = order[at];
+            v.swap(at, from);
+            order[at] = at;
+            at = from;
+        }
+        order[at] = at;
+    }
 }
 
 /// A counter's sum or a distribution's sample count: what a ratio is taken of.
@@ -249,4 +283,29 @@ pub fn estimate_datums(p: &PeriodData) -> usize {
             _ => 1,
         })
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn values_and_an_order() -> impl Strategy<Value = (Vec<u32>, Vec<usize>)> {
+        (0usize..300).prop_flat_map(|n| {
+            (
+                proptest::collection::vec(any::<u32>(), n),
+                Just((0..n).collect::<Vec<usize>>()).prop_shuffle(),
+            )
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn permuting_in_place_puts_every_element_where_the_order_says((v, order) in values_and_an_order()) {
+            let gathered: Vec<u32> = order.iter().map(|&i| v[i]).collect();
+            let mut permuted = v.clone();
+            permute(&mut permuted, order);
+            prop_assert_eq!(permuted, gathered);
+        }
+    }
 }

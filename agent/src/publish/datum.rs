@@ -423,8 +423,7 @@ pub fn planned_datums(agg: &AggregateValue, max_values: usize) -> u64 {
 pub fn metric_memory_bytes(key: &MetricKey, agg: &AggregateValue) -> usize {
     let value = match agg {
         AggregateValue::Distribution { histogram, .. } => {
-            std::mem::size_of::<SparseHistogram>()
-                + std::mem::size_of_val(histogram.buckets())
+            std::mem::size_of::<SparseHistogram>() + std::mem::size_of_val(histogram.buckets())
         }
         _ => 0,
     };
