@@ -108,7 +108,7 @@ pub fn finish(
                 let k = MetricKey {
                     name: key.name.clone(),
                     unit: key.unit,
-                    dimensions: dimensions.into(),
+                    dimensions: strings.dimensions(&dimensions),
                 };
                 rolled.push((k, value.clone()));
             }

@@ -35,7 +35,7 @@ use tally::conventions::{ENVIRONMENT, SERVICE_NAME};
 use tally::wire::{BatchView, Descriptor, HistogramView, ValueView};
 
 use crate::config::{Config, DerivedConfig, RollupConfig, TimeUnit};
-use crate::model::{AggregateValue, Dimensions, Interner, MetricKey, PeriodData, Text};
+use crate::model::{AggregateValue, Interner, MetricKey, PeriodData, Text};
 use crate::stats::{Counter, Gauge, Stats};
 use crate::util::RateLimitedLog;
 use period::Stamp;
@@ -530,7 +530,7 @@ fn publishable_series(
                 settings,
                 strings.get(name),
                 d.unit(),
-                Dimensions::from(dims.as_slice()),
+                strings.dimensions(&dims),
                 slot.agg,
             );
             out.push((slot.admitted, key, value));

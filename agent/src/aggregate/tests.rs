@@ -932,4 +932,19 @@ fn a_closed_period_stores_each_name_and_dimension_string_once() {
     }
     assert!(strings > 80, "{strings} strings checked");
     assert_eq!(seen.len(), 17, "{:?}", seen.keys());
+    // And every dimension list with the same content (RequestCount, ErrorCount and ErrorRate
+    // of one route) is one allocation.
+    let mut lists: std::collections::HashMap<&[(Text, Text)], *const (Text, Text)> =
+        Default::default();
+    for (k, _) in &p.metrics {
+        let at = lists.entry(&k.dimensions).or_insert(k.dimensions.as_ptr());
+        assert_eq!(
+            *at,
+            k.dimensions.as_ptr(),
+            "{:?} is stored twice",
+            k.dimensions
+        );
+    }
+    // Two routes x two status classes, and the two routes rolled up.
+    assert_eq!(lists.len(), 4 + 2, "{:?}", lists.keys());
 }
