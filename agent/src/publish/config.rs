@@ -43,12 +43,13 @@ pub struct PublishConfig {
     pub attempt_timeout_ms: u64,
     /// TCP/TLS connect timeout in milliseconds. Default 3000.
     pub connect_timeout_ms: u64,
-    /// Memory bound of the pending queue (datums waiting for CloudWatch) in bytes. When a new
-    /// period would pass it, the oldest datums are dropped and counted
+    /// Memory bound of the pending queue (closed periods and datums waiting for CloudWatch) in
+    /// bytes. When a new period would pass it, the oldest data is dropped and counted
     /// (`reason="queue_full"`). Default 128 MiB: one period at the default
-    /// `aggregate.max_series` (100k series and their `ErrorRate`, about 112 MiB at eight
-    /// dimensions each) must fit, or every such period would lose its oldest datums while
-    /// CloudWatch answers. `tally-agent validate` warns when a configuration does not fit.
+    /// `aggregate.max_series` (100k series and their `ErrorRate`, about 67 MiB at eight
+    /// dimensions each) must fit, or every such period would lose its oldest metrics while
+    /// CloudWatch answers; the default holds almost two, for a short outage. `tally-agent
+    /// validate` warns when a configuration does not fit.
     pub max_pending_bytes: usize,
     /// Datums per request, at most 1000 (CloudWatch's limit). Default 1000.
     pub max_datums_per_request: usize,

@@ -3,12 +3,13 @@
 //!
 //! The data path, one file per step:
 //!
-//! 1. [`datum`]: each metric of a [`PeriodData`](crate::model::PeriodData) becomes one or more
-//!    CloudWatch datums; names, dimensions, values and timestamps CloudWatch would refuse are
-//!    dropped here and counted.
+//! 1. [`datum`]: a [`PeriodData`](crate::model::PeriodData) is checked (namespace, timestamp,
+//!    names, dimensions) and each metric becomes one or more CloudWatch datums; what CloudWatch
+//!    would refuse is dropped here and counted.
 //! 2. [`split`]: histograms become `Values`/`Counts` (bucket median values, exact counts), at
 //!    most 150 values a datum; more buckets make more datums of the same metric and timestamp.
-//! 3. [`queue`]: datums wait in a memory-bounded queue, oldest first.
+//! 3. [`queue`]: closed periods wait in a memory-bounded queue, oldest first, as their metrics;
+//!    datums are made a request at a time (a period never exists twice in memory).
 //! 4. [`batch`]: requests are cut at 1000 datums or ~999,000 estimated bytes.
 //! 5. [`retry`]: failures are classified; transient ones are retried with exponential backoff
 //!    and full jitter; a refused payload is bisected down to the datum at fault.
