@@ -228,6 +228,25 @@ pub(super) type Magnitudes = (u8, u8);
 pub(super) fn walk_counts(
     payload: &[u8],
     counts_len: u64,
+    magnitudes: Magnitudes,
+    out: &mut Vec<(u64, u64)>,
+    room: usize,
+) -> Result<Walk, String> {
+    // Every non-zero count takes at least one byte of payload, so when the room left covers
+    // the payload's length every bucket fits: reserved once, appended without a room check.
+    if room.saturating_sub(out.len()) >= payload.len() {
+        out.reserve(payload.len());
+        walk::<true>(payload, counts_len, magnitudes, out, room)
+    } else {
+        walk::<false>(payload, counts_len, magnitudes, out, room)
+    }
+}
+
+/// [`walk_counts`], told whether every bucket is known to fit (`FITS`).
+#[inline(always)]
+fn walk<const FITS: bool>(
+    payload: &[u8],
+    counts_len: u64,
     (unit_magnitude, half_magnitude): Magnitudes,
     out: &mut Vec<(u64, u64)>,
     room: usize,
@@ -262,7 +281,7 @@ pub(super) fn walk_counts(
                 }
                 total = total.saturating_add(n);
                 last = index;
-                if out.len() < room {
+                if FITS || out.len() < room {
                     out.push((value_for(index, unit_magnitude, half_magnitude), n));
                 } else {
                     recorded = false;
