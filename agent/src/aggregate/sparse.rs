@@ -481,7 +481,9 @@ impl SparseHistogram {
                 _ => scratch.push((value, count)),
             }
         }
-        self.insert(scratch);
+        if !scratch.is_empty() {
+            self.insert(scratch);
+        }
         self.total = self.total.saturating_add(added);
     }
 
