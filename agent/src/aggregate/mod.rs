@@ -4,7 +4,8 @@
 //! [`period`]). A series is identified by metric name, recorded unit, `ServiceName`,
 //! `Environment` and its full label set. In the open period it is found by the bytes the SDK
 //! sent for it (its [`Descriptor`]), grouped by sender identity: merging a known series costs
-//! one hash of those bytes; its strings are read and checked once per period, when it first
+//! one compare of those bytes with the series at the same position of the sender's last
+//! batch (a per-sender slot cache), or one hash of them when that is another series; its strings are read and checked once per period, when it first
 //! appears, and its published key (every dimension, strings interned so that a period
 //! shares one copy of each) is built when the period closes (where series that a
 //! differently ordered label set kept apart meet again). Counters add, gauges keep
@@ -163,9 +164,8 @@ impl Group {
         let at = u32::try_from(self.slots.len()).expect("aggregate.max_series fits in u32");
         let hash = self.hasher.hash_one(bytes);
         let (slots, hasher) = (&self.slots, &self.hasher);
-        self.index.insert_unique(hash, at, |&i| {
-            hasher.hash_one(&*slots[i as usize].0)
-        });
+        self.index
+            .insert_unique(hash, at, |&i| hasher.hash_one(&*slots[i as usize].0));
         self.slots.push((bytes.into(), slot));
         at
     }

@@ -938,7 +938,12 @@ fn a_closed_period_stores_each_name_and_dimension_string_once() {
 /// four routes, and one series CloudWatch's rules refuse (a reserved label).
 fn pool_series(i: usize, delta: u64) -> Series {
     match i {
-        0..=3 => http("RequestCount", &format!("/r{i}"), "2xx", SeriesValue::Counter(delta)),
+        0..=3 => http(
+            "RequestCount",
+            &format!("/r{i}"),
+            "2xx",
+            SeriesValue::Counter(delta),
+        ),
         4..=7 => http(
             "ResponseTime",
             &format!("/r{}", i - 4),
@@ -954,8 +959,11 @@ fn pool_series(i: usize, delta: u64) -> Series {
     }
 }
 
-fn arb_sender_batches() -> impl Strategy<Value = Vec<(u64, bool, Vec<(usize, u64)>)>> {
-    // (process, sends as another service, series in the order sent with their deltas)
+/// One batch of the slot-cache property: the sending process, whether it sends as another
+/// service, and the pool series in the order sent with their deltas.
+type SenderBatch = (u64, bool, Vec<(usize, u64)>);
+
+fn arb_sender_batches() -> impl Strategy<Value = Vec<SenderBatch>> {
     let one = (
         1u64..=3,
         prop::bool::weighted(0.15),
