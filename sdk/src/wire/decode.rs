@@ -275,9 +275,7 @@ fn walk<const FITS: bool>(
             let n = raw >> 1;
             if n > 0 {
                 if index as u64 >= counts_len {
-                    return Err(format!(
-                        "a count at bucket {index} lies beyond the {counts_len} buckets of the declared range"
-                    ));
+                    return Err(beyond_range(index, counts_len));
                 }
                 total = total.saturating_add(n);
                 last = index;
@@ -286,10 +284,13 @@ fn walk<const FITS: bool>(
                 } else {
                     recorded = false;
                 }
+                // `index < counts_len <= u64::MAX`: the next index cannot overflow.
+                index += 1;
+            } else {
+                index = index
+                    .checked_add(1)
+                    .ok_or_else(|| "bucket index overflows".to_owned())?;
             }
-            index = index
-                .checked_add(1)
-                .ok_or_else(|| "bucket index overflows".to_owned())?;
         }
     }
     Ok(Walk {
@@ -297,6 +298,11 @@ fn walk<const FITS: bool>(
         max_index: (total > 0).then_some(last),
         recorded,
     })
+}
+
+#[cold]
+fn beyond_range(index: usize, counts_len: u64) -> String {
+    format!("a count at bucket {index} lies beyond the {counts_len} buckets of the declared range")
 }
 
 /// The lowest value of the bucket at `index` (HdrHistogram's private `value_for`, with the
@@ -500,7 +506,7 @@ fn entry<'a>(
         unit_magnitude: shape.unit_magnitude,
         half_magnitude: shape.half_magnitude,
         total: walk.total,
-        max_index: walk.max_index,
+        max_index: walk.max_index.unwrap_or(0),
         buckets,
         body,
     }
