@@ -4,7 +4,8 @@
 //! [`period`]). A series is identified by metric name, recorded unit, `ServiceName`,
 //! `Environment` and its full label set. In the open period it is found by the bytes the SDK
 //! sent for it (its [`Descriptor`]), grouped by sender identity: merging a known series costs
-//! one hash of those bytes; its strings are read and checked once per period, when it first
+//! one compare of those bytes with the series at the same position of the sender's last
+//! batch (a per-sender slot cache), or one hash of them when that is another series; its strings are read and checked once per period, when it first
 //! appears, and its published key (every dimension, strings interned so that a period
 //! shares one copy of each) is built when the period closes (where series that a
 //! differently ordered label set kept apart meet again). Counters add, gauges keep
@@ -28,9 +29,10 @@ pub mod series;
 pub mod sparse;
 
 use std::collections::BTreeMap;
+use std::hash::BuildHasher;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hashbrown::HashMap;
+use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 use tally::conventions::{ENVIRONMENT, SERVICE_NAME};
 use tally::wire::{BatchView, Descriptor, HistogramView, ValueView};
 
@@ -135,8 +137,57 @@ pub struct MergeReport {
 
 /// `ServiceName` and `Environment` of the senders of a group of series.
 type Identity = (Box<str>, Box<str>);
-/// One identity's series in a period, by descriptor bytes.
-type Group = HashMap<Box<[u8]>, Slot>;
+
+/// One identity's series in a period, by descriptor bytes: the series in the order they were
+/// admitted, and a hash table of their positions. A position never changes while the period
+/// is open, so a sender's [`SlotCache`] can name a series by it.
+#[derive(Default)]
+struct Group {
+    /// Descriptor bytes and value of each series, in admission order.
+    slots: Vec<(Box<[u8]>, Slot)>,
+    /// Positions in `slots`, hashed by descriptor bytes.
+    index: HashTable<u32>,
+    hasher: DefaultHashBuilder,
+}
+
+impl Group {
+    /// The position of the series with these descriptor bytes.
+    fn find(&self, bytes: &[u8]) -> Option<u32> {
+        let hash = self.hasher.hash_one(bytes);
+        self.index
+            .find(hash, |&i| &*self.slots[i as usize].0 == bytes)
+            .copied()
+    }
+
+    /// Adds a series absent from the group, returning its position.
+    fn insert(&mut self, bytes: &[u8], slot: Slot) -> u32 {
+        let at = u32::try_from(self.slots.len()).expect("aggregate.max_series fits in u32");
+        let hash = self.hasher.hash_one(bytes);
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.index
+            .insert_unique(hash, at, |&i| hasher.hash_one(&*slots[i as usize].0));
+        self.slots.push((bytes.into(), slot));
+        at
+    }
+}
+
+/// Where one sender's series were found in its last batch: an SDK process sends its series
+/// in the same order batch after batch, so the series at position `i` of a batch is most
+/// likely the one at `slots[i]` in the group. A guess is taken only when the descriptor bytes
+/// there are equal (one comparison instead of a hash and a probe); any other series (order
+/// changed, a series appeared or went, a refused series) is looked up in the group's table,
+/// so what a batch merges into never depends on the cache.
+#[derive(Default)]
+struct SlotCache {
+    /// The group the sender's series are in (its position in [`OpenPeriod::groups`]).
+    group: usize,
+    /// Per position in the sender's last batch, the series' position in the group
+    /// ([`NO_SLOT`] for a series that was refused).
+    slots: Vec<u32>,
+}
+
+/// A [`SlotCache`] entry for a series that has no slot.
+const NO_SLOT: u32 = u32::MAX;
 
 /// A series' value in a period, and when it was admitted (0 for the period's first series).
 struct Slot {
@@ -154,23 +205,26 @@ struct OpenPeriod {
     /// One entry per sender identity: an agent serves one service, so this holds one or a
     /// few, and a scan beats hashing two strings per batch.
     groups: Vec<(Identity, Group)>,
+    /// Per sender process (`instance_id`), where its last batch's series were found; dropped
+    /// with the period.
+    caches: HashMap<u64, SlotCache>,
     series: usize,
     samples: u64,
 }
 
 impl OpenPeriod {
-    /// The series of one sender identity, created when absent (no allocation once it exists).
-    fn group(&mut self, service: &str, environment: &str) -> &mut Group {
+    /// The position of one sender identity's group, created when absent (no allocation once
+    /// it exists).
+    fn group(&mut self, service: &str, environment: &str) -> usize {
         let at = self
             .groups
             .iter()
             .position(|((s, e), _)| &**s == service && &**e == environment);
-        let i = at.unwrap_or_else(|| {
+        at.unwrap_or_else(|| {
             self.groups
                 .push(((service.into(), environment.into()), Group::default()));
             self.groups.len() - 1
-        });
-        &mut self.groups[i].1
+        })
     }
 }
 
@@ -384,12 +438,29 @@ impl Aggregator {
             ..MergeReport::default()
         };
         let mut total = period.series;
-        let group = period.group(service, environment);
+        let gi = period.group(service, environment);
+        let group = &mut period.groups[gi].1;
+        let cache = period.caches.entry(batch.process.instance_id).or_default();
+        if cache.group != gi {
+            // The sender now names another identity: its old positions mean nothing here.
+            cache.group = gi;
+            cache.slots.clear();
+        }
+        cache.slots.resize(batch.len(), NO_SLOT);
         let mut scratch = Vec::new();
-        for s in batch.series() {
+        for (s, cached) in batch.series().zip(cache.slots.iter_mut()) {
             let n = s.value.samples();
-            let merged = match group.get_mut(s.descriptor.as_bytes()) {
-                Some(slot) => merge_value(&mut slot.agg, &s.descriptor, s.value, &mut self.buckets),
+            let bytes = s.descriptor.as_bytes();
+            let at = match group.slots.get(*cached as usize) {
+                Some((b, _)) if **b == *bytes => Some(*cached),
+                _ => group.find(bytes),
+            };
+            let merged = match at {
+                Some(at) => {
+                    *cached = at;
+                    let slot = &mut group.slots[at as usize].1;
+                    merge_value(&mut slot.agg, &s.descriptor, s.value, &mut self.buckets)
+                }
                 None => new_series(
                     group,
                     &s.descriptor,
@@ -401,7 +472,9 @@ impl Aggregator {
                         buckets: &mut self.buckets,
                     },
                     &mut scratch,
-                ),
+                )
+                .map(|at| *cached = at)
+                .inspect_err(|_| *cached = NO_SLOT),
             };
             match merged {
                 Ok(()) => report.merged += n,
@@ -508,7 +581,7 @@ fn publishable_series(
     for ((service, environment), group) in open.groups {
         let service = strings.get(&service);
         let environment = strings.get(&environment);
-        for (bytes, slot) in group {
+        for (bytes, slot) in group.slots {
             let mut labels = Vec::new();
             let decoded = Descriptor::parse(&bytes).and_then(|d| Ok((d, d.decode(&mut labels)?)));
             let Ok((d, name)) = decoded else {
@@ -638,13 +711,14 @@ struct NewSeries<'a, 't> {
 
 /// Admits a series the period has not seen (under its descriptor bytes): its strings must be
 /// UTF-8, its labels distinct, it must fit `aggregate.max_series` and CloudWatch's rules.
+/// Returns its position in the group.
 fn new_series<'v>(
     group: &mut Group,
     descriptor: &Descriptor<'v>,
     value: ValueView<'_>,
     ctx: NewSeries<'_, '_>,
     scratch: &mut Vec<(&'v str, &'v str)>,
-) -> Result<(), Refusal> {
+) -> Result<u32, Refusal> {
     scratch.clear();
     let name = descriptor.decode(scratch).map_err(|e| {
         (
@@ -674,15 +748,15 @@ fn new_series<'v>(
     check_new(name, scratch, ctx.extra)
         .map_err(|e| (e.reason(), format!("series {name:?} refused: {e}")))?;
     let agg = to_agg(name, value, ctx.buckets)?;
-    group.insert(
-        descriptor.as_bytes().into(),
+    let at = group.insert(
+        descriptor.as_bytes(),
         Slot {
             agg,
             admitted: *ctx.total,
         },
     );
     *ctx.total += 1;
-    Ok(())
+    Ok(at)
 }
 
 /// Merges one view value into a series' value without building an intermediate one.

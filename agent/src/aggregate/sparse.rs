@@ -258,7 +258,12 @@ impl SparseHistogram {
         let identical = low == self.layout.low && digits == self.layout.digits;
         let same_buckets =
             identical || Layout::new(low, digits).is_some_and(|l| l.same_buckets(self.layout));
-        self.merge_buckets(buckets.iter().copied(), !same_buckets, scratch);
+        if same_buckets {
+            // A view's buckets are strictly increasing (the parse walked them in index order).
+            self.merge_increasing(&buckets, scratch);
+        } else {
+            self.merge_buckets(buckets.iter().copied(), true, scratch);
+        }
         self.note_top(top, identical);
         Ok(())
     }
@@ -449,6 +454,36 @@ impl SparseHistogram {
             });
         }
         self.insert(scratch);
+        self.total = self.total.saturating_add(added);
+    }
+
+    /// [`SparseHistogram::merge_buckets`] of buckets of this layout whose values strictly
+    /// increase (a view's): each is looked for at the position after the last one found,
+    /// then by galloping; none is converted, and the absent ones are set aside already
+    /// sorted and distinct.
+    fn merge_increasing(&mut self, incoming: &[Bucket], scratch: &mut Vec<Bucket>) {
+        debug_assert!(incoming.windows(2).all(|w| w[0].0 < w[1].0));
+        scratch.clear();
+        let mut added = 0_u64;
+        // Every bucket before `at` lies below the next incoming value.
+        let mut at = 0;
+        let buckets = &mut self.buckets[..];
+        for &(value, count) in incoming {
+            added = added.saturating_add(count);
+            if at < buckets.len() && buckets[at].0 != value {
+                at = seek(buckets, at, value);
+            }
+            match buckets.get_mut(at) {
+                Some(b) if b.0 == value => {
+                    b.1 = b.1.saturating_add(count);
+                    at += 1;
+                }
+                _ => scratch.push((value, count)),
+            }
+        }
+        if !scratch.is_empty() {
+            self.insert(scratch);
+        }
         self.total = self.total.saturating_add(added);
     }
 

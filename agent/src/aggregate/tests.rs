@@ -948,3 +948,78 @@ fn a_closed_period_stores_each_name_and_dimension_string_once() {
     // Two routes x two status classes, and the two routes rolled up.
     assert_eq!(lists.len(), 4 + 2, "{:?}", lists.keys());
 }
+
+/// One series of the pool the slot-cache property draws from: counters and histograms on
+/// four routes, and one series CloudWatch's rules refuse (a reserved label).
+fn pool_series(i: usize, delta: u64) -> Series {
+    match i {
+        0..=3 => http(
+            "RequestCount",
+            &format!("/r{i}"),
+            "2xx",
+            SeriesValue::Counter(delta),
+        ),
+        4..=7 => http(
+            "ResponseTime",
+            &format!("/r{}", i - 4),
+            "2xx",
+            hist(&[delta * 1000, delta * 7919]),
+        ),
+        _ => Series {
+            name: "Refused".into(),
+            unit: Unit::Count,
+            labels: vec![("ServiceName".into(), "x".into())],
+            value: SeriesValue::Counter(delta),
+        },
+    }
+}
+
+/// One batch of the slot-cache property: the sending process, whether it sends as another
+/// service, and the pool series in the order sent with their deltas.
+type SenderBatch = (u64, bool, Vec<(usize, u64)>);
+
+fn arb_sender_batches() -> impl Strategy<Value = Vec<SenderBatch>> {
+    let one = (
+        1u64..=3,
+        prop::bool::weighted(0.15),
+        prop::collection::vec((0usize..9, 1u64..50), 0..12),
+    );
+    prop::collection::vec(one, 1..16)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+    /// The per-sender slot cache only ever replaces a lookup by an equal-bytes check: batches
+    /// whose series change order, appear, disappear, repeat, are refused, come from several
+    /// processes sharing series, or switch identity, aggregate exactly as the same batches do
+    /// when every one comes from a new process (so every lookup goes through the table).
+    #[test]
+    fn the_slot_cache_merges_exactly_what_table_lookups_merge(batches in arb_sender_batches()) {
+        let now = at(T0);
+        let mut cached = Aggregator::new(settings(), &Stats::new(), now);
+        let mut looked_up = Aggregator::new(settings(), &Stats::new(), now);
+        for (n, (process, other_service, series)) in batches.into_iter().enumerate() {
+            let make = |id: u64| {
+                let mut b = batch(
+                    id,
+                    n as u64 + 1,
+                    T0,
+                    series.iter().map(|&(i, d)| pool_series(i, d)).collect(),
+                );
+                if other_service {
+                    b.process.service = "cart".into();
+                }
+                b
+            };
+            let a = cached.merge_owned(make(process), now);
+            let b = looked_up.merge_owned(make(1000 + n as u64), now);
+            prop_assert_eq!(a, b);
+        }
+        let (a, b) = (cached.close_all(), looked_up.close_all());
+        prop_assert_eq!(a.len(), b.len());
+        for (a, b) in a.iter().zip(&b) {
+            prop_assert_eq!(a.samples, b.samples);
+            prop_assert_eq!(format!("{:?}", a.data.metrics), format!("{:?}", b.data.metrics));
+        }
+    }
+}

@@ -228,6 +228,25 @@ pub(super) type Magnitudes = (u8, u8);
 pub(super) fn walk_counts(
     payload: &[u8],
     counts_len: u64,
+    magnitudes: Magnitudes,
+    out: &mut Vec<(u64, u64)>,
+    room: usize,
+) -> Result<Walk, String> {
+    // Every non-zero count takes at least one byte of payload, so when the room left covers
+    // the payload's length every bucket fits: reserved once, appended without a room check.
+    if room.saturating_sub(out.len()) >= payload.len() {
+        out.reserve(payload.len());
+        walk::<true>(payload, counts_len, magnitudes, out, room)
+    } else {
+        walk::<false>(payload, counts_len, magnitudes, out, room)
+    }
+}
+
+/// [`walk_counts`], told whether every bucket is known to fit (`FITS`).
+#[inline(always)]
+fn walk<const FITS: bool>(
+    payload: &[u8],
+    counts_len: u64,
     (unit_magnitude, half_magnitude): Magnitudes,
     out: &mut Vec<(u64, u64)>,
     room: usize,
@@ -256,21 +275,22 @@ pub(super) fn walk_counts(
             let n = raw >> 1;
             if n > 0 {
                 if index as u64 >= counts_len {
-                    return Err(format!(
-                        "a count at bucket {index} lies beyond the {counts_len} buckets of the declared range"
-                    ));
+                    return Err(beyond_range(index, counts_len));
                 }
                 total = total.saturating_add(n);
                 last = index;
-                if out.len() < room {
+                if FITS || out.len() < room {
                     out.push((value_for(index, unit_magnitude, half_magnitude), n));
                 } else {
                     recorded = false;
                 }
+                // `index < counts_len <= u64::MAX`: the next index cannot overflow.
+                index += 1;
+            } else {
+                index = index
+                    .checked_add(1)
+                    .ok_or_else(|| "bucket index overflows".to_owned())?;
             }
-            index = index
-                .checked_add(1)
-                .ok_or_else(|| "bucket index overflows".to_owned())?;
         }
     }
     Ok(Walk {
@@ -278,6 +298,11 @@ pub(super) fn walk_counts(
         max_index: (total > 0).then_some(last),
         recorded,
     })
+}
+
+#[cold]
+fn beyond_range(index: usize, counts_len: u64) -> String {
+    format!("a count at bucket {index} lies beyond the {counts_len} buckets of the declared range")
 }
 
 /// The lowest value of the bucket at `index` (HdrHistogram's private `value_for`, with the
@@ -322,6 +347,12 @@ fn bucket_room(limits: &Limits) -> usize {
     usize::try_from(limits.max_histogram_counts_per_batch / 2).unwrap_or(usize::MAX)
 }
 
+/// Reads and checks one histogram (scale, then HdrHistogram V2 or V2 + DEFLATE bytes).
+///
+/// Inlined into the series loop, so that a plain V2 histogram's entry is built where the
+/// series is, not returned through memory and copied twice more (about a tenth of a
+/// histogram batch's parse); the compressed path stays a call.
+#[inline(always)]
 fn histogram<'a>(
     r: &mut Reader<'a>,
     name: &Lossy<'_>,
@@ -353,6 +384,23 @@ fn histogram<'a>(
         scratch.counts_budget -= shape.counts;
         return Ok(entry(scale, &shape, &walk, buckets, Body::Frame(bytes)));
     }
+    deflated(scale, bytes, name, limits, scratch)
+}
+
+/// [`histogram`] of one whose bytes are not plain V2: V2 + DEFLATE, or refused.
+#[inline(never)]
+fn deflated<'a>(
+    scale: f64,
+    bytes: &'a [u8],
+    name: &Lossy<'_>,
+    limits: &Limits,
+    scratch: &mut HistScratch<'a>,
+) -> Result<HistEntry<'a>, DecodeError> {
+    let bad = |reason: String| DecodeError::BadHistogram {
+        name: name.to_string(),
+        reason,
+    };
+    let cookie = u32::from_be_bytes(bytes[0..4].try_into().expect("4 bytes"));
     if cookie != V2_COMPRESSED_COOKIE {
         return Err(bad(format!(
             "cookie {cookie:#x} is neither HdrHistogram V2 ({V2_COOKIE:#x}) nor V2+DEFLATE ({V2_COMPRESSED_COOKIE:#x})"
@@ -414,6 +462,7 @@ fn histogram<'a>(
 /// [`check_counts`] of one histogram's inflated body, its non-zero buckets appended to the
 /// batch's buckets buffer: their range there, or `None` (and nothing appended) when they did
 /// not all fit.
+#[inline(always)]
 fn record_counts(
     body: &[u8],
     shape: &Shape,
@@ -431,6 +480,7 @@ fn record_counts(
     Ok((walk, recorded.then_some(start..buckets.len())))
 }
 
+#[cold]
 fn over_budget(name: &Lossy<'_>, counts: u64, left: u64) -> DecodeError {
     DecodeError::BadHistogram {
         name: name.to_string(),
@@ -456,7 +506,7 @@ fn entry<'a>(
         unit_magnitude: shape.unit_magnitude,
         half_magnitude: shape.half_magnitude,
         total: walk.total,
-        max_index: walk.max_index,
+        max_index: walk.max_index.unwrap_or(0),
         buckets,
         body,
     }
@@ -474,7 +524,9 @@ struct Shape {
 }
 
 /// Checks an inflated V2 body's size and header, in the order the decoder always checked
-/// them (the counts budget comes next, then [`check_counts`]).
+/// them (the counts budget comes next, then [`check_counts`]). Inlined: with the layout of
+/// the histogram before, that is a few compares.
+#[inline(always)]
 fn check_header(
     body: &[u8],
     name: &Lossy<'_>,
@@ -493,7 +545,6 @@ fn check_header(
         return Err(bad("inflated body is shorter than the V2 header".into()));
     }
     let be32 = |at: usize| u32::from_be_bytes(body[at..at + 4].try_into().expect("4 bytes"));
-    let be64 = |at: usize| u64::from_be_bytes(body[at..at + 8].try_into().expect("8 bytes"));
     if be32(0) != V2_COOKIE {
         return Err(bad("inner cookie is not HdrHistogram V2".into()));
     }
@@ -512,6 +563,25 @@ fn check_header(
             return Ok(*shape);
         }
     }
+    new_shape(body, layout, name, limits, memo)
+}
+
+/// [`check_header`] of a layout other than the last one checked: checks it, derives its
+/// shape and keeps both in `memo`.
+#[inline(never)]
+fn new_shape(
+    body: &[u8],
+    layout: [u8; 32],
+    name: &Lossy<'_>,
+    limits: &Limits,
+    memo: &mut Option<([u8; 32], Shape)>,
+) -> Result<Shape, DecodeError> {
+    let bad = |reason: String| DecodeError::BadHistogram {
+        name: name.to_string(),
+        reason,
+    };
+    let be32 = |at: usize| u32::from_be_bytes(body[at..at + 4].try_into().expect("4 bytes"));
+    let be64 = |at: usize| u64::from_be_bytes(body[at..at + 8].try_into().expect("8 bytes"));
     let sigfig = be32(12);
     if sigfig > u32::from(limits.max_significant_digits) {
         return Err(bad(format!(
