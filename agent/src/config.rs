@@ -721,6 +721,14 @@ impl Config {
                 errs.push(format!("{key} = {v} is too small: use at least {min}"));
             }
         }
+        // A period numbers its series with u32 positions (see `aggregate::Group`).
+        const MAX_SERIES_LIMIT: usize = u32::MAX as usize - 1;
+        if self.aggregate.max_series > MAX_SERIES_LIMIT {
+            errs.push(format!(
+                "aggregate.max_series = {} is too large: use at most {MAX_SERIES_LIMIT} (and size the container's memory for it: about 150 bytes a counter series)",
+                self.aggregate.max_series
+            ));
+        }
         if i.max_buffered_bytes < i.max_frame_bytes {
             errs.push(format!(
                 "ingest.max_buffered_bytes = {} is below ingest.max_frame_bytes = {}: a largest frame could never be read; raise it",
@@ -1028,6 +1036,21 @@ mod tests {
     fn a_syntax_error_names_the_file() {
         let e = load("namespace = ", &[], &[]).unwrap_err();
         assert!(e.to_string().contains("test.toml"), "{e}");
+    }
+
+    #[test]
+    fn a_series_limit_past_what_a_period_can_number_is_refused() {
+        let at = |n: u64| {
+            let mut c = Config::default();
+            c.aggregate.max_series = n as usize;
+            c.validate()
+        };
+        let e = at(u64::from(u32::MAX)).unwrap_err().to_string();
+        assert!(
+            e.contains("aggregate.max_series = 4294967295 is too large: use at most 4294967294"),
+            "{e}"
+        );
+        assert!(at(u64::from(u32::MAX) - 1).is_ok());
     }
 
     #[test]

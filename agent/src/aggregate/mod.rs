@@ -5,8 +5,8 @@
 //! `Environment` and its full label set. In the open period it is found by the bytes the SDK
 //! sent for it (its [`Descriptor`]), grouped by sender identity: merging a known series costs
 //! one compare of those bytes with the series at the same position of the sender's last
-//! batch (a per-sender slot cache), or one hash of them when that is another series; its strings are read and checked once per period, when it first
-//! appears, and its published key (every dimension, strings interned so that a period
+//! batch (a per-sender slot cache), or one hash of them when that is another series; its
+//! strings are read and checked once per period, when it first appears, and its published key (every dimension, strings interned so that a period
 //! shares one copy of each) is built when the period closes (where series that a
 //! differently ordered label set kept apart meet again). Counters add, gauges keep
 //! last/min/max, and histograms from every process add bucket by bucket, so percentiles of the
@@ -576,12 +576,22 @@ fn publishable_series(
         .iter()
         .map(|(n, v)| (strings.get(n), strings.get(v)))
         .collect();
-    let mut out: Vec<(usize, MetricKey, AggregateValue)> = Vec::with_capacity(open.series);
+    let OpenPeriod {
+        groups,
+        caches,
+        series,
+        ..
+    } = open;
+    // Lookup structures go before the keys are built, only the series themselves are needed.
+    drop(caches);
+    let mut out: Vec<(usize, MetricKey, AggregateValue)> = Vec::with_capacity(series);
     let mut dims: Vec<(Text, Text)> = Vec::new();
-    for ((service, environment), group) in open.groups {
+    for ((service, environment), group) in groups {
         let service = strings.get(&service);
         let environment = strings.get(&environment);
-        for (bytes, slot) in group.slots {
+        let Group { slots, index, .. } = group;
+        drop(index);
+        for (bytes, slot) in slots {
             let mut labels = Vec::new();
             let decoded = Descriptor::parse(&bytes).and_then(|d| Ok((d, d.decode(&mut labels)?)));
             let Ok((d, name)) = decoded else {
