@@ -216,7 +216,10 @@ pub async fn run(
         tracing::warn!("some connections did not finish their frame in time; their batches stay with the SDK, unacknowledged");
     }
     let own = ticker.await.ok().flatten();
-    let mut last = intake.close_all();
+    let closing = intake.clone();
+    let mut last = tokio::task::spawn_blocking(move || closing.close_all())
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
     if let Some(mut own) = own {
         own.on_shutdown(SystemTime::now(), &mut last);
     }
@@ -364,7 +367,11 @@ async fn tick_loop(
         }
         // Replayed periods are due at once (their close time has passed).
         let now = SystemTime::now();
-        let mut closed = intake.close_due(now);
+        // A close can take half a second at 100k series: off the async workers.
+        let closing = intake.clone();
+        let mut closed = tokio::task::spawn_blocking(move || closing.close_due(now))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         if let Some(o) = &mut own {
             o.on_tick(now, &mut closed);
         }

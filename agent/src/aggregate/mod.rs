@@ -30,6 +30,7 @@ pub mod sparse;
 
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
@@ -308,7 +309,7 @@ pub const DROPPED_SAMPLES: &str = "tally_agent_dropped_samples_total";
 /// behind one lock together with the sequence tracker, so "already merged" and "merged now"
 /// are decided atomically.
 pub struct Aggregator {
-    settings: Settings,
+    settings: Arc<Settings>,
     periods: BTreeMap<u64, OpenPeriod>,
     /// Periods starting before this (Unix seconds) are closed.
     closed_before: u64,
@@ -349,7 +350,7 @@ impl Aggregator {
             );
         }
         Aggregator {
-            settings,
+            settings: Arc::new(settings),
             periods: BTreeMap::new(),
             closed_before,
             stats,
@@ -506,6 +507,26 @@ impl Aggregator {
 
     /// Closes every period whose end plus grace is not after `now`.
     pub fn close_due(&mut self, now: SystemTime) -> Vec<ClosedPeriod> {
+        let closer = self.closer();
+        self.take_due(now)
+            .into_iter()
+            .map(|d| closer.close(d))
+            .collect()
+    }
+
+    /// Closes every open period now (shutdown: the open period closes early).
+    pub fn close_all(&mut self) -> Vec<ClosedPeriod> {
+        let closer = self.closer();
+        self.take_all()
+            .into_iter()
+            .map(|d| closer.close(d))
+            .collect()
+    }
+
+    /// Takes every period whose end plus grace is not after `now` out of the aggregator, for
+    /// [`Closer::close`]: taking is quick (no key is built), so a caller that shares the
+    /// aggregator behind a lock holds it only for this and closes outside it.
+    pub fn take_due(&mut self, now: SystemTime) -> Vec<DuePeriod> {
         let p = u64::from(self.settings.period_secs);
         let due: Vec<u64> = self
             .periods
@@ -513,7 +534,7 @@ impl Aggregator {
             .copied()
             .filter(|s| UNIX_EPOCH + Duration::from_secs(s + p) + self.settings.grace <= now)
             .collect();
-        let out = due.into_iter().map(|s| self.close_one(s)).collect();
+        let out = due.into_iter().map(|s| self.take_one(s)).collect();
         // Everything before the period containing `now - grace` is closed too.
         let horizon = now.checked_sub(self.settings.grace).unwrap_or(UNIX_EPOCH);
         let current = period::align(period::unix_secs(horizon), self.settings.period_secs);
@@ -521,20 +542,69 @@ impl Aggregator {
         out
     }
 
-    /// Closes every open period now (shutdown: the open period closes early).
-    pub fn close_all(&mut self) -> Vec<ClosedPeriod> {
+    /// Takes every open period out (shutdown), for [`Closer::close`].
+    pub fn take_all(&mut self) -> Vec<DuePeriod> {
         let all: Vec<u64> = self.periods.keys().copied().collect();
-        let out: Vec<ClosedPeriod> = all.into_iter().map(|s| self.close_one(s)).collect();
+        let out: Vec<DuePeriod> = all.into_iter().map(|s| self.take_one(s)).collect();
         if let Some(last) = out.last() {
-            let s = period::unix_secs(last.data.timestamp) + u64::from(self.settings.period_secs);
+            let s = last.start + u64::from(self.settings.period_secs);
             self.closed_before = self.closed_before.max(s);
         }
         out
     }
 
-    fn close_one(&mut self, start: u64) -> ClosedPeriod {
+    /// What closing a taken period needs: the settings and the self-metrics.
+    pub fn closer(&self) -> Closer {
+        Closer {
+            settings: Arc::clone(&self.settings),
+            stats: self.stats.clone(),
+        }
+    }
+
+    fn take_one(&mut self, start: u64) -> DuePeriod {
         let open = self.periods.remove(&start).expect("period exists");
         self.closed_before = self.closed_before.max(start + 1);
+        self.stats.active_series.set(self.active_series() as i64);
+        DuePeriod { start, open }
+    }
+}
+
+/// An open period taken out of the [`Aggregator`] ([`Aggregator::take_due`]), no longer
+/// receiving samples, not yet closed.
+pub struct DuePeriod {
+    start: u64,
+    open: OpenPeriod,
+}
+
+impl std::fmt::Debug for DuePeriod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DuePeriod")
+            .field("start", &self.start)
+            .field("series", &self.open.series)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Closes periods taken out of an [`Aggregator`] ([`Aggregator::closer`]); it shares nothing
+/// with the aggregator but its settings and self-metrics, so it runs while the aggregator
+/// goes on merging (at 100k series a close takes about half a second).
+#[derive(Clone)]
+pub struct Closer {
+    settings: Arc<Settings>,
+    stats: AggStats,
+}
+
+impl std::fmt::Debug for Closer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Closer").finish_non_exhaustive()
+    }
+}
+
+impl Closer {
+    /// The closed period a sink receives: global dimensions added, units converted, equal
+    /// keys merged, rollups and derived metrics added ([`close`]).
+    pub fn close(&self, due: DuePeriod) -> ClosedPeriod {
+        let DuePeriod { start, open } = due;
         let merged = open.samples;
         let mut strings = Interner::default();
         let series = publishable_series(open, &self.settings, &mut strings);
@@ -545,7 +615,6 @@ impl Aggregator {
             self.stats.drop(reason, n);
         }
         self.stats.periods_closed.inc();
-        self.stats.active_series.set(self.active_series() as i64);
         self.stats
             .last_period_metrics
             .set(data.metrics.len() as i64);

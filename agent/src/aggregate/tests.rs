@@ -188,6 +188,41 @@ fn a_period_stays_open_for_its_grace_and_closes_after() {
 }
 
 #[test]
+fn a_taken_period_closes_outside_the_aggregator_while_it_goes_on_merging() {
+    let stats = Stats::new();
+    let mut a = Aggregator::new(settings(), &stats, at(T0));
+    let requests = |n| vec![http("RequestCount", "/a", "2xx", SeriesValue::Counter(n))];
+    a.merge_owned(batch(1, 1, T0, requests(5)), at(T0)).unwrap();
+    let end = T0 - 40 + 60;
+    let mut due = a.take_due(at(end + 2));
+    assert_eq!(due.len(), 1);
+    assert_eq!(a.active_series(), 0, "the taken period no longer counts");
+    let closer = a.closer();
+    // The next period's batch merges before the taken one is closed.
+    a.merge_owned(batch(1, 2, end + 2, requests(7)), at(end + 2))
+        .unwrap();
+    let count = |p: &ClosedPeriod| {
+        p.data
+            .metrics
+            .iter()
+            .find(|(k, _)| &*k.name == "RequestCount")
+            .map(|(_, v)| v.samples())
+    };
+    let first = closer.close(due.remove(0));
+    assert_eq!((count(&first), first.samples), (Some(5), 5));
+    let second = a.close_all();
+    assert_eq!(second.len(), 1);
+    assert_eq!((count(&second[0]), second[0].samples), (Some(7), 7));
+    assert_eq!(
+        stats
+            .render_prometheus()
+            .matches("tally_agent_periods_closed_total 2")
+            .count(),
+        1
+    );
+}
+
+#[test]
 fn a_batch_for_a_closed_period_lands_in_the_current_one_and_is_counted_late() {
     let stats = Stats::new();
     let mut a = Aggregator::new(settings(), &stats, at(T0));
