@@ -269,8 +269,7 @@ impl Intake {
 
     /// Closes the periods that are due and forgets silent processes. The lock that sessions
     /// merge under is held only to take the due periods out; building their keys (about half
-    /// a second at 100k series) happens outside it, so ingest goes on meanwhile. Blocking:
-    /// call it from a blocking thread.
+    /// a second at 100k series) happens outside it, so ingest goes on meanwhile.
     pub fn close_due(&self, now: SystemTime) -> Vec<ClosedPeriod> {
         let mut core = self.core.lock();
         let due = core.aggregator.take_due(now);
