@@ -633,6 +633,9 @@ impl Closer {
 ///
 /// Each series' descriptor is freed as its key is built, and every string goes through
 /// `strings`, so the keys of a period share one copy of each name and value.
+/// How many series the close takes from a group between two shrinks of the group's vector.
+const SHRINK_EVERY: usize = 8192;
+
 fn publishable_series(
     open: OpenPeriod,
     settings: &Settings,
@@ -658,9 +661,16 @@ fn publishable_series(
     for ((service, environment), group) in groups {
         let service = strings.get(&service);
         let environment = strings.get(&environment);
-        let Group { slots, index, .. } = group;
+        let Group {
+            mut slots, index, ..
+        } = group;
         drop(index);
-        for (bytes, slot) in slots {
+        // Taken from the back, the group's vector gives its memory back while the keys are
+        // built (the order does not matter: `out` is sorted by admission below).
+        while let Some((bytes, slot)) = slots.pop() {
+            if slots.len() % SHRINK_EVERY == 0 {
+                slots.shrink_to_fit();
+            }
             let mut labels = Vec::new();
             let decoded = Descriptor::parse(&bytes).and_then(|d| Ok((d, d.decode(&mut labels)?)));
             let Ok((d, name)) = decoded else {
