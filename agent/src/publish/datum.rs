@@ -387,7 +387,8 @@ pub fn make_datums(
 }
 
 /// Every datum of one closed period at once, with the metrics CloudWatch would refuse (for
-/// tools and tests; the pending queue makes datums a request at a time instead).
+/// tests; the pending queue makes datums a request at a time instead).
+#[cfg(test)]
 pub fn build_datums(
     period: &PeriodData,
     now: SystemTime,
