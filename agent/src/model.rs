@@ -138,6 +138,18 @@ impl AggregateValue {
             AggregateValue::Derived(_) => 1,
         }
     }
+
+    /// How many CloudWatch datums this value is published as with at most `max_values`
+    /// values a datum (as `publish::datum::make_datums` makes them): one, or for a
+    /// distribution one per `max_values` distinct values (none when it is empty).
+    pub fn datums(&self, max_values: usize) -> u64 {
+        match self {
+            AggregateValue::Distribution { histogram, .. } => {
+                histogram.buckets().len().div_ceil(max_values.max(1)) as u64
+            }
+            _ => 1,
+        }
+    }
 }
 
 /// All metrics of one closed period, ready for a sink.

@@ -9,9 +9,7 @@ use super::series::Agg;
 use super::Settings;
 use crate::config::parse_unit;
 use crate::model::{AggregateValue, Dimensions, Interner, MetricKey, PeriodData, Text};
-
-/// Most values CloudWatch takes in one datum's `Values` (API model).
-pub const MAX_VALUES_PER_DATUM: usize = 150;
+use crate::publish::config::CLOUDWATCH_MAX_VALUES_PER_DATUM;
 
 /// A series as published: its unit converted (nanoseconds to the publish time unit) and its
 /// value scaled to match. `dimensions` are every dimension it is published with, sorted.
@@ -270,18 +268,12 @@ pub fn merge_values(into: &mut AggregateValue, from: &AggregateValue) -> Result<
     Ok(())
 }
 
-/// Datums a period needs in `PutMetricData`: one per metric, distributions one per 150
-/// distinct values.
-pub fn estimate_datums(p: &PeriodData) -> usize {
+/// Datums a period needs in `PutMetricData` at CloudWatch's 150 values a datum (see
+/// [`AggregateValue::datums`]).
+pub fn estimate_datums(p: &PeriodData) -> u64 {
     p.metrics
         .iter()
-        .map(|(_, v)| match v {
-            AggregateValue::Distribution { histogram, .. } => {
-                let distinct = histogram.buckets().len();
-                distinct.div_ceil(MAX_VALUES_PER_DATUM).max(1)
-            }
-            _ => 1,
-        })
+        .map(|(_, v)| v.datums(CLOUDWATCH_MAX_VALUES_PER_DATUM))
         .sum()
 }
 

@@ -408,16 +408,6 @@ pub fn build_datums(
     (datums, rejections)
 }
 
-/// How many datums [`make_datums`] makes of `agg` when its values are valid.
-pub fn planned_datums(agg: &AggregateValue, max_values: usize) -> u64 {
-    match agg {
-        AggregateValue::Distribution { histogram, .. } => {
-            histogram.buckets().len().div_ceil(max_values.max(1)) as u64
-        }
-        _ => 1,
-    }
-}
-
 /// An estimate of the memory a metric waiting in the pending queue holds, in the terms of
 /// [`Datum::memory_bytes`]: its slot, its histogram, and what it may keep alive alone (its
 /// dimension list, the strings of its name and dimension values).
@@ -592,6 +582,48 @@ pub(crate) mod tests {
         assert!(std::mem::size_of::<Datum>() <= 64);
         assert_eq!(std::mem::size_of::<Text>(), 8, "a thin shared string");
         assert_eq!(std::mem::size_of::<(Text, Text)>(), 16);
+    }
+
+    /// The queue's accounting and the `last_period_datums` gauge count datums with
+    /// `AggregateValue::datums`; it must be what the metric is published as.
+    #[test]
+    fn the_planned_datum_count_is_what_each_metric_is_published_as() {
+        let now = SystemTime::now();
+        let stamp = Arc::new(Stamp {
+            namespace: "N".into(),
+            timestamp: now,
+            storage_resolution: 60,
+        });
+        let hist = |n: u64| {
+            let mut h = Histogram::<u64>::new(3).unwrap();
+            for v in 1..=n {
+                h.record(v).unwrap();
+            }
+            AggregateValue::Distribution {
+                scale: 1.0,
+                histogram: Box::new((&h).into()),
+            }
+        };
+        let gauge = AggregateValue::Gauge {
+            last: 2.0,
+            min: 1.0,
+            max: 3.0,
+            updates: 4,
+        };
+        let aggs = [
+            AggregateValue::Counter(3.0),
+            AggregateValue::Derived(1.0),
+            gauge,
+            hist(0),
+            hist(150),
+            hist(151),
+            hist(400),
+        ];
+        for agg in aggs {
+            let mut out = Vec::new();
+            make_datums(&key("M", &[], Unit::Count), &agg, &stamp, 150, &mut out).unwrap();
+            assert_eq!(agg.datums(150), out.len() as u64, "{agg:?}");
+        }
     }
 
     #[test]

@@ -19,9 +19,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::batch::{datum_bytes, request_overhead, Batch, RequestLimits};
-use super::datum::{
-    check_timestamp, make_datums, metric_memory_bytes, planned_datums, Datum, Rejection, Stamp,
-};
+use super::datum::{check_timestamp, make_datums, metric_memory_bytes, Datum, Rejection, Stamp};
 use super::stats::DropReason;
 use crate::model::{AggregateValue, MetricKey};
 
@@ -55,7 +53,7 @@ impl Load {
     fn metric(key: &MetricKey, agg: &AggregateValue, max_values: usize) -> Load {
         Load {
             bytes: metric_memory_bytes(key, agg),
-            datums: planned_datums(agg, max_values),
+            datums: agg.datums(max_values),
             samples: agg.samples(),
         }
     }
