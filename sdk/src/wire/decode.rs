@@ -567,7 +567,9 @@ fn check_header(
 }
 
 /// [`check_header`] of a layout other than the last one checked: checks it, derives its
-/// shape and keeps both in `memo`.
+/// shape and keeps both in `memo`. (Its `bad`/`be32` closures repeat `check_header`'s on
+/// purpose: module-level helpers shared by both measured 10-15% slower on the histogram
+/// ingest benchmark, alternating runs, 35.5-36.8 against 31.1-31.8 us a batch.)
 #[inline(never)]
 fn new_shape(
     body: &[u8],
