@@ -88,7 +88,10 @@ measure() {
     [ -n "$CW" ] && closed="$closed, $(metric "$admin" tally_publish_datums_total) datums published, $(metric "$admin" tally_publish_dropped_datums_total) dropped"
     closed=" | $closed"
   fi
-  printf "| %s | %s%s |\n" "$( [ "$series" -eq 0 ] && echo idle || echo "$series series" )" "$open" "$closed"
+  local label="$series counter series"
+  [ -n "$EXTRA" ] && label="$series counters + $series histograms ($((2 * series)) series)"
+  [ "$series" -eq 0 ] && label=idle
+  printf "| %s | %s%s |\n" "$label" "$open" "$closed"
   kill -TERM "$pid"; timeout 30 tail --pid="$pid" -f /dev/null || kill -KILL "$pid"
   trap - EXIT
 }

@@ -9,6 +9,9 @@
 //! - `agent_ingest/histograms`: batches of 100 latency histograms (about 20 distinct values
 //!   each over a declared 1 ns..60 s range at 3 digits; plain HdrHistogram V2 on the wire, as
 //!   the SDK sends bodies up to 1 KiB), same path.
+//! - `agent_ingest/histogram_buckets`: decode + merge of the same batches with 1, 5, 20 or 50
+//!   distinct values (non-zero buckets) per histogram, so the fixed and the per-bucket cost
+//!   of a histogram update can be read apart.
 //! - `decode_only` rows split parsing from merging; `decode_owned` rows measure the owned
 //!   `tally::wire::decode_batch` (same checks, then owned strings and full-range histograms).
 //!
@@ -107,13 +110,14 @@ fn counters(c: &mut Criterion) {
     bench_path(c, "agent_ingest/counters", &f[HEADER_LEN..], n as u64);
 }
 
-fn histograms(c: &mut Criterion) {
-    let n = 100;
+/// A batch of `n` latency histograms, each holding `values` distinct values (1 ms apart by
+/// 137 us, so every value lands in a bucket of its own at 3 digits).
+fn histogram_frame(n: usize, values: u64) -> Vec<u8> {
     let series = (0..n)
         .map(|i| {
             let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
             h.auto(true);
-            for k in 0..20u64 {
+            for k in 0..values {
                 h.record(1_000_000 + k * 137_000 + i as u64).unwrap();
             }
             Series {
@@ -127,9 +131,41 @@ fn histograms(c: &mut Criterion) {
             }
         })
         .collect();
-    let f = frame(series);
+    frame(series)
+}
+
+fn histograms(c: &mut Criterion) {
+    let n = 100;
+    let f = histogram_frame(n, 20);
     bench_path(c, "agent_ingest/histograms", &f[HEADER_LEN..], n as u64);
 }
 
-criterion_group!(benches, counters, histograms);
+/// Decode + merge of 100-histogram batches by the number of distinct values (non-zero
+/// buckets) each histogram carries: what a histogram update costs in fixed and per-bucket
+/// parts. Parameter: buckets per histogram.
+fn histogram_buckets(c: &mut Criterion) {
+    let n = 100;
+    let limits = Limits::default();
+    let mut g = c.benchmark_group("agent_ingest/histogram_buckets");
+    g.throughput(Throughput::Elements(n as u64));
+    for values in [1u64, 5, 20, 50] {
+        let f = histogram_frame(n, values);
+        let payload = &f[HEADER_LEN..];
+        let mut agg = aggregator();
+        agg.merge(
+            &BatchView::parse(payload, &limits).unwrap(),
+            SystemTime::now(),
+        )
+        .unwrap();
+        g.bench_function(BenchmarkId::new("decode_and_merge", values), |b| {
+            b.iter(|| {
+                let batch = BatchView::parse(payload, &limits).unwrap();
+                agg.merge(&batch, SystemTime::now()).unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, counters, histograms, histogram_buckets);
 criterion_main!(benches);
