@@ -598,7 +598,10 @@ impl Config {
     /// what to change: `tally-agent validate` prints them, `tally-agent run` logs them.
     pub fn warnings(&self) -> Vec<String> {
         // A typical series when sizing the pending queue: ServiceName, Environment, three
-        // labels and three ECS dimensions, values of 16 bytes.
+        // labels and three ECS dimensions, values of 16 bytes. Rollups are left out: each can
+        // add one metric per series it matches, but drops dimensions to collapse series
+        // (usually by orders of magnitude), so their worst case would warn about nearly
+        // every config that has one; docs/configuration.md says how to size for them.
         const DIMENSIONS: usize = 8;
         const VALUE_LEN: usize = 16;
         let mut out = Vec::new();
