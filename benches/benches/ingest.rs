@@ -3,16 +3,18 @@
 //!
 //! Groups:
 //! - `agent_ingest/counters`: batches of 1,000 counter series (3 labels each) from one
-//!   process, parsed with `tally::wire::BatchView::parse` (borrowed strings, every check) and
-//!   merged by the agent's `Aggregator` into a period that already holds those series (the
-//!   steady state). This is the agent's path.
+//!   process, parsed with `tally::wire::BatchView::parse_remembering` (borrowed strings, every
+//!   check; a sender's series seen in its last batch are recognised by their bytes, as an
+//!   agent session does) and merged by the agent's `Aggregator` into a period that already
+//!   holds those series (the steady state). This is the agent's path.
 //! - `agent_ingest/histograms`: batches of 100 latency histograms (about 20 distinct values
 //!   each over a declared 1 ns..60 s range at 3 digits; plain HdrHistogram V2 on the wire, as
 //!   the SDK sends bodies up to 1 KiB), same path.
 //! - `agent_ingest/histogram_buckets`: decode + merge of the same batches with 1, 5, 20 or 50
 //!   distinct values (non-zero buckets) per histogram, so the fixed and the per-bucket cost
 //!   of a histogram update can be read apart.
-//! - `decode_only` rows split parsing from merging; `decode_owned` rows measure the owned
+//! - `decode_only` rows split parsing (without a memo: a sender's first batch) from merging,
+//!   `decode_remembering` rows parse as the agent does from a sender's second batch on; `decode_owned` rows measure the owned
 //!   `tally::wire::decode_batch` (same checks, then owned strings and full-range histograms).
 //!
 //! Goal (issue 3): at least 5 million series updates per second per core.
@@ -22,8 +24,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use hdrhistogram::Histogram;
 use tally::wire::{
-    decode_batch, encode_batch, Batch, BatchView, Limits, ProcessIdentity, Series, SeriesValue,
-    Unit, HEADER_LEN,
+    decode_batch, encode_batch, Batch, BatchView, Limits, ParseMemo, ProcessIdentity, Series,
+    SeriesValue, Unit, HEADER_LEN,
 };
 use tally_agent::aggregate::{Aggregator, Settings};
 use tally_agent::config::{Config, TimeUnit};
@@ -81,6 +83,11 @@ fn bench_path(c: &mut Criterion, group_name: &str, payload: &[u8], series: u64) 
     g.bench_function(BenchmarkId::new("decode_only", series), |b| {
         b.iter(|| BatchView::parse(payload, &limits).unwrap())
     });
+    let mut memo = ParseMemo::new();
+    BatchView::parse_remembering(payload, &limits, &mut memo).unwrap();
+    g.bench_function(BenchmarkId::new("decode_remembering", series), |b| {
+        b.iter(|| BatchView::parse_remembering(payload, &limits, &mut memo).unwrap())
+    });
     let mut agg = aggregator();
     agg.merge(
         &BatchView::parse(payload, &limits).unwrap(),
@@ -89,7 +96,7 @@ fn bench_path(c: &mut Criterion, group_name: &str, payload: &[u8], series: u64) 
     .unwrap();
     g.bench_function(BenchmarkId::new("decode_and_merge", series), |b| {
         b.iter(|| {
-            let batch = BatchView::parse(payload, &limits).unwrap();
+            let batch = BatchView::parse_remembering(payload, &limits, &mut memo).unwrap();
             agg.merge(&batch, SystemTime::now()).unwrap()
         })
     });
@@ -152,14 +159,15 @@ fn histogram_buckets(c: &mut Criterion) {
         let f = histogram_frame(n, values);
         let payload = &f[HEADER_LEN..];
         let mut agg = aggregator();
+        let mut memo = ParseMemo::new();
         agg.merge(
-            &BatchView::parse(payload, &limits).unwrap(),
+            &BatchView::parse_remembering(payload, &limits, &mut memo).unwrap(),
             SystemTime::now(),
         )
         .unwrap();
         g.bench_function(BenchmarkId::new("decode_and_merge", values), |b| {
             b.iter(|| {
-                let batch = BatchView::parse(payload, &limits).unwrap();
+                let batch = BatchView::parse_remembering(payload, &limits, &mut memo).unwrap();
                 agg.merge(&batch, SystemTime::now()).unwrap()
             })
         });

@@ -4,7 +4,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use tally::wire::{
-    decode_ack, decode_batch, BatchView, FrameHeader, FrameKind, Limits, ValueView, HEADER_LEN,
+    decode_ack, decode_batch, BatchView, FrameHeader, FrameKind, Limits, ParseMemo, ValueView,
+    HEADER_LEN,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -50,6 +51,22 @@ fuzz_target!(|data: &[u8]| {
                 }
             } else {
                 assert!(decode_batch(payload, &limits).is_err());
+            }
+            // A memo of an accepted batch (what an agent session keeps) changes no parse of
+            // the next: the same payload with one byte changed, where the fuzzed bytes say.
+            let mut memo = ParseMemo::new();
+            if BatchView::parse_remembering(payload, &limits, &mut memo).is_ok() {
+                if let Some(&last) = payload.last() {
+                    let mut next = payload.to_vec();
+                    let at = (payload.len() / 2 + usize::from(last)) % next.len();
+                    next[at] ^= last | 1;
+                    for bytes in [&next[..], payload] {
+                        let plain = BatchView::parse(bytes, &limits).map(|v| format!("{v:?}"));
+                        let remembered = BatchView::parse_remembering(bytes, &limits, &mut memo)
+                            .map(|v| format!("{v:?}"));
+                        assert_eq!(plain, remembered);
+                    }
+                }
             }
             if let Ok(batch) = decode_batch(payload, &limits) {
                 // Whatever decodes must re-encode to something that decodes to the same batch.

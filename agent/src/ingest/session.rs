@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tally::wire::{
-    encode_ack, Ack, AckStatus, BatchView, DecodeError, FrameHeader, FrameKind, Limits, HEADER_LEN,
+    encode_ack, Ack, AckStatus, BatchView, DecodeError, FrameHeader, FrameKind, Limits, ParseMemo,
+    HEADER_LEN,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{watch, Semaphore};
@@ -148,6 +149,9 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let mut shutdown = ctx.shutdown.clone();
     let mut buf: Vec<u8> = Vec::new();
     let mut ack_buf: Vec<u8> = Vec::with_capacity(32);
+    // The descriptors of this sender's last accepted batch, so that the series it sends again
+    // are not checked field by field in every batch (at most ParseMemo::MAX_BYTES).
+    let mut memo = ParseMemo::new();
     loop {
         let hdr = match read_header(&mut stream, &ctx, &mut shutdown).await {
             Ok(HeaderRead::Frame(h)) => h,
@@ -205,7 +209,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             };
         ctx.bytes.add((HEADER_LEN + len) as u64);
-        let (sequence, status) = match BatchView::parse(&buf, &ctx.limits) {
+        let (sequence, status) = match BatchView::parse_remembering(&buf, &ctx.limits, &mut memo) {
             Ok(batch) => {
                 drop(permit);
                 let seq = batch.sequence;

@@ -5,6 +5,7 @@ use std::ops::Range;
 
 use flate2::read::ZlibDecoder;
 
+use super::memo::ParseMemo;
 use super::view::{Body, HistEntry, ProcessView, SeriesEntry, ValueEntry};
 use super::{
     Ack, AckStatus, Batch, BatchView, DecodeError, DropReport, Limits, Unit, MAX_LABELS,
@@ -355,7 +356,7 @@ fn bucket_room(limits: &Limits) -> usize {
 #[inline(always)]
 fn histogram<'a>(
     r: &mut Reader<'a>,
-    name: &Lossy<'_>,
+    name: &NameIn<'_>,
     limits: &Limits,
     scratch: &mut HistScratch<'a>,
 ) -> Result<HistEntry<'a>, DecodeError> {
@@ -392,7 +393,7 @@ fn histogram<'a>(
 fn deflated<'a>(
     scale: f64,
     bytes: &'a [u8],
-    name: &Lossy<'_>,
+    name: &NameIn<'_>,
     limits: &Limits,
     scratch: &mut HistScratch<'a>,
 ) -> Result<HistEntry<'a>, DecodeError> {
@@ -481,7 +482,7 @@ fn record_counts(
 }
 
 #[cold]
-fn over_budget(name: &Lossy<'_>, counts: u64, left: u64) -> DecodeError {
+fn over_budget(name: &NameIn<'_>, counts: u64, left: u64) -> DecodeError {
     DecodeError::BadHistogram {
         name: name.to_string(),
         reason: format!(
@@ -529,7 +530,7 @@ struct Shape {
 #[inline(always)]
 fn check_header(
     body: &[u8],
-    name: &Lossy<'_>,
+    name: &NameIn<'_>,
     limits: &Limits,
     memo: &mut Option<([u8; 32], Shape)>,
 ) -> Result<Shape, DecodeError> {
@@ -574,7 +575,7 @@ fn check_header(
 fn new_shape(
     body: &[u8],
     layout: [u8; 32],
-    name: &Lossy<'_>,
+    name: &NameIn<'_>,
     limits: &Limits,
     memo: &mut Option<([u8; 32], Shape)>,
 ) -> Result<Shape, DecodeError> {
@@ -666,6 +667,16 @@ impl std::fmt::Display for Lossy<'_> {
     }
 }
 
+/// The metric name of a checked descriptor, for error messages: found (and displayed
+/// lossily) only when a message needs it.
+struct NameIn<'a>(&'a [u8]);
+
+impl std::fmt::Display for NameIn<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        Lossy(descriptor_name(self.0)).fmt(f)
+    }
+}
+
 /// Checks a descriptor's structure on its own (as the batch parse does), returning its unit.
 pub(super) fn descriptor_unit(bytes: &[u8]) -> Result<Unit, DecodeError> {
     let mut r = Reader { buf: bytes, pos: 0 };
@@ -687,6 +698,41 @@ pub(super) fn descriptor_unit(bytes: &[u8]) -> Result<Unit, DecodeError> {
     }
     r.finish()?;
     Ok(unit)
+}
+
+/// Reads and checks one series' descriptor in the batch parse (name, kind, unit, labels),
+/// returning its kind byte (checked with the value that follows) and unit.
+#[inline(always)]
+fn read_descriptor_checked(
+    r: &mut Reader<'_>,
+    strings: Strings,
+) -> Result<(u8, Unit), DecodeError> {
+    let name_bytes = r.raw_str("metric name", MAX_NAME_LEN, true)?;
+    if strings == Strings::Check {
+        utf8(name_bytes, "metric name")?;
+    }
+    let kind = r.u8("series kind")?;
+    let unit_byte = r.u8("unit")?;
+    let unit = Unit::from_u8(unit_byte).ok_or(DecodeError::UnknownUnit(unit_byte))?;
+    let nlabels = r.varint("label count")?;
+    if nlabels > MAX_LABELS as u64 {
+        return Err(DecodeError::TooManyLabels {
+            name: Lossy(name_bytes).to_string(),
+            count: nlabels,
+            max: MAX_LABELS,
+        });
+    }
+    for _ in 0..nlabels {
+        let k = r.raw_str("label key", MAX_NAME_LEN, true)?;
+        if strings == Strings::Check {
+            utf8(k, "label key")?;
+        }
+        let v = r.raw_str("label value", MAX_LABEL_VALUE_LEN, false)?;
+        if strings == Strings::Check {
+            utf8(v, "label value")?;
+        }
+    }
+    Ok((kind, unit))
 }
 
 /// The name bytes of a descriptor the parse already checked (empty if it were cut short).
@@ -721,7 +767,20 @@ impl<'a> BatchView<'a> {
     /// strings. Every bound of [`Limits`] is checked, every histogram walked to its last
     /// count, before this returns: an `Ok` view is valid as a whole.
     pub fn parse(payload: &'a [u8], limits: &Limits) -> Result<BatchView<'a>, DecodeError> {
-        Self::parse_with(payload, limits, Strings::Defer)
+        Self::parse_with(payload, limits, Strings::Defer, None)
+    }
+
+    /// [`BatchView::parse`] of the next batch of one sender: series whose descriptor is the
+    /// one `memo` remembers at their position in the sender's last accepted batch are not
+    /// checked field by field again (see [`ParseMemo`]). Accepts and refuses exactly what
+    /// [`BatchView::parse`] does and gives the same view; `memo` then remembers this batch
+    /// when some series was not the remembered one.
+    pub fn parse_remembering(
+        payload: &'a [u8],
+        limits: &Limits,
+        memo: &mut ParseMemo,
+    ) -> Result<BatchView<'a>, DecodeError> {
+        Self::parse_with(payload, limits, Strings::Defer, Some(memo))
     }
 
     /// [`BatchView::parse`], checking every name and label to be UTF-8 in frame order too
@@ -730,13 +789,14 @@ impl<'a> BatchView<'a> {
         payload: &'a [u8],
         limits: &Limits,
     ) -> Result<BatchView<'a>, DecodeError> {
-        Self::parse_with(payload, limits, Strings::Check)
+        Self::parse_with(payload, limits, Strings::Check, None)
     }
 
     fn parse_with(
         payload: &'a [u8],
         limits: &Limits,
         strings: Strings,
+        mut memo: Option<&mut ParseMemo>,
     ) -> Result<BatchView<'a>, DecodeError> {
         let mut r = Reader {
             buf: payload,
@@ -777,35 +837,28 @@ impl<'a> BatchView<'a> {
             counts_budget: limits.max_histogram_counts_per_batch,
         };
         let mut series = Vec::with_capacity(count as usize);
-        for _ in 0..count {
+        // Whether every series was the one the memo remembers at its position.
+        let mut recalled_all = memo.as_ref().is_some_and(|m| m.len() == count as usize);
+        for i in 0..count as usize {
             let at = r.pos;
-            let name_bytes = r.raw_str("metric name", MAX_NAME_LEN, true)?;
-            if strings == Strings::Check {
-                utf8(name_bytes, "metric name")?;
-            }
-            let name = Lossy(name_bytes);
-            let kind = r.u8("series kind")?;
-            let unit_byte = r.u8("unit")?;
-            let unit = Unit::from_u8(unit_byte).ok_or(DecodeError::UnknownUnit(unit_byte))?;
-            let nlabels = r.varint("label count")?;
-            if nlabels > MAX_LABELS as u64 {
-                return Err(DecodeError::TooManyLabels {
-                    name: name.to_string(),
-                    count: nlabels,
-                    max: MAX_LABELS,
-                });
-            }
-            for _ in 0..nlabels {
-                let k = r.raw_str("label key", MAX_NAME_LEN, true)?;
-                if strings == Strings::Check {
-                    utf8(k, "label key")?;
+            let recalled = match &memo {
+                Some(m) => m.recall(i, &payload[at..]),
+                None => None,
+            };
+            let (descriptor, kind, unit) = match recalled {
+                // The same bytes as a descriptor this sender's last batch had here, which
+                // passed the checks below (they depend on nothing else).
+                Some((len, kind, unit)) => {
+                    r.pos += len;
+                    (&payload[at..r.pos], kind, unit)
                 }
-                let v = r.raw_str("label value", MAX_LABEL_VALUE_LEN, false)?;
-                if strings == Strings::Check {
-                    utf8(v, "label value")?;
+                None => {
+                    recalled_all = false;
+                    let (kind, unit) = read_descriptor_checked(&mut r, strings)?;
+                    (&payload[at..r.pos], kind, unit)
                 }
-            }
-            let descriptor = &payload[at..r.pos];
+            };
+            let name = NameIn(descriptor);
             let value = match kind {
                 1 => ValueEntry::Counter(r.varint("counter delta")?),
                 2 => ValueEntry::Gauge {
@@ -833,6 +886,13 @@ impl<'a> BatchView<'a> {
             });
         }
         r.finish()?;
+        if let Some(m) = memo.as_mut().filter(|_| !recalled_all) {
+            m.remember(
+                series
+                    .iter()
+                    .map(|s| (s.descriptor, s.value.kind(), s.unit)),
+            );
+        }
         Ok(BatchView {
             process: ProcessView {
                 instance_id,

@@ -69,6 +69,7 @@
 mod decode;
 mod encode;
 mod error;
+mod memo;
 mod view;
 
 pub(crate) use decode::hdr_counts_len;
@@ -76,6 +77,7 @@ pub use decode::{decode_ack, decode_batch};
 pub use encode::{encode_ack, encode_batch, EncodeError};
 pub(crate) use encode::{BatchHead, Encoder, HistRef, SeriesRef, ValueRef};
 pub use error::DecodeError;
+pub use memo::ParseMemo;
 pub use view::{BatchView, Descriptor, HistogramView, ProcessView, SeriesView, ValueView};
 
 use hdrhistogram::Histogram;

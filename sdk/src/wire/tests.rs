@@ -815,3 +815,107 @@ proptest! {
         assert_agrees_with_reference(&p, &limits)?;
     }
 }
+
+// ---- Parsing with the memo of a sender's last batch (wire::memo) ----
+
+/// Parses `next` plainly and after `first` with a memo, and checks both give the same view
+/// or the same error; returns the memo's length afterwards.
+fn assert_memo_changes_nothing(first: &[u8], next: &[u8]) -> Result<usize, TestCaseError> {
+    let limits = Limits::default();
+    let mut memo = ParseMemo::new();
+    let first_ok = BatchView::parse_remembering(first, &limits, &mut memo).is_ok();
+    prop_assert_eq!(first_ok, BatchView::parse(first, &limits).is_ok());
+    let plain = BatchView::parse(next, &limits).map(|v| format!("{v:?}"));
+    let remembered = BatchView::parse_remembering(next, &limits, &mut memo).map(|v| format!("{v:?}"));
+    prop_assert_eq!(plain, remembered);
+    Ok(memo.len())
+}
+
+fn encoded(batch: &Batch) -> Vec<u8> {
+    let mut frame = Vec::new();
+    encode_batch(batch, &mut frame).unwrap();
+    frame[HEADER_LEN..].to_vec()
+}
+
+proptest! {
+    #[test]
+    fn a_memo_of_the_last_batch_changes_no_parse_of_the_next(
+        first in arb_batch(),
+        values in prop::collection::vec(arb_value(), 12),
+        shuffle in any::<prop::sample::Index>(),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+        cut in prop::option::of(any::<prop::sample::Index>()),
+    ) {
+        // The next batch: the same series with other values (what an SDK sends), rotated
+        // when the index says so (series sent in another order), then maybe corrupted or cut
+        // short anywhere, descriptors included.
+        let mut next = first.clone();
+        for (s, v) in next.series.iter_mut().zip(values) {
+            s.value = v;
+        }
+        if !next.series.is_empty() && shuffle.index(4) == 0 {
+            let k = shuffle.index(next.series.len());
+            next.series.rotate_left(k);
+        }
+        let first_bytes = encoded(&first);
+        let mut bytes = encoded(&next);
+        for (at, b) in &edits {
+            let i = at.index(bytes.len());
+            bytes[i] ^= b;
+        }
+        if let Some(c) = cut {
+            bytes.truncate(c.index(bytes.len() + 1));
+        }
+        assert_memo_changes_nothing(&first_bytes, &bytes)?;
+        // And after a first batch that was itself refused (the memo stays empty).
+        let mut broken = first_bytes.clone();
+        broken.truncate(broken.len().saturating_sub(1));
+        assert_memo_changes_nothing(&broken, &bytes)?;
+    }
+}
+
+#[test]
+fn a_memo_remembers_an_accepted_batch_and_keeps_it_through_a_refused_one() {
+    let limits = Limits::default();
+    let batch = sample_batch();
+    let good = encoded(&batch);
+    let mut memo = ParseMemo::new();
+    BatchView::parse_remembering(&good, &limits, &mut memo).unwrap();
+    assert_eq!(memo.len(), batch.series.len());
+    // A refused batch (cut short) leaves the memo as it was.
+    let mut other = batch.clone();
+    other.series.truncate(1);
+    let mut cut = encoded(&other);
+    cut.pop();
+    assert!(BatchView::parse_remembering(&cut, &limits, &mut memo).is_err());
+    assert_eq!(memo.len(), batch.series.len());
+    // An accepted batch with other series replaces it.
+    let one = encoded(&other);
+    BatchView::parse_remembering(&one, &limits, &mut memo).unwrap();
+    assert_eq!(memo.len(), 1);
+}
+
+#[test]
+fn a_memo_forgets_a_batch_whose_descriptors_pass_its_bound() {
+    let limits = Limits::default();
+    let mut batch = sample_batch();
+    let long = "x".repeat(MAX_LABEL_VALUE_LEN);
+    let series: Vec<Series> = (0..300)
+        .map(|i| Series {
+            name: format!("m{i}"),
+            unit: Unit::Count,
+            labels: vec![("Big".into(), long.clone())],
+            value: SeriesValue::Counter(1),
+        })
+        .collect();
+    batch.series = series;
+    let bytes = encoded(&batch);
+    assert!(bytes.len() > ParseMemo::MAX_BYTES, "the batch must pass the bound");
+    let mut memo = ParseMemo::new();
+    BatchView::parse_remembering(&encoded(&sample_batch()), &limits, &mut memo).unwrap();
+    assert!(!memo.is_empty());
+    let view = BatchView::parse_remembering(&bytes, &limits, &mut memo).unwrap();
+    assert_eq!(view.len(), 300);
+    assert!(memo.is_empty());
+    assert_eq!(memo.heap_bytes(), 0, "the memory is given back");
+}

@@ -97,6 +97,18 @@ pub(super) enum ValueEntry<'a> {
     },
 }
 
+impl ValueEntry<'_> {
+    /// The series kind byte this value was sent with.
+    pub(super) fn kind(&self) -> u8 {
+        match self {
+            ValueEntry::Counter(_) => 1,
+            ValueEntry::Gauge { .. } => 2,
+            ValueEntry::Histogram(_) => 3,
+            ValueEntry::Event { .. } => 4,
+        }
+    }
+}
+
 /// Where a validated histogram's inflated V2 body (40-byte header, then the counts) lives.
 #[derive(Debug, Clone)]
 pub(super) enum Body<'a> {
