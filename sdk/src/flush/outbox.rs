@@ -189,7 +189,12 @@ impl Outbox {
         // Split so that no batch exceeds what the agent's decoder accepts by default:
         // series, bytes, and the histogram counters decoding allocates.
         let max_counts = Limits::default().max_histogram_counts_per_batch;
-        let entries: Vec<_> = open.series.into_values().collect();
+        // Series go out in one order flush after flush (by their registry entry's address,
+        // fixed for a series' life), not in the open map's order, which is new with every map:
+        // the agent recognises a sender's series by where they were in its last batches
+        // (`wire::ParseMemo`, the aggregator's slot cache) and checks the rest in full.
+        let mut entries: Vec<_> = open.series.into_values().collect();
+        entries.sort_unstable_by_key(|(entry, _, _)| Arc::as_ptr(entry) as usize);
         let mut sealed = 0;
         let mut first = 0;
         while first < entries.len() || sealed == 0 {
@@ -329,6 +334,38 @@ mod tests {
         assert_eq!(o.ack(1), Some(5));
         assert!(o.is_empty());
         assert_eq!(o.ack(1), None);
+    }
+
+    #[test]
+    fn series_go_out_in_the_same_order_flush_after_flush() {
+        let mut o = Outbox::new(ProcessIdentity::default(), 1 << 24);
+        let series: Vec<_> = (0..200).map(|i| entry(&format!("s{i}"))).collect();
+        let mut orders = Vec::new();
+        for flush in 0..4u64 {
+            // Merged in another order each time, and one flush with a series idle.
+            let mut deltas: Vec<_> = series
+                .iter()
+                .filter(|e| flush != 2 || e.name != "s7")
+                .map(|e| (e.clone(), Delta::Counter(1)))
+                .collect();
+            let k = (flush as usize * 37) % deltas.len();
+            deltas.rotate_left(k);
+            o.merge(deltas, flush * 10, flush * 10 + 10);
+            assert_eq!(o.seal(0, flush * 10 + 10), 1);
+            let sealed = o.unsent().last().expect("sealed");
+            let names: Vec<String> = decode(sealed).series.into_iter().map(|s| s.name).collect();
+            orders.push(names);
+            let seq = flush + 1;
+            o.ack(seq);
+        }
+        assert_eq!(orders[0].len(), 200);
+        assert_eq!(orders[0], orders[1]);
+        assert_eq!(orders[0], orders[3]);
+        let without: Vec<String> = orders[0].iter().filter(|n| *n != "s7").cloned().collect();
+        assert_eq!(
+            orders[2], without,
+            "an idle series leaves the others in their order"
+        );
     }
 
     #[test]

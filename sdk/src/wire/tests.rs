@@ -826,7 +826,8 @@ fn assert_memo_changes_nothing(first: &[u8], next: &[u8]) -> Result<usize, TestC
     let first_ok = BatchView::parse_remembering(first, &limits, &mut memo).is_ok();
     prop_assert_eq!(first_ok, BatchView::parse(first, &limits).is_ok());
     let plain = BatchView::parse(next, &limits).map(|v| format!("{v:?}"));
-    let remembered = BatchView::parse_remembering(next, &limits, &mut memo).map(|v| format!("{v:?}"));
+    let remembered =
+        BatchView::parse_remembering(next, &limits, &mut memo).map(|v| format!("{v:?}"));
     prop_assert_eq!(plain, remembered);
     Ok(memo.len())
 }
@@ -910,7 +911,10 @@ fn a_memo_forgets_a_batch_whose_descriptors_pass_its_bound() {
         .collect();
     batch.series = series;
     let bytes = encoded(&batch);
-    assert!(bytes.len() > ParseMemo::MAX_BYTES, "the batch must pass the bound");
+    assert!(
+        bytes.len() > ParseMemo::MAX_BYTES,
+        "the batch must pass the bound"
+    );
     let mut memo = ParseMemo::new();
     BatchView::parse_remembering(&encoded(&sample_batch()), &limits, &mut memo).unwrap();
     assert!(!memo.is_empty());
