@@ -13,6 +13,9 @@
 //! - `agent_ingest/histogram_buckets`: decode + merge of the same batches with 1, 5, 20 or 50
 //!   distinct values (non-zero buckets) per histogram, so the fixed and the per-bucket cost
 //!   of a histogram update can be read apart.
+//! - `agent_ingest/sdk_flushes`: 10,000 counter series sent as an SDK sends them (sorted,
+//!   split into batches of 1,000, a different 5% idle in each flush, so the split between
+//!   batches moves), decode + merge of four flushes per iteration.
 //! - `decode_only` rows split parsing (without a memo: a sender's first batch) from merging,
 //!   `decode_remembering` rows parse as the agent does from a sender's second batch on; `decode_owned` rows measure the owned
 //!   `tally::wire::decode_batch` (same checks, then owned strings and full-range histograms).
@@ -175,5 +178,63 @@ fn histogram_buckets(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, counters, histograms, histogram_buckets);
+/// What an SDK process with many series sends: 10,000 counter series in one order (sorted,
+/// as the SDK sorts them), split into batches of 1,000, with a different ~5% of the series
+/// idle (left out) in each of four flushes, so batch boundaries move from flush to flush.
+/// One iteration parses and merges the four flushes (38,000 series updates or so), as an
+/// agent session does (its memo, the aggregator's slot cache).
+fn sdk_flushes(c: &mut Criterion) {
+    let n = 10_000;
+    let per_batch = 1_000;
+    let limits = Limits::default();
+    let flushes: Vec<Vec<Vec<u8>>> = (0..4u64)
+        .map(|f| {
+            let live: Vec<Series> = (0..n)
+                .filter(|&i| (i as u64 * 2_654_435_761 + f * 97).is_multiple_of(20) == false)
+                .map(|i| Series {
+                    name: "RequestCount".into(),
+                    unit: Unit::Count,
+                    labels: labels(i),
+                    value: SeriesValue::Counter(3),
+                })
+                .collect();
+            live.chunks(per_batch)
+                .map(|chunk| {
+                    let f = frame(chunk.to_vec());
+                    f[HEADER_LEN..].to_vec()
+                })
+                .collect()
+        })
+        .collect();
+    let updates: usize = flushes
+        .iter()
+        .flatten()
+        .map(|b| BatchView::parse(b, &limits).unwrap().len())
+        .sum();
+    let mut g = c.benchmark_group("agent_ingest/sdk_flushes");
+    g.throughput(Throughput::Elements(updates as u64));
+    let mut agg = aggregator();
+    let mut memo = ParseMemo::new();
+    for batch in flushes.iter().flatten() {
+        let view = BatchView::parse_remembering(batch, &limits, &mut memo).unwrap();
+        agg.merge(&view, SystemTime::now()).unwrap();
+    }
+    g.bench_function(BenchmarkId::new("decode_and_merge", updates), |b| {
+        b.iter(|| {
+            for batch in flushes.iter().flatten() {
+                let view = BatchView::parse_remembering(batch, &limits, &mut memo).unwrap();
+                agg.merge(&view, SystemTime::now()).unwrap();
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    counters,
+    histograms,
+    histogram_buckets,
+    sdk_flushes
+);
 criterion_main!(benches);

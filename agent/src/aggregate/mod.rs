@@ -172,19 +172,97 @@ impl Group {
     }
 }
 
-/// Where one sender's series were found in its last batch: an SDK process sends its series
-/// in the same order batch after batch, so the series at position `i` of a batch is most
-/// likely the one at `slots[i]` in the group. A guess is taken only when the descriptor bytes
-/// there are equal (one comparison instead of a hash and a probe); any other series (order
-/// changed, a series appeared or went, a refused series) is looked up in the group's table,
-/// so what a batch merges into never depends on the cache.
+/// Where one sender's series were found in one of its recent batches. An SDK process sends
+/// its series in the same order flush after flush (sorted by its registry entries), split
+/// into the same few batches when a flush holds more than one batch takes; so the series
+/// after the one found at `slots[j]` is most likely the one at `slots[j + 1]`, or a little
+/// further on when series were idle and left out. A guess is taken only when the descriptor
+/// bytes there are equal (one comparison instead of a hash and a probe); any other series
+/// (order changed, a series appeared, a refused series) is looked up in the group's table, so
+/// what a batch merges into never depends on the cache. The walk mirrors
+/// `tally::wire::ParseMemo`, which recognises the same series during the parse.
 #[derive(Default)]
 struct SlotCache {
     /// The group the sender's series are in (its position in [`OpenPeriod::groups`]).
     group: usize,
-    /// Per position in the sender's last batch, the series' position in the group
-    /// ([`NO_SLOT`] for a series that was refused).
+    /// Per position in the batch, the series' position in the group ([`NO_SLOT`] for a
+    /// series that was refused).
     slots: Vec<u32>,
+    /// When it was last used (the sender's batch count), to replace the least recently used.
+    used: u64,
+}
+
+/// Most batch layouts kept per sender (of a flush split into more batches than this, the
+/// batches met first are followed, the others looked up).
+const CACHES_PER_SENDER: usize = 16;
+/// Batches of a sender after which a layout it did not use may make room for another.
+const STALE_AFTER: u64 = 64;
+/// How far into a cached layout a batch's first series is looked for (as in
+/// `tally::wire::ParseMemo`: the split between a flush's batches moves with idle series).
+const PICK_WINDOW: usize = 32;
+/// How many cached positions after the expected one a merge also tries (series idle this
+/// interval are left out of a batch; as in `tally::wire::ParseMemo`).
+const LOOKAHEAD: usize = 16;
+
+/// One sender's recent batch layouts.
+#[derive(Default)]
+struct SenderCaches {
+    caches: Vec<SlotCache>,
+    batches: u64,
+}
+
+impl SenderCaches {
+    /// The layout of the sender's batch that began with the same series as `batch` (or had it
+    /// among its first few), in group `gi`, with the position to walk it from; else an empty
+    /// one (in place of one unused for a while when all are taken). `None` for a batch
+    /// without series (a drop report) or when no layout can be given up: the batch's series
+    /// are then looked up.
+    fn pick(
+        &mut self,
+        gi: usize,
+        group: &Group,
+        batch: &BatchView<'_>,
+    ) -> Option<(&mut SlotCache, usize)> {
+        let first = batch.series().next()?.descriptor.as_bytes();
+        self.batches += 1;
+        // Where the batch's first series is among the first few of a layout of this group.
+        let start = |c: &SlotCache| {
+            let window = &c.slots[..c.slots.len().min(PICK_WINDOW)];
+            (c.group == gi)
+                .then(|| {
+                    window.iter().position(
+                        |&at| matches!(group.slots.get(at as usize), Some((b, _)) if **b == *first),
+                    )
+                })
+                .flatten()
+        };
+        let (i, next) = match self
+            .caches
+            .iter()
+            .enumerate()
+            .find_map(|(i, c)| start(c).map(|j| (i, j)))
+        {
+            Some(found) => found,
+            None => {
+                let i = if self.caches.len() < CACHES_PER_SENDER {
+                    self.caches.push(SlotCache::default());
+                    self.caches.len() - 1
+                } else {
+                    // Only a layout unused for a while makes room (a sender cycling through
+                    // more batches than fit keeps the first ones followed, not none).
+                    (0..self.caches.len())
+                        .min_by_key(|&i| self.caches[i].used)
+                        .filter(|&i| self.batches - self.caches[i].used >= STALE_AFTER)?
+                };
+                self.caches[i].group = gi;
+                self.caches[i].slots.clear();
+                (i, 0)
+            }
+        };
+        let cache = &mut self.caches[i];
+        cache.used = self.batches;
+        Some((cache, next))
+    }
 }
 
 /// A [`SlotCache`] entry for a series that has no slot.
@@ -208,7 +286,7 @@ struct OpenPeriod {
     groups: Vec<(Identity, Group)>,
     /// Per sender process (`instance_id`), where its last batch's series were found; dropped
     /// with the period.
-    caches: HashMap<u64, SlotCache>,
+    caches: HashMap<u64, SenderCaches>,
     series: usize,
     samples: u64,
 }
@@ -318,6 +396,8 @@ pub struct Aggregator {
     /// Working memory of histogram merges (buckets a view adds), kept so a merge does not
     /// allocate.
     buckets: Vec<Bucket>,
+    /// Where the series of the batch being merged were found (becomes its [`SlotCache`]).
+    slot_scratch: Vec<u32>,
 }
 
 impl std::fmt::Debug for Aggregator {
@@ -356,6 +436,7 @@ impl Aggregator {
             stats,
             log: RateLimitedLog::new(Duration::from_secs(10)),
             buckets: Vec::new(),
+            slot_scratch: Vec::new(),
         }
     }
 
@@ -441,24 +522,34 @@ impl Aggregator {
         let mut total = period.series;
         let gi = period.group(service, environment);
         let group = &mut period.groups[gi].1;
-        let cache = period.caches.entry(batch.process.instance_id).or_default();
-        if cache.group != gi {
-            // The sender now names another identity: its old positions mean nothing here.
-            cache.group = gi;
-            cache.slots.clear();
-        }
-        cache.slots.resize(batch.len(), NO_SLOT);
+        let sender = period.caches.entry(batch.process.instance_id).or_default();
+        let (mut cache, mut next) = match sender.pick(gi, group, batch) {
+            Some((c, next)) => (Some(c), next),
+            None => (None, 0),
+        };
+        let cached: &[u32] = cache.as_ref().map_or(&[], |c| &c.slots);
+        let found = &mut self.slot_scratch;
+        found.clear();
+        found.reserve(batch.len());
         let mut scratch = Vec::new();
-        for (s, cached) in batch.series().zip(cache.slots.iter_mut()) {
+        for s in batch.series() {
             let n = s.value.samples();
             let bytes = s.descriptor.as_bytes();
-            let at = match group.slots.get(*cached as usize) {
-                Some((b, _)) if **b == *bytes => Some(*cached),
-                _ => group.find(bytes),
+            // The cached positions from `next` on, then the table.
+            let last = cached.len().min(next + 1 + LOOKAHEAD);
+            let guess = (next..last).find(
+                |&j| matches!(group.slots.get(cached[j] as usize), Some((b, _)) if **b == *bytes),
+            );
+            let at = match guess {
+                Some(j) => {
+                    next = j + 1;
+                    Some(cached[j])
+                }
+                None => group.find(bytes),
             };
             let merged = match at {
                 Some(at) => {
-                    *cached = at;
+                    found.push(at);
                     let slot = &mut group.slots[at as usize].1;
                     merge_value(&mut slot.agg, &s.descriptor, s.value, &mut self.buckets)
                 }
@@ -474,8 +565,8 @@ impl Aggregator {
                     },
                     &mut scratch,
                 )
-                .map(|at| *cached = at)
-                .inspect_err(|_| *cached = NO_SLOT),
+                .map(|at| found.push(at))
+                .inspect_err(|_| found.push(NO_SLOT)),
             };
             match merged {
                 Ok(()) => report.merged += n,
@@ -485,6 +576,10 @@ impl Aggregator {
                     self.log.warn(reason, format_args!("{detail}"));
                 }
             }
+        }
+        // This batch's layout replaces the one it was walked beside.
+        if let Some(c) = cache.as_mut() {
+            std::mem::swap(&mut c.slots, &mut self.slot_scratch);
         }
         period.series = total;
         period.samples += report.merged;

@@ -46,6 +46,7 @@ pub struct SessionContext {
     stats: Stats,
     frames: Counter,
     bytes: Counter,
+    recognised: Counter,
     log: Mutex<RateLimitedLog>,
 }
 
@@ -84,6 +85,11 @@ impl SessionContext {
             bytes: stats.counter(
                 "tally_agent_received_bytes_total",
                 "Frame bytes received from SDKs (headers included).",
+                &[],
+            ),
+            recognised: stats.counter(
+                "tally_agent_recognised_series_total",
+                "Series of accepted batches whose identity the sender had sent before, in the same place (not checked again).",
                 &[],
             ),
             log: Mutex::new(RateLimitedLog::new(Duration::from_secs(10))),
@@ -209,9 +215,11 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 }
             };
         ctx.bytes.add((HEADER_LEN + len) as u64);
+        let recalled = memo.recalled();
         let (sequence, status) = match BatchView::parse_remembering(&buf, &ctx.limits, &mut memo) {
             Ok(batch) => {
                 drop(permit);
+                ctx.recognised.add(memo.recalled() - recalled);
                 let seq = batch.sequence;
                 match ctx.intake.accept_frame(&batch, &buf) {
                     FrameOutcome::Ack { status, sync: None } => (seq, status),

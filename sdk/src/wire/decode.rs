@@ -770,11 +770,11 @@ impl<'a> BatchView<'a> {
         Self::parse_with(payload, limits, Strings::Defer, None)
     }
 
-    /// [`BatchView::parse`] of the next batch of one sender: series whose descriptor is the
-    /// one `memo` remembers at their position in the sender's last accepted batch are not
-    /// checked field by field again (see [`ParseMemo`]). Accepts and refuses exactly what
-    /// [`BatchView::parse`] does and gives the same view; `memo` then remembers this batch
-    /// when some series was not the remembered one.
+    /// [`BatchView::parse`] of the next batch of one sender: series whose descriptor `memo`
+    /// remembers where this batch has them, from a batch of the sender that began like this
+    /// one, are not checked field by field again (see [`ParseMemo`]). Accepts and refuses
+    /// exactly what [`BatchView::parse`] does and gives the same view; `memo` then remembers
+    /// this batch when it was not the remembered one series for series.
     pub fn parse_remembering(
         payload: &'a [u8],
         limits: &Limits,
@@ -837,23 +837,25 @@ impl<'a> BatchView<'a> {
             counts_budget: limits.max_histogram_counts_per_batch,
         };
         let mut series = Vec::with_capacity(count as usize);
-        // Whether every series was the one the memo remembers at its position.
-        let mut recalled_all = memo.as_ref().is_some_and(|m| m.len() == count as usize);
-        for i in 0..count as usize {
+        // The remembered batch this one began like, walked beside it.
+        let mut recall = match memo.as_deref_mut() {
+            Some(m) if count > 0 => m.pick(&payload[r.pos..]),
+            _ => None,
+        };
+        for _ in 0..count {
             let at = r.pos;
-            let recalled = match &memo {
-                Some(m) => m.recall(i, &payload[at..]),
+            let recalled = match &mut recall {
+                Some(m) => m.recall(&payload[at..]),
                 None => None,
             };
             let (descriptor, kind, unit) = match recalled {
-                // The same bytes as a descriptor this sender's last batch had here, which
+                // The same bytes as a descriptor of a batch this sender sent before, which
                 // passed the checks below (they depend on nothing else).
                 Some((len, kind, unit)) => {
                     r.pos += len;
                     (&payload[at..r.pos], kind, unit)
                 }
                 None => {
-                    recalled_all = false;
                     let (kind, unit) = read_descriptor_checked(&mut r, strings)?;
                     (&payload[at..r.pos], kind, unit)
                 }
@@ -886,12 +888,23 @@ impl<'a> BatchView<'a> {
             });
         }
         r.finish()?;
-        if let Some(m) = memo.as_mut().filter(|_| !recalled_all) {
-            m.remember(
-                series
-                    .iter()
-                    .map(|s| (s.descriptor, s.value.kind(), s.unit)),
-            );
+        let (picked, keep, hits) = match recall {
+            Some(m) => {
+                let (picked, keep, hits) = m.finish(series.len());
+                (Some(picked), keep, hits)
+            }
+            None => (None, false, 0),
+        };
+        if let Some(m) = memo {
+            m.count_recalled(hits);
+            if !keep {
+                m.remember(
+                    picked,
+                    series
+                        .iter()
+                        .map(|s| (s.descriptor, s.value.kind(), s.unit)),
+                );
+            }
         }
         Ok(BatchView {
             process: ProcessView {

@@ -816,20 +816,28 @@ proptest! {
     }
 }
 
-// ---- Parsing with the memo of a sender's last batch (wire::memo) ----
+// ---- Parsing with the memo of a sender's recent batches (wire::memo) ----
 
-/// Parses `next` plainly and after `first` with a memo, and checks both give the same view
-/// or the same error; returns the memo's length afterwards.
-fn assert_memo_changes_nothing(first: &[u8], next: &[u8]) -> Result<usize, TestCaseError> {
+/// Parses each of `earlier` with the memo, then `next` plainly and with the memo, and checks
+/// both give the same view or the same error.
+fn assert_memo_changes_nothing(
+    earlier: &[&[u8]],
+    next: &[u8],
+    memo: &mut ParseMemo,
+) -> Result<(), TestCaseError> {
     let limits = Limits::default();
-    let mut memo = ParseMemo::new();
-    let first_ok = BatchView::parse_remembering(first, &limits, &mut memo).is_ok();
-    prop_assert_eq!(first_ok, BatchView::parse(first, &limits).is_ok());
+    for e in earlier {
+        let remembered = BatchView::parse_remembering(e, &limits, memo).map(|v| format!("{v:?}"));
+        prop_assert_eq!(
+            remembered,
+            BatchView::parse(e, &limits).map(|v| format!("{v:?}"))
+        );
+    }
     let plain = BatchView::parse(next, &limits).map(|v| format!("{v:?}"));
-    let remembered =
-        BatchView::parse_remembering(next, &limits, &mut memo).map(|v| format!("{v:?}"));
+    let remembered = BatchView::parse_remembering(next, &limits, memo).map(|v| format!("{v:?}"));
     prop_assert_eq!(plain, remembered);
-    Ok(memo.len())
+    prop_assert!(memo.batches() <= ParseMemo::BATCHES);
+    Ok(())
 }
 
 fn encoded(batch: &Batch) -> Vec<u8> {
@@ -840,25 +848,29 @@ fn encoded(batch: &Batch) -> Vec<u8> {
 
 proptest! {
     #[test]
-    fn a_memo_of_the_last_batch_changes_no_parse_of_the_next(
+    fn a_memo_of_earlier_batches_changes_no_parse_of_the_next(
         first in arb_batch(),
+        other in arb_batch(),
         values in prop::collection::vec(arb_value(), 12),
+        idle in prop::collection::vec(any::<bool>(), 12),
         shuffle in any::<prop::sample::Index>(),
         edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
         cut in prop::option::of(any::<prop::sample::Index>()),
     ) {
-        // The next batch: the same series with other values (what an SDK sends), rotated
-        // when the index says so (series sent in another order), then maybe corrupted or cut
-        // short anywhere, descriptors included.
+        // The next batch: the first one's series with other values (what an SDK sends), some
+        // left out (idle this interval), sometimes rotated (another order), then maybe
+        // corrupted or cut short anywhere, descriptors included.
         let mut next = first.clone();
         for (s, v) in next.series.iter_mut().zip(values) {
             s.value = v;
         }
+        let mut keep = idle.iter().map(|i| !i);
+        next.series.retain(|_| keep.next().unwrap_or(true));
         if !next.series.is_empty() && shuffle.index(4) == 0 {
             let k = shuffle.index(next.series.len());
             next.series.rotate_left(k);
         }
-        let first_bytes = encoded(&first);
+        let (first_bytes, other_bytes) = (encoded(&first), encoded(&other));
         let mut bytes = encoded(&next);
         for (at, b) in &edits {
             let i = at.index(bytes.len());
@@ -867,41 +879,132 @@ proptest! {
         if let Some(c) = cut {
             bytes.truncate(c.index(bytes.len() + 1));
         }
-        assert_memo_changes_nothing(&first_bytes, &bytes)?;
-        // And after a first batch that was itself refused (the memo stays empty).
-        let mut broken = first_bytes.clone();
-        broken.truncate(broken.len().saturating_sub(1));
-        assert_memo_changes_nothing(&broken, &bytes)?;
+        // After the first batch alone; after it and another batch of the same sender (a
+        // flush split in two); after a refused first batch.
+        assert_memo_changes_nothing(&[&first_bytes], &bytes, &mut ParseMemo::new())?;
+        assert_memo_changes_nothing(&[&first_bytes, &other_bytes], &bytes, &mut ParseMemo::new())?;
+        let broken = &first_bytes[..first_bytes.len().saturating_sub(1)];
+        assert_memo_changes_nothing(&[broken], &bytes, &mut ParseMemo::new())?;
     }
 }
 
+/// A batch of `n` counter series named `{prefix}{i}`, three labels each.
+fn counters(prefix: &str, n: usize) -> Batch {
+    let mut b = sample_batch();
+    b.series = (0..n)
+        .map(|i| Series {
+            name: format!("{prefix}{i}"),
+            unit: Unit::Count,
+            labels: vec![
+                ("Method".into(), "GET".into()),
+                ("Route".into(), format!("/r/{i}")),
+                ("StatusClass".into(), "2xx".into()),
+            ],
+            value: SeriesValue::Counter(i as u64 + 1),
+        })
+        .collect();
+    b
+}
+
 #[test]
-fn a_memo_remembers_an_accepted_batch_and_keeps_it_through_a_refused_one() {
+fn a_memo_recognises_the_series_a_sender_sends_again() {
+    let limits = Limits::default();
+    let mut memo = ParseMemo::new();
+    let a = counters("a", 50);
+    BatchView::parse_remembering(&encoded(&a), &limits, &mut memo).unwrap();
+    assert_eq!(memo.recalled(), 0, "a first batch is checked in full");
+    // The same series again: all recognised.
+    BatchView::parse_remembering(&encoded(&a), &limits, &mut memo).unwrap();
+    assert_eq!(memo.recalled(), 50);
+    // Three idle series left out and one new one: the 47 others are recognised.
+    let mut b = a.clone();
+    b.series.remove(30);
+    b.series.remove(20);
+    b.series.remove(10);
+    b.series.insert(40, counters("new", 1).series.remove(0));
+    BatchView::parse_remembering(&encoded(&b), &limits, &mut memo).unwrap();
+    assert_eq!(memo.recalled(), 50 + 47);
+    // Seven in eight recognised: the memo keeps the batch with the idle series in it.
+    assert_eq!((memo.batches(), memo.len()), (1, 50));
+    // A flush split into two batches, sent again and again: both are remembered.
+    let c = counters("c", 30);
+    for _ in 0..3 {
+        BatchView::parse_remembering(&encoded(&b), &limits, &mut memo).unwrap();
+        BatchView::parse_remembering(&encoded(&c), &limits, &mut memo).unwrap();
+    }
+    assert_eq!(memo.batches(), 2);
+    assert_eq!(memo.recalled(), 50 + 47 + 3 * 47 + 2 * 30);
+}
+
+#[test]
+fn a_memo_follows_a_split_flush_whose_batches_move_with_idle_series() {
+    let limits = Limits::default();
+    let mut memo = ParseMemo::new();
+    let all = counters("s", 100);
+    let split = |series: &[Series]| {
+        let mut a = all.clone();
+        a.series = series[..50].to_vec();
+        let mut b = all.clone();
+        b.series = series[50..].to_vec();
+        (encoded(&a), encoded(&b))
+    };
+    let (a, b) = split(&all.series);
+    BatchView::parse_remembering(&a, &limits, &mut memo).unwrap();
+    BatchView::parse_remembering(&b, &limits, &mut memo).unwrap();
+    // Five series of the first batch idle: the second batch now begins five series later.
+    let mut fewer = all.series.clone();
+    fewer.drain(10..15);
+    let (a, b) = split(&fewer);
+    BatchView::parse_remembering(&a, &limits, &mut memo).unwrap();
+    BatchView::parse_remembering(&b, &limits, &mut memo).unwrap();
+    // The first batch: its 45 remembered series (the 5 it took from the second batch were
+    // not in the batch it was walked beside); the second: all but those 5 of its 50.
+    assert_eq!(memo.recalled(), 45 + 45);
+}
+
+#[test]
+fn a_memo_keeps_what_it_knows_through_a_refused_batch() {
     let limits = Limits::default();
     let batch = sample_batch();
     let good = encoded(&batch);
     let mut memo = ParseMemo::new();
     BatchView::parse_remembering(&good, &limits, &mut memo).unwrap();
     assert_eq!(memo.len(), batch.series.len());
-    // A refused batch (cut short) leaves the memo as it was.
-    let mut other = batch.clone();
-    other.series.truncate(1);
-    let mut cut = encoded(&other);
+    let mut cut = good.clone();
     cut.pop();
     assert!(BatchView::parse_remembering(&cut, &limits, &mut memo).is_err());
     assert_eq!(memo.len(), batch.series.len());
-    // An accepted batch with other series replaces it.
-    let one = encoded(&other);
-    BatchView::parse_remembering(&one, &limits, &mut memo).unwrap();
-    assert_eq!(memo.len(), 1);
+    assert_eq!(memo.recalled(), 0, "a refused batch counts nothing");
 }
 
 #[test]
-fn a_memo_forgets_a_batch_whose_descriptors_pass_its_bound() {
+fn a_memo_stays_within_its_bounds() {
     let limits = Limits::default();
-    let mut batch = sample_batch();
+    let mut memo = ParseMemo::new();
+    let parse = |b: &Batch, memo: &mut ParseMemo| {
+        BatchView::parse_remembering(&encoded(b), &limits, memo).unwrap();
+    };
+    // More distinct batches than it keeps: the first ones stay (a sender cycling through
+    // them keeps those recognised), the others are checked in full.
+    let many: Vec<Batch> = (0..ParseMemo::BATCHES + 3)
+        .map(|k| counters(&format!("b{k}-"), 10))
+        .collect();
+    for b in &many {
+        parse(b, &mut memo);
+    }
+    assert_eq!(memo.batches(), ParseMemo::BATCHES);
+    let seen = memo.recalled();
+    parse(&many[0], &mut memo);
+    parse(&many[ParseMemo::BATCHES + 2], &mut memo);
+    assert_eq!(
+        memo.recalled(),
+        seen + 10,
+        "the first batch is still known, the last not"
+    );
+    // A batch whose descriptors alone pass the byte bound is never remembered.
+    let mut big = sample_batch();
     let long = "x".repeat(MAX_LABEL_VALUE_LEN);
-    let series: Vec<Series> = (0..300)
+    big.series = (0..300)
         .map(|i| Series {
             name: format!("m{i}"),
             unit: Unit::Count,
@@ -909,17 +1012,40 @@ fn a_memo_forgets_a_batch_whose_descriptors_pass_its_bound() {
             value: SeriesValue::Counter(1),
         })
         .collect();
-    batch.series = series;
-    let bytes = encoded(&batch);
+    let bytes = encoded(&big);
     assert!(
         bytes.len() > ParseMemo::MAX_BYTES,
         "the batch must pass the bound"
     );
-    let mut memo = ParseMemo::new();
-    BatchView::parse_remembering(&encoded(&sample_batch()), &limits, &mut memo).unwrap();
-    assert!(!memo.is_empty());
-    let view = BatchView::parse_remembering(&bytes, &limits, &mut memo).unwrap();
-    assert_eq!(view.len(), 300);
-    assert!(memo.is_empty());
-    assert_eq!(memo.heap_bytes(), 0, "the memory is given back");
+    assert_eq!(
+        BatchView::parse_remembering(&bytes, &limits, &mut memo)
+            .unwrap()
+            .len(),
+        300
+    );
+    // Batches not used for a while make room for new ones: a sender whose series changed
+    // is recognised again. Each of these takes about half the byte bound.
+    let halves: Vec<Batch> = (0..2)
+        .map(|k| {
+            let mut b = big.clone();
+            b.series.truncate(120);
+            for s in &mut b.series {
+                s.name = format!("{k}{}", s.name);
+            }
+            b
+        })
+        .collect();
+    for _ in 0..40 {
+        parse(&halves[0], &mut memo);
+        parse(&halves[1], &mut memo);
+    }
+    let seen = memo.recalled();
+    parse(&halves[0], &mut memo);
+    parse(&halves[1], &mut memo);
+    assert_eq!(memo.recalled(), seen + 240);
+    assert!(
+        memo.heap_bytes() <= ParseMemo::MAX_BYTES + 64 * 1024,
+        "{}",
+        memo.heap_bytes()
+    );
 }
