@@ -190,7 +190,7 @@ fn sdk_flushes(c: &mut Criterion) {
     let flushes: Vec<Vec<Vec<u8>>> = (0..4u64)
         .map(|f| {
             let live: Vec<Series> = (0..n)
-                .filter(|&i| (i as u64 * 2_654_435_761 + f * 97).is_multiple_of(20) == false)
+                .filter(|&i| !(i as u64 * 2_654_435_761 + f * 97).is_multiple_of(20))
                 .map(|i| Series {
                     name: "RequestCount".into(),
                     unit: Unit::Count,
