@@ -4,10 +4,12 @@
 //! [`period`]). A series is identified by metric name, recorded unit, `ServiceName`,
 //! `Environment` and its full label set. In the open period it is found by the bytes the SDK
 //! sent for it (its [`Descriptor`]), grouped by sender identity: merging a known series costs
-//! one compare of those bytes with the series at the same position of the sender's last
-//! batch (a per-sender slot cache), or one hash of them when that is another series; its
-//! strings are read and checked once per period, when it first appears, and its published key (every dimension, strings interned so that a period
-//! shares one copy of each) is built when the period closes (where series that a
+//! one compare of those bytes with the series expected next in the sender's recent batch
+//! that this one began like (a per-sender slot cache: SDKs send their series in one order),
+//! or one hash of them when that is another series; its strings are read and checked once
+//! per period, when it first appears, and its published key (every dimension, strings
+//! interned so that a period shares one copy of each) is built when the period closes
+//! (where series that a
 //! differently ordered label set kept apart meet again). Counters add, gauges keep
 //! last/min/max, and histograms from every process add bucket by bucket, so percentiles of the
 //! merged histogram are exactly those of all samples together; a histogram keeps only its

@@ -43,7 +43,10 @@
 //! ```
 //!
 //! `name` through the last label is the series' *descriptor*: equal bytes, equal series, so a
-//! reader can key aggregates by those bytes ([`Descriptor`]) and read the strings once.
+//! reader can key aggregates by those bytes ([`Descriptor`]) and read the strings once. The
+//! SDK sends a process's series in one order flush after flush, so a reader of many batches
+//! of one sender can also skip re-checking descriptors it has checked before
+//! ([`BatchView::parse_remembering`] with a [`ParseMemo`]).
 //!
 //! Histograms travel in HdrHistogram's V2 format, which the Java, Go, C and Rust HdrHistogram
 //! implementations all read, so a batch can be inspected with standard tools: plain V2 (cookie
