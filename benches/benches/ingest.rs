@@ -24,7 +24,10 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
+};
 use hdrhistogram::Histogram;
 use tally::wire::{
     decode_batch, encode_batch, Batch, BatchView, Limits, ParseMemo, ProcessIdentity, Series,
@@ -91,19 +94,28 @@ fn bench_path(c: &mut Criterion, group_name: &str, payload: &[u8], series: u64) 
     g.bench_function(BenchmarkId::new("decode_remembering", series), |b| {
         b.iter(|| BatchView::parse_remembering(payload, &limits, &mut memo).unwrap())
     });
+    agent_path(
+        &mut g,
+        BenchmarkId::new("decode_and_merge", series),
+        payload,
+    );
+    g.finish();
+}
+
+/// Registers the agent's path as `id`: a session's parse (with its memo of the sender) and the
+/// merge into a period that already holds the batch's series (the steady state).
+fn agent_path(g: &mut BenchmarkGroup<'_, WallTime>, id: BenchmarkId, payload: &[u8]) {
+    let limits = Limits::default();
     let mut agg = aggregator();
-    agg.merge(
-        &BatchView::parse(payload, &limits).unwrap(),
-        SystemTime::now(),
-    )
-    .unwrap();
-    g.bench_function(BenchmarkId::new("decode_and_merge", series), |b| {
+    let mut memo = ParseMemo::new();
+    let first = BatchView::parse_remembering(payload, &limits, &mut memo).unwrap();
+    agg.merge(&first, SystemTime::now()).unwrap();
+    g.bench_function(id, |b| {
         b.iter(|| {
             let batch = BatchView::parse_remembering(payload, &limits, &mut memo).unwrap();
             agg.merge(&batch, SystemTime::now()).unwrap()
         })
     });
-    g.finish();
 }
 
 fn counters(c: &mut Criterion) {
@@ -155,25 +167,12 @@ fn histograms(c: &mut Criterion) {
 /// parts. Parameter: buckets per histogram.
 fn histogram_buckets(c: &mut Criterion) {
     let n = 100;
-    let limits = Limits::default();
     let mut g = c.benchmark_group("agent_ingest/histogram_buckets");
     g.throughput(Throughput::Elements(n as u64));
     for values in [1u64, 5, 20, 50] {
         let f = histogram_frame(n, values);
-        let payload = &f[HEADER_LEN..];
-        let mut agg = aggregator();
-        let mut memo = ParseMemo::new();
-        agg.merge(
-            &BatchView::parse_remembering(payload, &limits, &mut memo).unwrap(),
-            SystemTime::now(),
-        )
-        .unwrap();
-        g.bench_function(BenchmarkId::new("decode_and_merge", values), |b| {
-            b.iter(|| {
-                let batch = BatchView::parse_remembering(payload, &limits, &mut memo).unwrap();
-                agg.merge(&batch, SystemTime::now()).unwrap()
-            })
-        });
+        let id = BenchmarkId::new("decode_and_merge", values);
+        agent_path(&mut g, id, &f[HEADER_LEN..]);
     }
     g.finish();
 }
