@@ -169,7 +169,10 @@ impl ParseMemo {
             + self
                 .batches
                 .iter()
-                .map(|b| b.bytes.capacity() + b.series.capacity() * 12)
+                .map(|b| {
+                    b.bytes.capacity()
+                        + b.series.capacity() * std::mem::size_of::<(u32, u8, Unit)>()
+                })
                 .sum::<usize>()
     }
 
