@@ -37,7 +37,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 use tally::conventions::{ENVIRONMENT, SERVICE_NAME};
-use tally::wire::{BatchView, Descriptor, HistogramView, ValueView};
+use tally::wire::{BatchView, Descriptor, HistogramView, ParseMemo, ValueView};
 
 use crate::config::{Config, DerivedConfig, RollupConfig, TimeUnit};
 use crate::model::{AggregateValue, Interner, MetricKey, PeriodData, Text};
@@ -197,14 +197,12 @@ struct SlotCache {
 /// Most batch layouts kept per sender (of a flush split into more batches than this, the
 /// batches met first are followed, the others looked up).
 const CACHES_PER_SENDER: usize = 16;
-/// Batches of a sender after which a layout it did not use may make room for another.
-const STALE_AFTER: u64 = 64;
-/// How far into a cached layout a batch's first series is looked for (as in
-/// `tally::wire::ParseMemo`: the split between a flush's batches moves with idle series).
-const PICK_WINDOW: usize = 32;
-/// How many cached positions after the expected one a merge also tries (series idle this
-/// interval are left out of a batch; as in `tally::wire::ParseMemo`).
-const LOOKAHEAD: usize = 16;
+// The slot cache follows a sender's batches as the parse memo does, with its bounds: the
+// window a batch's first series is looked for in, the look-ahead past idle series, and the
+// batches after which an unused layout may make room.
+const PICK_WINDOW: usize = ParseMemo::PICK_WINDOW;
+const LOOKAHEAD: usize = ParseMemo::LOOKAHEAD;
+const STALE_AFTER: u64 = ParseMemo::STALE_AFTER;
 
 /// One sender's recent batch layouts.
 #[derive(Default)]
@@ -313,6 +311,7 @@ impl OpenPeriod {
 struct AggStats {
     stats: Stats,
     samples: Counter,
+    followed: Counter,
     late_samples: Counter,
     restamped_old: Counter,
     restamped_new: Counter,
@@ -329,6 +328,11 @@ impl AggStats {
             samples: stats.counter(
                 "tally_agent_samples_total",
                 "Samples merged into a period.",
+                &[],
+            ),
+            followed: stats.counter(
+                "tally_agent_followed_series_total",
+                "Series merged where the sender's earlier batch had them (slot cache), without a table lookup.",
                 &[],
             ),
             late_samples: stats.counter(
@@ -530,6 +534,7 @@ impl Aggregator {
             None => (None, 0),
         };
         let cached: &[u32] = cache.as_ref().map_or(&[], |c| &c.slots);
+        let mut followed = 0u64;
         let found = &mut self.slot_scratch;
         found.clear();
         found.reserve(batch.len());
@@ -545,6 +550,7 @@ impl Aggregator {
             let at = match guess {
                 Some(j) => {
                     next = j + 1;
+                    followed += 1;
                     Some(cached[j])
                 }
                 None => group.find(bytes),
@@ -579,13 +585,18 @@ impl Aggregator {
                 }
             }
         }
-        // This batch's layout replaces the one it was walked beside.
+        // This batch's layout replaces the one it was walked beside. (Unlike the parse memo,
+        // which keeps a batch that still recognised seven in eight, to spare copying its
+        // bytes: the swap costs nothing, and a layout that moves with the split between a
+        // flush's batches measured 13.7 vs 10.8-11.9 M updates/s on `sdk_flushes` against
+        // one that stays.)
         if let Some(c) = cache.as_mut() {
             std::mem::swap(&mut c.slots, &mut self.slot_scratch);
         }
         period.series = total;
         period.samples += report.merged;
         self.stats.samples.add(report.merged);
+        self.stats.followed.add(followed);
         if late {
             self.stats.late_samples.add(report.merged);
         }

@@ -1058,3 +1058,47 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_senders_series_are_followed_batch_after_batch_without_table_lookups() {
+    let stats = Stats::new();
+    let mut a = Aggregator::new(settings(), &stats, at(T0));
+    let followed = || stats.counter_value("tally_agent_followed_series_total", &[]);
+    let routes = |range: std::ops::Range<usize>, skip: &[usize]| -> Vec<Series> {
+        range
+            .filter(|i| !skip.contains(i))
+            .map(|i| {
+                http(
+                    "RequestCount",
+                    &format!("/r{i}"),
+                    "2xx",
+                    SeriesValue::Counter(1),
+                )
+            })
+            .collect()
+    };
+    let mut seq = 0;
+    let mut send = |a: &mut Aggregator, id: u64, series: Vec<Series>| {
+        seq += 1;
+        a.merge_owned(batch(id, seq, T0, series), at(T0)).unwrap();
+    };
+    // A first batch is looked up; the same series again are followed, every one.
+    send(&mut a, 1, routes(0..40, &[]));
+    assert_eq!(followed(), 0);
+    send(&mut a, 1, routes(0..40, &[]));
+    assert_eq!(followed(), 40);
+    // Five idle series in a row are skipped over: the other 35 are followed.
+    send(&mut a, 1, routes(0..40, &[10, 11, 12, 13, 14]));
+    assert_eq!(followed(), 40 + 35);
+    // A flush split in two: both batches are followed once seen. (The layout follows the
+    // last batch, so the five series back from idle are looked up once.)
+    for _ in 0..3 {
+        send(&mut a, 1, routes(0..40, &[]));
+        send(&mut a, 1, routes(40..70, &[]));
+    }
+    let total = 40 + 35 + 35 + 2 * (40 + 30);
+    assert_eq!(followed(), total);
+    // Another sender of the same series has no layout of its own yet.
+    send(&mut a, 2, routes(0..40, &[]));
+    assert_eq!(followed(), total);
+}

@@ -73,18 +73,9 @@ impl Remembered {
     }
 }
 
-/// How many remembered series after the expected one a parse also tries: series idle this
-/// interval are left out of a batch (a route with no traffic leaves a few in a row). Tried
-/// only after a miss, which the steady state does not have.
-const LOOKAHEAD: usize = 16;
-
-/// Parses after which a remembered batch that was not used may make room for another.
-const STALE_AFTER: u64 = 64;
-
-/// How far into a remembered batch a new batch's first series is looked for: when series
-/// of an earlier batch of the same flush were idle, the split between batches moves by as
-/// many series.
-const PICK_WINDOW: usize = 32;
+const LOOKAHEAD: usize = ParseMemo::LOOKAHEAD;
+const STALE_AFTER: u64 = ParseMemo::STALE_AFTER;
+const PICK_WINDOW: usize = ParseMemo::PICK_WINDOW;
 
 /// A parse's walk through the remembered batch it picked.
 pub(super) struct Recall<'m> {
@@ -101,7 +92,7 @@ pub(super) struct Recall<'m> {
 
 impl Recall<'_> {
     /// When `rest` starts with the descriptor remembered next (or one of the
-    /// [`LOOKAHEAD`] after it): its length, kind byte and unit.
+    /// [`ParseMemo::LOOKAHEAD`] after it): its length, kind byte and unit.
     #[inline(always)]
     pub(super) fn recall(&mut self, rest: &[u8]) -> Option<(usize, u8, Unit)> {
         let last = self.batch.series.len().min(self.next + 1 + LOOKAHEAD);
@@ -137,6 +128,17 @@ impl ParseMemo {
     /// or whose descriptors take more than [`ParseMemo::MAX_BYTES`], the batches remembered
     /// first are recognised, the others checked in full).
     pub const BATCHES: usize = 16;
+    /// How far into a remembered batch a new batch's first series is looked for: when series
+    /// of an earlier batch of the same flush were idle, the split between batches moves by as
+    /// many series. (Also the agent's slot cache's, which walks the same batches.)
+    pub const PICK_WINDOW: usize = 32;
+    /// How many remembered series after the expected one are also tried: series idle this
+    /// interval are left out of a batch (a route with no traffic leaves a few in a row). Tried
+    /// only after a miss, which the steady state does not have.
+    pub const LOOKAHEAD: usize = 16;
+    /// Uses (parses) after which a remembered batch that was not used may make room for
+    /// another.
+    pub const STALE_AFTER: u64 = 64;
 
     /// An empty memo: the first batch is parsed in full.
     pub fn new() -> Self {
