@@ -175,7 +175,8 @@ pub struct IngestConfig {
     /// Most simultaneous SDK connections; more wait in the accept queue. Default 1024.
     pub max_connections: usize,
     /// Bytes of frame payload all connections together may hold while decoding; a connection
-    /// waits (back-pressure) when the budget is used up. Default 64 MiB.
+    /// waits (back-pressure) when the budget is used up. Default 64 MiB. A quarter of it
+    /// bounds the connections' parse memos together (see docs/configuration.md).
     pub max_buffered_bytes: usize,
     /// Largest frame payload in bytes. Default 16 MiB.
     pub max_frame_bytes: usize,

@@ -187,6 +187,9 @@ fn bad_input_is_refused_counted_and_explained_while_others_are_served_in_bounded
         &format!("aggregate.max_series={max_series}"),
         "--set",
         "ingest.max_frame_bytes=4194304",
+        // Memos of all connections together: a quarter of this, 2 MiB.
+        "--set",
+        "ingest.max_buffered_bytes=8388608",
     ]);
     let addr = agent.ingest;
     let mut ok = Client::connect(addr, 1);
@@ -246,6 +249,27 @@ fn bad_input_is_refused_counted_and_explained_while_others_are_served_in_bounded
         assert_eq!(bad.send_batch(&b), Some(AckStatus::Accepted));
     }
     good(&mut ok, 1);
+
+    // Sixteen senders whose parse memos would each hold about 190 KiB (6,000 series): more
+    // than the 2 MiB all memos may share. Those that do not fit give their memo up; every
+    // batch is still accepted, and the memos' bytes stay within the share.
+    let wide: Vec<Series> = (0..6_000u64)
+        .map(|i| counter("WideHits", &format!("w{i:05}"), 1))
+        .collect();
+    let mut senders: Vec<Client> = (0..16).map(|i| Client::connect(addr, 100 + i)).collect();
+    for _ in 0..2 {
+        for c in &mut senders {
+            assert_eq!(c.send(wide.clone()), Some(AckStatus::Accepted));
+        }
+    }
+    let m = agent.admin_get("/metrics");
+    let memo_bytes = prom(&m, "tally_agent_parse_memo_bytes");
+    let memos_dropped = prom(&m, "tally_agent_parse_memos_dropped_total");
+    eprintln!("memos: {memo_bytes} bytes held, {memos_dropped} given up");
+    assert!(memo_bytes <= 2 * 1024 * 1024, "{memo_bytes} bytes");
+    assert!(memo_bytes >= 1024 * 1024, "memos were not kept: {memo_bytes} bytes");
+    assert!(memos_dropped >= 1, "no memo was given up");
+    drop(senders);
     let rss_before_million = rss_kib(agent.child.id());
 
     // One million distinct label values: 20 batches of 50,000 series.
@@ -330,6 +354,10 @@ fn bad_input_is_refused_counted_and_explained_while_others_are_served_in_bounded
     assert_eq!(
         total(&out, "RequestCount", &[("Route", "/kept")], "sum"),
         2.0
+    );
+    assert_eq!(
+        total(&out, "WideHits", &[("Route", "w05999")], "sum"),
+        32.0
     );
     assert_eq!(
         total(&out, "RequestCount", &[("Route", "/clock")], "sum"),

@@ -1,5 +1,6 @@
 //! One SDK connection: frames in, acks out, bad input counted.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::time::timeout;
 
 use super::{FrameOutcome, Intake};
-use crate::stats::{Counter, Stats};
+use crate::stats::{Counter, Gauge, Stats};
 use crate::util::RateLimitedLog;
 
 /// Payload buffers larger than this are released after use, so an idle connection that once
@@ -28,6 +29,12 @@ const SHUTDOWN_PAYLOAD_TIMEOUT: Duration = Duration::from_secs(2);
 /// the defaults: 16 MiB + 1024 * 16 KiB <= 64 MiB), a frame that has started always gets the
 /// rest of its reservation once frames ahead of it complete: no waiting cycle is possible.
 pub const FIRST_CHUNK: usize = 16 * 1024;
+/// All connections' parse memos together may hold this share of `ingest.max_buffered_bytes`
+/// (one in four: 16 MiB, 64 full memos, with the defaults).
+const MEMO_SHARE: usize = 4;
+/// Batches a connection parses in full after it gave its memo up for want of room, before it
+/// tries to remember again.
+const MEMO_PAUSE: u32 = 64;
 
 /// Everything sessions share.
 pub struct SessionContext {
@@ -47,6 +54,12 @@ pub struct SessionContext {
     frames: Counter,
     bytes: Counter,
     recognised: Counter,
+    /// Heap bytes all connections' parse memos hold (see [`MemoCharge`]).
+    memo_bytes: AtomicUsize,
+    /// Most bytes `memo_bytes` may reach: a share of `ingest.max_buffered_bytes`.
+    memo_cap: usize,
+    memo_gauge: Gauge,
+    memos_dropped: Counter,
     log: Mutex<RateLimitedLog>,
 }
 
@@ -92,6 +105,18 @@ impl SessionContext {
                 "Series of accepted batches whose identity the sender had sent before, in the same place (not checked again).",
                 &[],
             ),
+            memo_bytes: AtomicUsize::new(0),
+            memo_cap: max_buffered_bytes / MEMO_SHARE,
+            memo_gauge: stats.gauge(
+                "tally_agent_parse_memo_bytes",
+                "Heap bytes the connections' parse memos hold (at most a quarter of ingest.max_buffered_bytes).",
+                &[],
+            ),
+            memos_dropped: stats.counter(
+                "tally_agent_parse_memos_dropped_total",
+                "Parse memos given up because all connections' memos together reached a quarter of ingest.max_buffered_bytes (that connection's batches are checked in full for a while).",
+                &[],
+            ),
             log: Mutex::new(RateLimitedLog::new(Duration::from_secs(10))),
         }
     }
@@ -107,6 +132,61 @@ impl SessionContext {
         self.log
             .lock()
             .warn(e.reason(), format_args!("bad frame from {peer}: {e}"));
+    }
+}
+
+/// What one connection's parse memo holds of the allowance all connections' memos share.
+///
+/// A memo only spares work (a batch parses to the same result without it), so when the
+/// allowance is spent the connection that would take it past gives its memo up, counts that,
+/// and parses its next [`MEMO_PAUSE`] batches in full before it remembers again. A memo grows
+/// during a parse and is charged right after, so the total may pass the cap by one memo
+/// (`ParseMemo::MAX_BYTES`) per parse running at that moment.
+struct MemoCharge<'a> {
+    ctx: &'a SessionContext,
+    charged: usize,
+    /// Batches left to parse without the memo.
+    paused: u32,
+}
+
+impl MemoCharge<'_> {
+    /// Charges the memo's size now, or gives the memo up when the allowance cannot take it.
+    fn settle(&mut self, memo: &mut ParseMemo) {
+        let now = memo.heap_bytes();
+        let total = &self.ctx.memo_bytes;
+        if now > self.charged {
+            let more = now - self.charged;
+            let before = total.fetch_add(more, Ordering::Relaxed);
+            if before + more > self.ctx.memo_cap {
+                total.fetch_sub(now, Ordering::Relaxed);
+                *memo = ParseMemo::new();
+                self.charged = 0;
+                self.paused = MEMO_PAUSE;
+                self.ctx.memos_dropped.inc();
+            } else {
+                self.charged = now;
+            }
+        } else if now < self.charged {
+            total.fetch_sub(self.charged - now, Ordering::Relaxed);
+            self.charged = now;
+        }
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let total = self.ctx.memo_bytes.load(Ordering::Relaxed);
+        self.ctx
+            .memo_gauge
+            .set(i64::try_from(total).unwrap_or(i64::MAX));
+    }
+}
+
+impl Drop for MemoCharge<'_> {
+    fn drop(&mut self) {
+        self.ctx
+            .memo_bytes
+            .fetch_sub(self.charged, Ordering::Relaxed);
+        self.publish();
     }
 }
 
@@ -155,9 +235,15 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let mut shutdown = ctx.shutdown.clone();
     let mut buf: Vec<u8> = Vec::new();
     let mut ack_buf: Vec<u8> = Vec::with_capacity(32);
-    // The descriptors of this sender's last accepted batch, so that the series it sends again
-    // are not checked field by field in every batch (at most ParseMemo::MAX_BYTES).
+    // The descriptors of this sender's recent batches, so that the series it sends again are
+    // not checked field by field in every batch (at most ParseMemo::MAX_BYTES, charged to the
+    // allowance all connections share).
     let mut memo = ParseMemo::new();
+    let mut charge = MemoCharge {
+        ctx: &ctx,
+        charged: 0,
+        paused: 0,
+    };
     loop {
         let hdr = match read_header(&mut stream, &ctx, &mut shutdown).await {
             Ok(HeaderRead::Frame(h)) => h,
@@ -216,10 +302,17 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             };
         ctx.bytes.add((HEADER_LEN + len) as u64);
         let recalled = memo.recalled();
-        let (sequence, status) = match BatchView::parse_remembering(&buf, &ctx.limits, &mut memo) {
+        let parsed = if charge.paused > 0 {
+            charge.paused -= 1;
+            BatchView::parse(&buf, &ctx.limits)
+        } else {
+            BatchView::parse_remembering(&buf, &ctx.limits, &mut memo)
+        };
+        ctx.recognised.add(memo.recalled() - recalled);
+        charge.settle(&mut memo);
+        let (sequence, status) = match parsed {
             Ok(batch) => {
                 drop(permit);
-                ctx.recognised.add(memo.recalled() - recalled);
                 let seq = batch.sequence;
                 match ctx.intake.accept_frame(&batch, &buf) {
                     FrameOutcome::Ack { status, sync: None } => (seq, status),
