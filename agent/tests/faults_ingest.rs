@@ -267,7 +267,10 @@ fn bad_input_is_refused_counted_and_explained_while_others_are_served_in_bounded
     let memos_dropped = prom(&m, "tally_agent_parse_memos_dropped_total");
     eprintln!("memos: {memo_bytes} bytes held, {memos_dropped} given up");
     assert!(memo_bytes <= 2 * 1024 * 1024, "{memo_bytes} bytes");
-    assert!(memo_bytes >= 1024 * 1024, "memos were not kept: {memo_bytes} bytes");
+    assert!(
+        memo_bytes >= 1024 * 1024,
+        "memos were not kept: {memo_bytes} bytes"
+    );
     assert!(memos_dropped >= 1, "no memo was given up");
     drop(senders);
     let rss_before_million = rss_kib(agent.child.id());
@@ -355,10 +358,7 @@ fn bad_input_is_refused_counted_and_explained_while_others_are_served_in_bounded
         total(&out, "RequestCount", &[("Route", "/kept")], "sum"),
         2.0
     );
-    assert_eq!(
-        total(&out, "WideHits", &[("Route", "w05999")], "sum"),
-        32.0
-    );
+    assert_eq!(total(&out, "WideHits", &[("Route", "w05999")], "sum"), 32.0);
     assert_eq!(
         total(&out, "RequestCount", &[("Route", "/clock")], "sum"),
         10.0

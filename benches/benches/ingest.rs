@@ -16,6 +16,14 @@
 //! - `agent_ingest/sdk_flushes`: 10,000 counter series sent as an SDK sends them (sorted,
 //!   split into batches of 1,000, a different 5% idle in each flush, so the split between
 //!   batches moves), decode + merge of four flushes per iteration.
+//! - `agent_ingest/service_flush`: what a service behind the tower middleware sends. A real
+//!   `tally::Tally` records requests under the middleware's names and labels (20 routes x 2
+//!   methods; 94% 2xx, 5% 4xx, 1% 5xx; latencies log-normal around 20 ms at the default 3
+//!   digits), then one flush of it is encoded as the SDK's flusher encodes it (histogram
+//!   bodies past 1 KiB DEFLATE-compressed) and decoded + merged as above. The parameter is
+//!   requests per route and method in the flush (10 per 10-s flush is 1 request/s); the
+//!   throughput is in requests represented, so `1 / thrpt` is the agent's CPU per request the
+//!   service served.
 //! - `decode_only` rows split parsing (without a memo: a sender's first batch) from merging,
 //!   `decode_remembering` rows parse as the agent does from a sender's second batch on; `decode_owned` rows measure the owned
 //!   `tally::wire::decode_batch` (same checks, then owned strings and full-range histograms).
@@ -227,11 +235,124 @@ fn sdk_flushes(c: &mut Criterion) {
     g.finish();
 }
 
+/// A deterministic xorshift64* generator (the benchmark's input must not vary run to run).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Roughly standard normal (Irwin-Hall: twelve uniforms less six).
+    fn normal(&mut self) -> f64 {
+        (0..12).map(|_| self.unit()).sum::<f64>() - 6.0
+    }
+}
+
+/// One flush of a service behind the tower middleware, encoded by the SDK: `per_key`
+/// requests for each of 20 routes x 2 methods. Returns the payload and the requests it
+/// stands for.
+fn service_flush(per_key: u64) -> (Vec<u8>, u64) {
+    use tally::conventions::{
+        CLIENT_ERROR_COUNT, ERROR_COUNT, IN_FLIGHT, METHOD, REQUEST_COUNT, RESPONSE_TIME, ROUTE,
+        STATUS_CLASS,
+    };
+    let t = tally::Tally::builder()
+        .service("shop")
+        .agent("127.0.0.1:9")
+        .flush_interval(std::time::Duration::from_secs(3600))
+        .shutdown_timeout(std::time::Duration::from_millis(100))
+        .build()
+        .expect("valid configuration");
+    let labels = [ROUTE, METHOD, STATUS_CLASS];
+    let requests = t.counter_family(REQUEST_COUNT, &labels);
+    let errors = t.counter_family(ERROR_COUNT, &labels);
+    let client_errors = t.counter_family(CLIENT_ERROR_COUNT, &labels);
+    let latency = t.histogram_family(RESPONSE_TIME, Unit::Nanoseconds, &labels);
+    let in_flight = t.gauge(IN_FLIGHT, &[]);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let routes: Vec<String> = (0..20)
+        .map(|r| format!("/api/v1/resource{r}/{{id}}"))
+        .collect();
+    let mut n = 0;
+    for route in &routes {
+        for method in ["GET", "POST"] {
+            for _ in 0..per_key {
+                let roll = rng.unit();
+                let class = if roll < 0.01 {
+                    "5xx"
+                } else if roll < 0.06 {
+                    "4xx"
+                } else {
+                    "2xx"
+                };
+                let values = [route.as_str(), method, class];
+                in_flight.increment(1.0);
+                requests.increment(&values, 1);
+                latency.record(&values, (20e6 * (0.5 * rng.normal()).exp()) as u64);
+                if class == "5xx" {
+                    errors.increment(&values, 1);
+                }
+                if class == "4xx" {
+                    client_errors.increment(&values, 1);
+                }
+                in_flight.decrement(1.0);
+                n += 1;
+            }
+        }
+    }
+    let mut out = Vec::new();
+    tally::testing::snapshot_and_encode(&t, &mut out);
+    t.shutdown();
+    (out[HEADER_LEN..].to_vec(), n)
+}
+
+/// Decode + merge of one service flush (see the module docs), by requests per route and
+/// method in the flush.
+fn service_flushes(c: &mut Criterion) {
+    let mut g = c.benchmark_group("agent_ingest/service_flush");
+    let limits = Limits::default();
+    for per_key in [10u64, 100, 1000] {
+        let (payload, requests) = service_flush(per_key);
+        let view = BatchView::parse(&payload, &limits).unwrap();
+        let (mut hists, mut buckets) = (0usize, 0usize);
+        for s in view.series() {
+            if let tally::wire::ValueView::Histogram(h) = s.value {
+                hists += 1;
+                buckets += h.buckets().unwrap().len();
+            }
+        }
+        eprintln!(
+            "service_flush/{per_key}: {requests} requests, {} series ({hists} histograms, \
+             {:.1} distinct values each), {} payload bytes",
+            view.len(),
+            buckets as f64 / hists.max(1) as f64,
+            payload.len()
+        );
+        g.throughput(Throughput::Elements(requests));
+        agent_path(
+            &mut g,
+            BenchmarkId::new("decode_and_merge", per_key),
+            &payload,
+        );
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
     counters,
     histograms,
     histogram_buckets,
-    sdk_flushes
+    sdk_flushes,
+    service_flushes
 );
 criterion_main!(benches);
