@@ -50,7 +50,7 @@
 //!
 //! Histograms travel in HdrHistogram's V2 format, which the Java, Go, C and Rust HdrHistogram
 //! implementations all read, so a batch can be inspected with standard tools: plain V2 (cookie
-//! `0x1c849313`) for bodies up to 1 KiB, which the agent reads in place, V2 + DEFLATE
+//! `0x1c849313`) for bodies up to 64 KiB (nearly all), which the agent reads in place, V2 + DEFLATE
 //! (`0x1c849314`) for longer ones. Readers accept both. The decoder inflates with a hard
 //! output bound, checks the histogram's header (significant digits, value range, payload
 //! length) and walks its counts with the checks HdrHistogram's deserializer makes, without

@@ -18,6 +18,19 @@ fn hist(values: &[u64]) -> Histogram<u64> {
     h
 }
 
+/// A histogram whose V2 body is longer than the SDK sends plain (64 KiB), so it travels
+/// deflated: every other bucket of 36 powers of two (18,432 buckets), each count taking three
+/// bytes and each gap one.
+fn long_hist(seed: u64) -> Histogram<u64> {
+    let mut h = Histogram::<u64>::new(3).unwrap();
+    for octave in 0..36 {
+        for j in (0..1024u64).step_by(2) {
+            h.record_n((1024 + j) << octave, 100_000 + seed).unwrap();
+        }
+    }
+    h
+}
+
 fn sample_batch() -> Batch {
     Batch {
         process: ProcessIdentity {
@@ -523,7 +536,7 @@ fn arb_any_layout_hist() -> impl Strategy<Value = Histogram<u64>> {
 fn short_histograms_travel_as_plain_v2_and_long_ones_deflated() {
     let mut batch = sample_batch();
     let short = hist(&[1, 2, 3, 1000]);
-    let long = hist(&(1..2000).map(|k| k * 7919).collect::<Vec<u64>>());
+    let long = long_hist(0);
     batch.series = [short.clone(), long.clone()]
         .into_iter()
         .enumerate()
@@ -561,12 +574,9 @@ fn short_histograms_travel_as_plain_v2_and_long_ones_deflated() {
 #[test]
 fn a_histogram_that_does_not_fit_the_arena_is_inflated_again_and_decodes_the_same() {
     let mut batch = sample_batch();
-    // Three histograms of a few kilobytes each (so they travel deflated, not plain); the
-    // arena holds at most one of them inflated.
-    let wide = |seed: u64| {
-        let values: Vec<u64> = (1..2000).map(|k| k * 7919 + seed).collect();
-        hist(&values)
-    };
+    // Three histograms of about 70 KiB each (so they travel deflated, not plain); the arena
+    // holds at most one of them inflated.
+    let wide = long_hist;
     batch.series = (0..3)
         .map(|i| Series {
             name: format!("h{i}"),
