@@ -23,7 +23,8 @@
 //!   bodies past 1 KiB DEFLATE-compressed) and decoded + merged as above. The parameter is
 //!   requests per route and method in the flush (10 per 10-s flush is 1 request/s); the
 //!   throughput is in requests represented, so `1 / thrpt` is the agent's CPU per request the
-//!   service served.
+//!   service served. `sdk_flush/service` times the SDK's side of the same flushes (drain the
+//!   cells, encode the frame).
 //! - `decode_only` rows split parsing (without a memo: a sender's first batch) from merging,
 //!   `decode_remembering` rows parse as the agent does from a sender's second batch on; `decode_owned` rows measure the owned
 //!   `tally::wire::decode_batch` (same checks, then owned strings and full-range histograms).
@@ -257,61 +258,95 @@ impl Rng {
     }
 }
 
-/// One flush of a service behind the tower middleware, encoded by the SDK: `per_key`
-/// requests for each of 20 routes x 2 methods. Returns the payload and the requests it
-/// stands for.
-fn service_flush(per_key: u64) -> (Vec<u8>, u64) {
-    use tally::conventions::{
-        CLIENT_ERROR_COUNT, ERROR_COUNT, IN_FLIGHT, METHOD, REQUEST_COUNT, RESPONSE_TIME, ROUTE,
-        STATUS_CLASS,
-    };
-    let t = tally::Tally::builder()
-        .service("shop")
-        .agent("127.0.0.1:9")
-        .flush_interval(std::time::Duration::from_secs(3600))
-        .shutdown_timeout(std::time::Duration::from_millis(100))
-        .build()
-        .expect("valid configuration");
-    let labels = [ROUTE, METHOD, STATUS_CLASS];
-    let requests = t.counter_family(REQUEST_COUNT, &labels);
-    let errors = t.counter_family(ERROR_COUNT, &labels);
-    let client_errors = t.counter_family(CLIENT_ERROR_COUNT, &labels);
-    let latency = t.histogram_family(RESPONSE_TIME, Unit::Nanoseconds, &labels);
-    let in_flight = t.gauge(IN_FLIGHT, &[]);
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let routes: Vec<String> = (0..20)
-        .map(|r| format!("/api/v1/resource{r}/{{id}}"))
-        .collect();
-    let mut n = 0;
-    for route in &routes {
-        for method in ["GET", "POST"] {
-            for _ in 0..per_key {
-                let roll = rng.unit();
-                let class = if roll < 0.01 {
-                    "5xx"
-                } else if roll < 0.06 {
-                    "4xx"
-                } else {
-                    "2xx"
-                };
-                let values = [route.as_str(), method, class];
-                in_flight.increment(1.0);
-                requests.increment(&values, 1);
-                latency.record(&values, (20e6 * (0.5 * rng.normal()).exp()) as u64);
-                if class == "5xx" {
-                    errors.increment(&values, 1);
-                }
-                if class == "4xx" {
-                    client_errors.increment(&values, 1);
-                }
-                in_flight.decrement(1.0);
-                n += 1;
-            }
+/// A service behind the tower middleware: a real `Tally` and the metric families the
+/// middleware records into, under its names and labels.
+struct Service {
+    tally: tally::Tally,
+    requests: tally::CounterFamily,
+    errors: tally::CounterFamily,
+    client_errors: tally::CounterFamily,
+    latency: tally::HistogramFamily,
+    in_flight: tally::Gauge,
+    routes: Vec<String>,
+    rng: Rng,
+}
+
+impl Service {
+    fn new() -> Self {
+        use tally::conventions::{
+            CLIENT_ERROR_COUNT, ERROR_COUNT, IN_FLIGHT, METHOD, REQUEST_COUNT, RESPONSE_TIME,
+            ROUTE, STATUS_CLASS,
+        };
+        let tally = tally::Tally::builder()
+            .service("shop")
+            .agent("127.0.0.1:9")
+            .flush_interval(std::time::Duration::from_secs(3600))
+            .shutdown_timeout(std::time::Duration::from_millis(100))
+            .build()
+            .expect("valid configuration");
+        let labels = [ROUTE, METHOD, STATUS_CLASS];
+        Service {
+            requests: tally.counter_family(REQUEST_COUNT, &labels),
+            errors: tally.counter_family(ERROR_COUNT, &labels),
+            client_errors: tally.counter_family(CLIENT_ERROR_COUNT, &labels),
+            latency: tally.histogram_family(RESPONSE_TIME, Unit::Nanoseconds, &labels),
+            in_flight: tally.gauge(IN_FLIGHT, &[]),
+            routes: (0..20)
+                .map(|r| format!("/api/v1/resource{r}/{{id}}"))
+                .collect(),
+            rng: Rng(0x9e37_79b9_7f4a_7c15),
+            tally,
         }
     }
+
+    /// Records `per_key` requests for each route and method, as the middleware does; returns
+    /// how many.
+    fn serve(&mut self, per_key: u64) -> u64 {
+        let mut n = 0;
+        for route in &self.routes {
+            for method in ["GET", "POST"] {
+                for _ in 0..per_key {
+                    let roll = self.rng.unit();
+                    let class = if roll < 0.01 {
+                        "5xx"
+                    } else if roll < 0.06 {
+                        "4xx"
+                    } else {
+                        "2xx"
+                    };
+                    let values = [route.as_str(), method, class];
+                    self.in_flight.increment(1.0);
+                    self.requests.increment(&values, 1);
+                    let latency = (20e6 * (0.5 * self.rng.normal()).exp()) as u64;
+                    self.latency.record(&values, latency);
+                    if class == "5xx" {
+                        self.errors.increment(&values, 1);
+                    }
+                    if class == "4xx" {
+                        self.client_errors.increment(&values, 1);
+                    }
+                    self.in_flight.decrement(1.0);
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// One flush as the SDK's flusher drains and encodes it, appended to `out` (a frame).
+    fn flush(&self, out: &mut Vec<u8>) {
+        tally::testing::snapshot_and_encode(&self.tally, out);
+    }
+}
+
+/// One flush of a service that served `per_key` requests for each route and method: the
+/// payload and the requests it stands for.
+fn service_flush(per_key: u64) -> (Vec<u8>, u64) {
+    let mut service = Service::new();
+    let n = service.serve(per_key);
     let mut out = Vec::new();
-    tally::testing::snapshot_and_encode(&t, &mut out);
-    t.shutdown();
+    service.flush(&mut out);
+    service.tally.shutdown();
     (out[HEADER_LEN..].to_vec(), n)
 }
 
@@ -343,6 +378,32 @@ fn service_flushes(c: &mut Criterion) {
             BenchmarkId::new("decode_and_merge", per_key),
             &payload,
         );
+    }
+    g.finish();
+    // The SDK's side of the same flushes: drain the cells and encode. Only that is timed; the
+    // requests are recorded again before each, which takes longer, hence the short group.
+    let mut g = c.benchmark_group("sdk_flush/service");
+    g.sample_size(10);
+    g.measurement_time(std::time::Duration::from_secs(1));
+    for per_key in [10u64, 100, 1000] {
+        let mut service = Service::new();
+        let mut out = Vec::new();
+        g.throughput(Throughput::Elements(service.serve(per_key)));
+        service.flush(&mut out);
+        g.bench_function(BenchmarkId::new("snapshot_encode", per_key), |b| {
+            b.iter_custom(|iters| {
+                let mut timed = std::time::Duration::ZERO;
+                for _ in 0..iters {
+                    service.serve(per_key);
+                    out.clear();
+                    let start = std::time::Instant::now();
+                    service.flush(&mut out);
+                    timed += start.elapsed();
+                }
+                timed
+            })
+        });
+        service.tally.shutdown();
     }
     g.finish();
 }
