@@ -177,13 +177,15 @@ impl Drop for AgentProc {
 }
 
 /// What one SDK instance recorded and what its shutdown reported.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct Recorded {
     counter: u64,
     hist_count: u64,
     hist_sum: u64,
     dropped_samples: u64,
     lost_at_shutdown: u64,
+    /// The wire versions the agent advertised to each SDK (its last ack).
+    agent_versions: Vec<u16>,
 }
 
 /// SDK instances recording a deterministic load every 100 ms until told to stop (at most
@@ -229,6 +231,7 @@ impl Load {
                     let s = t.shutdown();
                     r.dropped_samples = s.dropped_samples;
                     r.lost_at_shutdown = s.samples_lost_at_shutdown;
+                    r.agent_versions.push(s.agent_version);
                     r
                 })
             })
@@ -246,6 +249,7 @@ impl Load {
             total.hist_sum += r.hist_sum;
             total.dropped_samples += r.dropped_samples;
             total.lost_at_shutdown += r.lost_at_shutdown;
+            total.agent_versions.extend(r.agent_versions);
         }
         total
     }
@@ -374,6 +378,11 @@ fn an_agent_killed_with_sigkill_mid_period_loses_nothing_it_acknowledged() {
     let rec = load.finish();
     assert_eq!(rec.dropped_samples, 0, "the SDKs dropped nothing");
     assert_eq!(rec.lost_at_shutdown, 0, "every batch was acknowledged");
+    assert_eq!(
+        rec.agent_versions,
+        vec![tally::wire::VERSION; PROCESSES],
+        "every SDK heard the agent's protocol version in its acks"
+    );
 
     let mut second = second;
     second.signal(libc::SIGTERM);
@@ -434,6 +443,11 @@ fn an_agent_stopped_with_sigterm_during_load_publishes_all_it_accepted() {
     let rec = load.finish();
     assert_eq!(rec.dropped_samples, 0, "the SDKs dropped nothing");
     assert_eq!(rec.lost_at_shutdown, 0, "every batch was acknowledged");
+    assert_eq!(
+        rec.agent_versions,
+        vec![tally::wire::VERSION; PROCESSES],
+        "every SDK heard the agent's protocol version in its acks"
+    );
     second.signal(libc::SIGTERM);
     assert!(second.wait(), "clean exit: {}", second.log_text());
     assert_published(&ns, &rec, from);

@@ -96,6 +96,7 @@ fn main() {
         &Ack {
             sequence: 9,
             status: AckStatus::Accepted,
+            agent_version: 1,
         },
         &mut out,
     );

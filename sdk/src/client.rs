@@ -113,6 +113,9 @@ pub struct Stats {
     pub shards: usize,
     /// The last transport problem (connect, send or read failure), if any.
     pub last_error: Option<String>,
+    /// The highest wire protocol version the agent said it reads, in its last ack (0 before
+    /// the first ack). This SDK writes version 1, which every agent reads.
+    pub agent_version: u16,
 }
 
 /// Configures and starts a [`Tally`]. See [`Tally::builder`].
@@ -528,6 +531,7 @@ impl Tally {
             cell_bytes: r.memory_bytes() as u64,
             shards: r.config.shards.get(),
             last_error: s.last_error.lock().clone(),
+            agent_version: s.agent_version.load(Ordering::Relaxed),
         }
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tally::wire::{
     encode_ack, Ack, AckStatus, BatchView, DecodeError, FrameHeader, FrameKind, Limits, ParseMemo,
-    HEADER_LEN,
+    HEADER_LEN, VERSION,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{watch, Semaphore};
@@ -345,7 +345,12 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             buf = Vec::new();
         }
         ack_buf.clear();
-        encode_ack(&Ack { sequence, status }, &mut ack_buf);
+        let ack = Ack {
+            sequence,
+            status,
+            agent_version: VERSION,
+        };
+        encode_ack(&ack, &mut ack_buf);
         match timeout(ctx.idle_timeout, stream.write_all(&ack_buf)).await {
             Ok(Ok(())) => {}
             _ => {

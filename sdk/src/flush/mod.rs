@@ -69,6 +69,8 @@ pub(crate) struct StatsCells {
     pub(crate) connect_failures: AtomicU64,
     pub(crate) disconnects: AtomicU64,
     pub(crate) connected: AtomicBool,
+    /// The highest protocol version the agent's last ack advertised (0 before any ack).
+    pub(crate) agent_version: std::sync::atomic::AtomicU16,
     pub(crate) last_error: parking_lot::Mutex<Option<String>>,
 }
 
@@ -282,6 +284,11 @@ impl Flusher {
         match ev {
             // An ack is valid whichever connection carried it: the agent has the batch.
             ConnEvent::Ack(ack) => {
+                // Only version 1 is written today; a later SDK picks the highest version both
+                // read from this (see the wire module's "Versions").
+                self.stats
+                    .agent_version
+                    .store(ack.agent_version, Ordering::Relaxed);
                 if let Some(samples) = self.outbox.ack(ack.sequence) {
                     let s = &self.stats;
                     if ack.status == AckStatus::Rejected {

@@ -350,7 +350,11 @@ fn serve(mut stream: TcpStream, run: Arc<Run>, shared: Arc<Shared>) {
                 let sequence = batch.sequence;
                 let status = shared.totals.lock().accept(batch);
                 shared.changed.notify_all();
-                Ack { sequence, status }
+                Ack {
+                    sequence,
+                    status,
+                    agent_version: crate::wire::VERSION,
+                }
             }
             Err(_) => {
                 shared.totals.lock().frames_rejected += 1;

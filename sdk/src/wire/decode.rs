@@ -938,8 +938,25 @@ pub fn decode_ack(payload: &[u8]) -> Result<Ack, DecodeError> {
         2 => AckStatus::Rejected,
         other => return Err(DecodeError::UnknownAckStatus(other)),
     };
-    r.finish()?;
-    Ok(Ack { sequence, status })
+    // Absent from acks of agents that predate it; fields after it (from later versions) are
+    // skipped.
+    let agent_version = if r.pos < payload.len() {
+        match u16::try_from(r.varint("agent version")?) {
+            Ok(v) if v >= 1 => v,
+            _ => {
+                return Err(DecodeError::BadVarint {
+                    field: "agent version",
+                })
+            }
+        }
+    } else {
+        1
+    };
+    Ok(Ack {
+        sequence,
+        status,
+        agent_version,
+    })
 }
 
 #[cfg(test)]

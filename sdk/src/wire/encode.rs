@@ -378,6 +378,7 @@ pub fn encode_ack(ack: &Ack, out: &mut Vec<u8>) {
     out.extend_from_slice(&[0u8; HEADER_LEN]);
     put_varint(out, ack.sequence);
     out.push(ack.status as u8);
+    put_varint(out, u64::from(ack.agent_version));
     let header = FrameHeader {
         kind: FrameKind::Ack,
         len: (out.len() - start - HEADER_LEN) as u32,

@@ -59,10 +59,25 @@
 //!
 //! # Acks
 //!
-//! The agent answers each batch with an `Ack` frame: `sequence` (varint) and a status byte
-//! ([`AckStatus`]). The SDK keeps a batch until it is acknowledged and sends it again, with the
+//! The agent answers each batch with an `Ack` frame: `sequence` (varint), a status byte
+//! ([`AckStatus`]) and `agent_version` (varint): the highest protocol version the agent reads.
+//! Readers skip any bytes after the fields they know, so a later version may append fields to
+//! an ack without breaking an earlier SDK. The SDK keeps a batch until it is acknowledged and sends it again, with the
 //! same sequence number, after a reconnect; the agent recognises a batch it already holds by
 //! (`instance_id`, `sequence`) and answers [`AckStatus::Duplicate`] without counting it twice.
+//!
+//! # Versions
+//!
+//! Every frame carries the protocol version it is written in, and a reader refuses a version
+//! it does not know (a batch cannot be decoded in part). So that an SDK and an agent of
+//! different releases keep working together when a later version changes a batch's layout:
+//! - the agent answers a batch in the version of that batch, and says in every ack the
+//!   highest version it reads ([`Ack::agent_version`]; an ack without it comes from an agent
+//!   that reads version 1 only);
+//! - an SDK writes version 1 until an ack tells it the agent reads a later one, then the
+//!   highest version both read (each SDK reports the last version its agent advertised in
+//!   `Stats::agent_version`);
+//! - version 1, the only one today, is read by every release.
 //!
 //! # Drop accounting
 //!
@@ -372,6 +387,9 @@ pub struct Ack {
     pub sequence: u64,
     /// The outcome.
     pub status: AckStatus,
+    /// The highest protocol version the agent reads (1 from an agent whose acks predate the
+    /// field).
+    pub agent_version: u16,
 }
 
 #[cfg(test)]

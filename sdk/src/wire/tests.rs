@@ -120,10 +120,30 @@ fn an_ack_survives_encode_and_decode_unchanged() {
         let ack = Ack {
             sequence: u64::MAX,
             status,
+            agent_version: u16::MAX,
         };
         let mut frame = Vec::new();
         encode_ack(&ack, &mut frame);
         assert_eq!(decode_ack(payload(&frame)).unwrap(), ack);
+    }
+}
+
+#[test]
+fn an_ack_without_a_version_is_from_a_version_1_agent_and_later_fields_are_skipped() {
+    // Sequence 7, accepted, nothing more: what agents before the version field sent.
+    let old = decode_ack(&[7, 0]).unwrap();
+    assert_eq!(old.agent_version, 1);
+    assert_eq!(old.sequence, 7);
+    // Version 3 and two bytes of a field this reader does not know.
+    let later = decode_ack(&[7, 1, 3, 0xAA, 0x01]).unwrap();
+    assert_eq!(
+        (later.agent_version, later.status),
+        (3, AckStatus::Duplicate)
+    );
+    // Version 0 and versions past u16 are refused, naming the field.
+    for bad in [&[7u8, 0, 0][..], &[7, 0, 0x80, 0x80, 0x04]] {
+        let e = decode_ack(bad).unwrap_err();
+        assert!(e.to_string().contains("agent version"), "{e}");
     }
 }
 
