@@ -50,8 +50,8 @@
 //!
 //! Histograms travel in HdrHistogram's V2 format, which the Java, Go, C and Rust HdrHistogram
 //! implementations all read, so a batch can be inspected with standard tools: plain V2 (cookie
-//! `0x1c849313`) for bodies up to 64 KiB (nearly all), which the agent reads in place, V2 + DEFLATE
-//! (`0x1c849314`) for longer ones. Readers accept both. The decoder inflates with a hard
+//! `0x1c849313`) for bodies up to 64 KiB (nearly all), which the agent reads in place, V2 +
+//! DEFLATE (`0x1c849314`) for longer ones. Readers accept both. The decoder inflates with a hard
 //! output bound, checks the histogram's header (significant digits, value range, payload
 //! length) and walks its counts with the checks HdrHistogram's deserializer makes, without
 //! allocating the counts array the declared range implies, so a hostile frame cannot make the
@@ -62,9 +62,10 @@
 //! The agent answers each batch with an `Ack` frame: `sequence` (varint), a status byte
 //! ([`AckStatus`]) and `agent_version` (varint): the highest protocol version the agent reads.
 //! Readers skip any bytes after the fields they know, so a later version may append fields to
-//! an ack without breaking an earlier SDK. The SDK keeps a batch until it is acknowledged and sends it again, with the
-//! same sequence number, after a reconnect; the agent recognises a batch it already holds by
-//! (`instance_id`, `sequence`) and answers [`AckStatus::Duplicate`] without counting it twice.
+//! an ack without breaking an earlier SDK. The SDK keeps a batch until it is acknowledged and
+//! sends it again, with the same sequence number, after a reconnect; the agent recognises a
+//! batch it already holds by (`instance_id`, `sequence`) and answers [`AckStatus::Duplicate`]
+//! without counting it twice.
 //!
 //! # Versions
 //!
