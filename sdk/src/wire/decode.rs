@@ -677,25 +677,11 @@ impl std::fmt::Display for NameIn<'_> {
     }
 }
 
-/// Checks a descriptor's structure on its own (as the batch parse does), returning its unit.
+/// Checks a descriptor's structure on its own, with the batch parse's checks (and so its
+/// errors), returning its unit.
 pub(super) fn descriptor_unit(bytes: &[u8]) -> Result<Unit, DecodeError> {
     let mut r = Reader { buf: bytes, pos: 0 };
-    r.raw_str("metric name", MAX_NAME_LEN, true)?;
-    r.u8("series kind")?;
-    let unit_byte = r.u8("unit")?;
-    let unit = Unit::from_u8(unit_byte).ok_or(DecodeError::UnknownUnit(unit_byte))?;
-    let n = r.varint("label count")?;
-    if n > MAX_LABELS as u64 {
-        return Err(DecodeError::TooManyLabels {
-            name: String::from_utf8_lossy(descriptor_name(bytes)).into_owned(),
-            count: n,
-            max: MAX_LABELS,
-        });
-    }
-    for _ in 0..n {
-        r.raw_str("label key", MAX_NAME_LEN, true)?;
-        r.raw_str("label value", MAX_LABEL_VALUE_LEN, false)?;
-    }
+    let (_, unit) = read_descriptor_checked(&mut r, Strings::Defer)?;
     r.finish()?;
     Ok(unit)
 }

@@ -1081,3 +1081,36 @@ fn a_memo_stays_within_its_bounds() {
         memo.heap_bytes()
     );
 }
+
+#[test]
+fn a_descriptor_kept_as_bytes_parses_again_only_whole() {
+    let mut frame = Vec::new();
+    encode_batch(&sample_batch(), &mut frame).unwrap();
+    let view = BatchView::parse(payload(&frame), &Limits::default()).unwrap();
+    for s in view.series() {
+        let bytes = s.descriptor.as_bytes();
+        let again = Descriptor::parse(bytes).unwrap();
+        assert_eq!(again.unit(), s.descriptor.unit());
+        assert_eq!(again.as_bytes(), bytes);
+        // Cut short anywhere, or with a byte more, it is refused.
+        for end in 0..bytes.len() {
+            assert!(Descriptor::parse(&bytes[..end]).is_err(), "cut at {end}");
+        }
+        let mut longer = bytes.to_vec();
+        longer.push(0);
+        assert!(matches!(
+            Descriptor::parse(&longer),
+            Err(DecodeError::TrailingBytes(1))
+        ));
+    }
+    // Too many labels: the batch parse's error, naming the metric.
+    let mut d = vec![4];
+    d.extend_from_slice(b"Hits");
+    d.extend_from_slice(&[1, 0, MAX_LABELS as u8 + 1]);
+    match Descriptor::parse(&d) {
+        Err(DecodeError::TooManyLabels { name, count, .. }) => {
+            assert_eq!((name.as_str(), count), ("Hits", MAX_LABELS as u64 + 1));
+        }
+        other => panic!("{other:?}"),
+    }
+}
