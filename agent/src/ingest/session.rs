@@ -54,12 +54,8 @@ pub struct SessionContext {
     frames: Counter,
     bytes: Counter,
     recognised: Counter,
-    /// Heap bytes all connections' parse memos hold (see [`MemoCharge`]).
-    memo_bytes: AtomicUsize,
-    /// Most bytes `memo_bytes` may reach: a share of `ingest.max_buffered_bytes`.
-    memo_cap: usize,
-    memo_gauge: Gauge,
-    memos_dropped: Counter,
+    /// What the connections' parse memos may hold together.
+    memos: MemoAllowance,
     log: Mutex<RateLimitedLog>,
 }
 
@@ -105,18 +101,7 @@ impl SessionContext {
                 "Series of accepted batches whose identity the sender had sent before, in the same place (not checked again).",
                 &[],
             ),
-            memo_bytes: AtomicUsize::new(0),
-            memo_cap: max_buffered_bytes / MEMO_SHARE,
-            memo_gauge: stats.gauge(
-                "tally_agent_parse_memo_bytes",
-                "Heap bytes the connections' parse memos hold (at most a quarter of ingest.max_buffered_bytes).",
-                &[],
-            ),
-            memos_dropped: stats.counter(
-                "tally_agent_parse_memos_dropped_total",
-                "Parse memos given up because all connections' memos together reached a quarter of ingest.max_buffered_bytes (that connection's batches are checked in full for a while).",
-                &[],
-            ),
+            memos: MemoAllowance::new(max_buffered_bytes / MEMO_SHARE, stats),
             log: Mutex::new(RateLimitedLog::new(Duration::from_secs(10))),
         }
     }
@@ -135,7 +120,39 @@ impl SessionContext {
     }
 }
 
-/// What one connection's parse memo holds of the allowance all connections' memos share.
+/// The heap bytes all connections' parse memos may hold together, and what they hold.
+struct MemoAllowance {
+    held: AtomicUsize,
+    cap: usize,
+    gauge: Gauge,
+    dropped: Counter,
+}
+
+impl MemoAllowance {
+    fn new(cap: usize, stats: &Stats) -> Self {
+        MemoAllowance {
+            held: AtomicUsize::new(0),
+            cap,
+            gauge: stats.gauge(
+                "tally_agent_parse_memo_bytes",
+                "Heap bytes the connections' parse memos hold (at most a quarter of ingest.max_buffered_bytes).",
+                &[],
+            ),
+            dropped: stats.counter(
+                "tally_agent_parse_memos_dropped_total",
+                "Parse memos given up because all connections' memos together reached a quarter of ingest.max_buffered_bytes (that connection's batches are checked in full for a while).",
+                &[],
+            ),
+        }
+    }
+
+    fn publish(&self) {
+        let held = self.held.load(Ordering::Relaxed);
+        self.gauge.set(i64::try_from(held).unwrap_or(i64::MAX));
+    }
+}
+
+/// What one connection's parse memo holds of the [`MemoAllowance`].
 ///
 /// A memo only spares work (a batch parses to the same result without it), so when the
 /// allowance is spent the connection that would take it past gives its memo up, counts that,
@@ -143,50 +160,63 @@ impl SessionContext {
 /// during a parse and is charged right after, so the total may pass the cap by one memo
 /// (`ParseMemo::MAX_BYTES`) per parse running at that moment.
 struct MemoCharge<'a> {
-    ctx: &'a SessionContext,
+    allowance: &'a MemoAllowance,
     charged: usize,
     /// Batches left to parse without the memo.
     paused: u32,
 }
 
-impl MemoCharge<'_> {
-    /// Charges the memo's size now, or gives the memo up when the allowance cannot take it.
+impl<'a> MemoCharge<'a> {
+    fn new(allowance: &'a MemoAllowance) -> Self {
+        MemoCharge {
+            allowance,
+            charged: 0,
+            paused: 0,
+        }
+    }
+
+    /// Whether the next batch may be parsed with the memo (false while a pause lasts).
+    fn may_remember(&mut self) -> bool {
+        if self.paused > 0 {
+            self.paused -= 1;
+            return false;
+        }
+        true
+    }
+
+    /// Charges the memo's size after a parse, or gives the memo up when the allowance cannot
+    /// take it. The steady state (a memo that kept its batches) changes nothing shared.
     fn settle(&mut self, memo: &mut ParseMemo) {
         let now = memo.heap_bytes();
-        let total = &self.ctx.memo_bytes;
+        let held = &self.allowance.held;
         if now > self.charged {
             let more = now - self.charged;
-            let before = total.fetch_add(more, Ordering::Relaxed);
-            if before + more > self.ctx.memo_cap {
-                total.fetch_sub(now, Ordering::Relaxed);
+            let before = held.fetch_add(more, Ordering::Relaxed);
+            if before + more > self.allowance.cap {
+                held.fetch_sub(now, Ordering::Relaxed);
                 *memo = ParseMemo::new();
                 self.charged = 0;
                 self.paused = MEMO_PAUSE;
-                self.ctx.memos_dropped.inc();
+                self.allowance.dropped.inc();
             } else {
                 self.charged = now;
             }
         } else if now < self.charged {
-            total.fetch_sub(self.charged - now, Ordering::Relaxed);
+            held.fetch_sub(self.charged - now, Ordering::Relaxed);
             self.charged = now;
+        } else {
+            return;
         }
-        self.publish();
-    }
-
-    fn publish(&self) {
-        let total = self.ctx.memo_bytes.load(Ordering::Relaxed);
-        self.ctx
-            .memo_gauge
-            .set(i64::try_from(total).unwrap_or(i64::MAX));
+        self.allowance.publish();
     }
 }
 
 impl Drop for MemoCharge<'_> {
     fn drop(&mut self) {
-        self.ctx
-            .memo_bytes
+        self.allowance
+            .held
             .fetch_sub(self.charged, Ordering::Relaxed);
-        self.publish();
+        self.allowance.publish();
     }
 }
 
@@ -239,11 +269,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     // not checked field by field in every batch (at most ParseMemo::MAX_BYTES, charged to the
     // allowance all connections share).
     let mut memo = ParseMemo::new();
-    let mut charge = MemoCharge {
-        ctx: &ctx,
-        charged: 0,
-        paused: 0,
-    };
+    let mut charge = MemoCharge::new(&ctx.memos);
     loop {
         let hdr = match read_header(&mut stream, &ctx, &mut shutdown).await {
             Ok(HeaderRead::Frame(h)) => h,
@@ -302,11 +328,10 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             };
         ctx.bytes.add((HEADER_LEN + len) as u64);
         let recalled = memo.recalled();
-        let parsed = if charge.paused > 0 {
-            charge.paused -= 1;
-            BatchView::parse(&buf, &ctx.limits)
-        } else {
+        let parsed = if charge.may_remember() {
             BatchView::parse_remembering(&buf, &ctx.limits, &mut memo)
+        } else {
+            BatchView::parse(&buf, &ctx.limits)
         };
         ctx.recognised.add(memo.recalled() - recalled);
         charge.settle(&mut memo);
@@ -452,7 +477,80 @@ pub fn peek_sequence(p: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tally::wire::{encode_batch, Batch, ProcessIdentity};
+    use tally::wire::{encode_batch, Batch, ProcessIdentity, Series, SeriesValue, Unit};
+
+    /// A batch of `n` counter series of process `id`, its payload.
+    fn batch(id: u64, n: usize) -> Vec<u8> {
+        let b = Batch {
+            process: ProcessIdentity {
+                instance_id: id,
+                pid: 1,
+                service: "shop".into(),
+                environment: "prod".into(),
+                host: "h".into(),
+            },
+            sequence: 1,
+            start_unix_ms: 1,
+            end_unix_ms: 2,
+            drops: Default::default(),
+            series: (0..n)
+                .map(|i| Series {
+                    name: "Hits".into(),
+                    unit: Unit::Count,
+                    labels: vec![("Route".into(), format!("/r{i}"))],
+                    value: SeriesValue::Counter(1),
+                })
+                .collect(),
+        };
+        let mut out = Vec::new();
+        encode_batch(&b, &mut out).unwrap();
+        out[HEADER_LEN..].to_vec()
+    }
+
+    #[test]
+    fn a_memo_past_the_shared_allowance_is_given_up_for_a_pause_then_kept_again() {
+        let limits = Limits::default();
+        let (a, b) = (batch(1, 200), batch(2, 200));
+        let size = |p: &[u8]| {
+            let mut m = ParseMemo::new();
+            BatchView::parse_remembering(p, &limits, &mut m).unwrap();
+            m.heap_bytes()
+        };
+        let one = size(&a);
+        assert!(one > 0);
+        // Room for one memo, not two.
+        let stats = Stats::new();
+        let allowance = MemoAllowance::new(one + one / 2, &stats);
+        let held = || stats.gauge_value("tally_agent_parse_memo_bytes", &[]);
+        let dropped = || stats.counter_value("tally_agent_parse_memos_dropped_total", &[]);
+
+        let (mut first, mut memo_a) = (MemoCharge::new(&allowance), ParseMemo::new());
+        assert!(first.may_remember());
+        BatchView::parse_remembering(&a, &limits, &mut memo_a).unwrap();
+        first.settle(&mut memo_a);
+        assert_eq!((held(), dropped()), (one as i64, 0));
+
+        let (mut second, mut memo_b) = (MemoCharge::new(&allowance), ParseMemo::new());
+        BatchView::parse_remembering(&b, &limits, &mut memo_b).unwrap();
+        second.settle(&mut memo_b);
+        assert!(memo_b.is_empty(), "the memo that does not fit is given up");
+        assert_eq!((held(), dropped()), (one as i64, 1));
+        // Its next MEMO_PAUSE batches are parsed in full, then it may remember again.
+        for _ in 0..MEMO_PAUSE {
+            assert!(!second.may_remember());
+        }
+        assert!(second.may_remember());
+
+        // The first connection closes: its share comes back, and the second's memo fits.
+        drop(first);
+        assert_eq!(held(), 0);
+        BatchView::parse_remembering(&b, &limits, &mut memo_b).unwrap();
+        second.settle(&mut memo_b);
+        assert!(!memo_b.is_empty());
+        assert_eq!((held(), dropped()), (size(&b) as i64, 1));
+        drop(second);
+        assert_eq!(held(), 0);
+    }
 
     #[test]
     fn the_sequence_of_an_undecodable_batch_is_still_found() {
