@@ -26,8 +26,9 @@
 //!   service served. `sdk_flush/service` times the SDK's side of the same flushes (drain the
 //!   cells, encode the frame).
 //! - `decode_only` rows split parsing (without a memo: a sender's first batch) from merging,
-//!   `decode_remembering` rows parse as the agent does from a sender's second batch on; `decode_owned` rows measure the owned
-//!   `tally::wire::decode_batch` (same checks, then owned strings and full-range histograms).
+//!   `decode_remembering` rows parse as the agent does from a sender's second batch on;
+//!   `decode_owned` rows measure the owned `tally::wire::decode_batch` (same checks, then
+//!   owned strings and full-range histograms).
 //!
 //! Goal (issue 3): at least 5 million series updates per second per core.
 

@@ -9,8 +9,8 @@
 //! or one hash of them when that is another series; its strings are read and checked once
 //! per period, when it first appears, and its published key (every dimension, strings
 //! interned so that a period shares one copy of each) is built when the period closes
-//! (where series that a
-//! differently ordered label set kept apart meet again). Counters add, gauges keep
+//! (where series that a differently ordered label set kept apart meet again). Counters add,
+//! gauges keep
 //! last/min/max, and histograms from every process add bucket by bucket, so percentiles of the
 //! merged histogram are exactly those of all samples together; a histogram keeps only its
 //! non-zero buckets ([`sparse`]), about 16 bytes each instead of 8 bytes for every bucket of

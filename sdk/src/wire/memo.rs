@@ -11,10 +11,11 @@
 //!
 //! A parse picks the remembered batch that began with the same series as this one (or had
 //! it among its first few: the split between the batches of a flush moves when series of
-//! the earlier ones were idle), then walks it beside the new batch: when the bytes at a series' position start with the
-//! descriptor remembered next (or one of the few after it: series that were idle this
-//! interval are not sent), those bytes are that same, already checked, descriptor, and the
-//! parse takes its length, kind and unit from the memo instead of reading it field by field.
+//! the earlier ones were idle), then walks it beside the new batch: when the bytes at a
+//! series' position start with the descriptor remembered next (or one of the few after it:
+//! series that were idle this interval are not sent), those bytes are that same, already
+//! checked, descriptor, and the parse takes its length, kind and unit from the memo instead
+//! of reading it field by field.
 //! Any other series is read and checked in full, and the walk through the memo waits where
 //! it is.
 //!
