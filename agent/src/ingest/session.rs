@@ -121,6 +121,11 @@ impl SessionContext {
 }
 
 /// The heap bytes all connections' parse memos may hold together, and what they hold.
+///
+/// Kept apart from the payload budget (`SessionContext::budget`) on purpose: a payload's
+/// reservation ends with its frame, which is what lets every started frame complete, while a
+/// memo lives as long as its connection; memos drawing on that budget could hold the room a
+/// large frame waits for.
 struct MemoAllowance {
     held: AtomicUsize,
     cap: usize,
