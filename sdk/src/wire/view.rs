@@ -145,6 +145,20 @@ pub(super) struct HistEntry<'a> {
 }
 
 impl HistEntry<'_> {
+    /// An entry every field of which the parse writes in place (see `decode::histogram`).
+    pub(super) const EMPTY: HistEntry<'static> = HistEntry {
+        scale: 0.0,
+        significant_digits: 0,
+        low: 0,
+        high: 0,
+        unit_magnitude: 0,
+        half_magnitude: 0,
+        total: 0,
+        max_index: 0,
+        buckets: None,
+        body: Body::Frame(&[]),
+    };
+
     /// The lowest value of the bucket at `index` (HdrHistogram's private `value_for`, with the
     /// shift wrapping as it does in release builds).
     pub(super) fn value_for(&self, index: usize) -> u64 {
