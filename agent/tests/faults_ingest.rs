@@ -384,3 +384,60 @@ fn bad_input_is_refused_counted_and_explained_while_others_are_served_in_bounded
         assert!(err.contains(needle), "log lacks {needle:?}:\n{err}");
     }
 }
+
+#[test]
+fn a_frame_finished_after_the_shutdown_close_is_left_with_the_sdk_not_acknowledged() {
+    // A CloudWatch endpoint nobody listens on keeps the agent publishing (and alive) until
+    // its shutdown deadline, long after it closed its periods.
+    let endpoint = format!(
+        "publish.endpoint_url=http://127.0.0.1:{}",
+        common::free_port()
+    );
+    let mut agent = Agent::start_with(
+        &[
+            "--sink",
+            "cloudwatch",
+            "--set",
+            &endpoint,
+            "--set",
+            "publish.region=us-east-1",
+            "--set",
+            "publish.backoff_base_ms=50",
+            "--set",
+            "sink.shutdown_deadline_secs=4",
+        ],
+        &[
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+        ],
+    );
+    let mut first = Client::connect(agent.ingest, 41);
+    good(&mut first, 5);
+    // A second sender is half-way through a frame when SIGTERM arrives.
+    let mut late = Client::connect(agent.ingest, 42);
+    let mut frame = Vec::new();
+    encode_batch(
+        &late.batch(1, vec![counter("RequestCount", "/late", 7)]),
+        &mut frame,
+    )
+    .unwrap();
+    let half = frame.len() / 2;
+    late.stream.write_all(&frame[..half]).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    agent.sigterm();
+    // Sessions get a quarter of the 4-s deadline (1 s), then the periods close; the frame's
+    // last bytes arrive after that, while the agent still publishes.
+    std::thread::sleep(Duration::from_millis(2_000));
+    late.stream.write_all(&frame[half..]).unwrap();
+    assert_eq!(
+        late.read_ack(),
+        None,
+        "a batch merged after the close would sit in a period nobody publishes: it must stay \
+         with the SDK, unacknowledged"
+    );
+    let (_, _, err) = agent.wait(Duration::from_secs(30));
+    assert!(
+        err.contains("arrived after the periods closed for shutdown"),
+        "the refusal is logged; stderr:\n{err}"
+    );
+}

@@ -30,6 +30,9 @@ use sequence::{Sequences, Verdict};
 struct Core {
     aggregator: Aggregator,
     sequences: Sequences,
+    /// Set by [`Intake::close_all`]: the periods are closed for good, so a batch merged now
+    /// would land in a period nobody publishes.
+    closed: bool,
 }
 
 struct IntakeStats {
@@ -65,6 +68,9 @@ pub enum FrameOutcome {
     /// The write-ahead log is full: do not answer; close the connection so the SDK keeps
     /// the batch and resends it later.
     Refuse,
+    /// The agent is shutting down and its periods are closed: the batch is neither merged
+    /// nor answered, so the SDK keeps it and resends it to the next agent.
+    Closed,
 }
 
 impl std::fmt::Debug for Intake {
@@ -116,6 +122,7 @@ impl Intake {
             core: Arc::new(Mutex::new(Core {
                 aggregator,
                 sequences,
+                closed: false,
             })),
             stats: Arc::new(s),
             wal: None,
@@ -134,18 +141,10 @@ impl Intake {
         self.wal.as_ref()
     }
 
-    /// Checks the batch's sequence, merges it, and says how to acknowledge it. Not logged to
-    /// the write-ahead log (the payload is not at hand): sessions use [`Intake::accept_frame`].
-    pub fn accept(&self, batch: &BatchView<'_>) -> AckStatus {
-        match self.accept_logged(batch, None, false) {
-            FrameOutcome::Ack { status, .. } => status,
-            FrameOutcome::Refuse => unreachable!("only a logged batch can be refused"),
-        }
-    }
-
-    /// Like [`Intake::accept`], and when the write-ahead log is on, appends the frame's
-    /// `payload` to it (under the merge lock, before the answer); a batch that finds the log
-    /// full is neither merged nor answered.
+    /// Checks the batch's sequence, merges it, and says how to acknowledge it. When the
+    /// write-ahead log is on, appends the frame's `payload` to it (under the merge lock,
+    /// before the answer). A batch that finds the log full, or arrives after
+    /// [`Intake::close_all`], is neither merged nor answered.
     pub fn accept_frame(&self, batch: &BatchView<'_>, payload: &[u8]) -> FrameOutcome {
         self.accept_logged(batch, Some(payload), true)
     }
@@ -154,7 +153,9 @@ impl Intake {
     pub fn replay_frame(&self, batch: &BatchView<'_>, payload: &[u8]) -> AckStatus {
         match self.accept_logged(batch, Some(payload), false) {
             FrameOutcome::Ack { status, .. } => status,
-            FrameOutcome::Refuse => unreachable!("replay does not check room"),
+            FrameOutcome::Refuse | FrameOutcome::Closed => {
+                unreachable!("replay runs before the listeners start, with room unchecked")
+            }
         }
     }
 
@@ -171,6 +172,9 @@ impl Intake {
         let samples = batch.samples();
         let now = SystemTime::now();
         let mut core = self.core.lock();
+        if core.closed {
+            return FrameOutcome::Closed;
+        }
         match core.sequences.check(id, seq) {
             Verdict::Duplicate => {
                 self.stats.duplicate.inc();
@@ -281,10 +285,13 @@ impl Intake {
     }
 
     /// Closes every open period (shutdown), outside the merge lock like
-    /// [`Intake::close_due`].
+    /// [`Intake::close_due`]. From then on every batch is answered [`FrameOutcome::Closed`]:
+    /// a session that was still reading a frame must not have it acknowledged into a period
+    /// that will never be published.
     pub fn close_all(&self) -> Vec<ClosedPeriod> {
         let (due, closer) = {
             let mut core = self.core.lock();
+            core.closed = true;
             (core.aggregator.take_all(), core.aggregator.closer())
         };
         due.into_iter().map(|d| closer.close(d)).collect()
@@ -298,5 +305,86 @@ impl Intake {
     /// Period length in seconds.
     pub fn period_secs(&self) -> u32 {
         self.core.lock().aggregator.settings().period_secs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tally::wire::{
+        encode_batch, Batch, DropReport, Limits, ProcessIdentity, Series, SeriesValue, Unit,
+        HEADER_LEN,
+    };
+
+    use super::*;
+    use crate::aggregate::Settings;
+    use crate::config::Config;
+
+    fn frame(sequence: u64, delta: u64) -> Vec<u8> {
+        let now_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let batch = Batch {
+            process: ProcessIdentity {
+                instance_id: 7,
+                pid: 1,
+                service: "web".into(),
+                environment: "prod".into(),
+                host: "h".into(),
+            },
+            sequence,
+            start_unix_ms: now_ms,
+            end_unix_ms: now_ms,
+            drops: DropReport::default(),
+            series: vec![Series {
+                name: "RequestCount".into(),
+                unit: Unit::Count,
+                labels: vec![],
+                value: SeriesValue::Counter(delta),
+            }],
+        };
+        let mut out = Vec::new();
+        encode_batch(&batch, &mut out).unwrap();
+        out.split_off(HEADER_LEN)
+    }
+
+    #[test]
+    fn a_batch_that_arrives_after_the_shutdown_close_is_not_acknowledged_nor_lost() {
+        let stats = Stats::new();
+        let aggregator = Aggregator::new(
+            Settings::from_config(&Config::default()),
+            &stats,
+            SystemTime::now(),
+        );
+        let intake = Intake::new(
+            aggregator,
+            Sequences::new(16, Duration::from_secs(60)),
+            &stats,
+        );
+        let accept = |seq: u64, delta: u64| {
+            let payload = frame(seq, delta);
+            let view = BatchView::parse(&payload, &Limits::default()).unwrap();
+            intake.accept_frame(&view, &payload)
+        };
+        assert!(matches!(
+            accept(1, 5),
+            FrameOutcome::Ack {
+                status: AckStatus::Accepted,
+                ..
+            }
+        ));
+        let closed = intake.close_all();
+        assert_eq!(closed.iter().map(|p| p.samples).sum::<u64>(), 5);
+        // A session that was still reading this frame when the periods closed: merging it
+        // would put it in a period nobody publishes, so it is left with the SDK.
+        assert!(matches!(accept(2, 7), FrameOutcome::Closed));
+        assert!(intake.close_all().is_empty());
+        let text = stats.render_prometheus();
+        assert!(
+            text.contains("tally_agent_batches_total{outcome=\"accepted\"} 1"),
+            "{text}"
+        );
     }
 }

@@ -355,6 +355,12 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                         }
                         (seq, status)
                     }
+                    FrameOutcome::Closed => {
+                        tracing::info!(
+                            "batch {seq} from {peer} arrived after the periods closed for shutdown: not acknowledged (the SDK keeps it and resends it to the next agent)"
+                        );
+                        return;
+                    }
                     FrameOutcome::Refuse => {
                         ctx.log.lock().warn(
                             "wal_full",

@@ -110,13 +110,19 @@ impl Agent {
 
     /// Sends SIGTERM and waits (at most 60 s) for exit; returns (success, stdout, stderr).
     pub fn terminate(mut self) -> (bool, String, String) {
-        // SAFETY: kill(2) with a pid we own; no memory is involved.
-        let rc = unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        assert_eq!(rc, 0, "SIGTERM delivered");
+        self.sigterm();
         self.wait(Duration::from_secs(60))
     }
 
-    fn wait(&mut self, limit: Duration) -> (bool, String, String) {
+    /// Sends SIGTERM and returns at once.
+    pub fn sigterm(&self) {
+        // SAFETY: kill(2) with a pid we own; no memory is involved.
+        let rc = unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        assert_eq!(rc, 0, "SIGTERM delivered");
+    }
+
+    /// Waits (at most `limit`) for exit; returns (success, stdout, stderr).
+    pub fn wait(&mut self, limit: Duration) -> (bool, String, String) {
         let deadline = Instant::now() + limit;
         let status = loop {
             if let Some(s) = self.child.try_wait().unwrap() {
