@@ -114,3 +114,42 @@ fn past_the_bound_received_plus_reported_dropped_equals_recorded() {
     assert_eq!(t.samples() + t.dropped_samples(), recorded);
     assert_eq!(stats.samples_lost_at_shutdown, 0);
 }
+
+#[test]
+fn an_agent_that_closes_connections_without_answering_is_retried_with_a_growing_backoff() {
+    // What an agent whose write-ahead log is full, or that refuses a frame's header, looks
+    // like to the SDK: every connection is accepted, then closed with no ack.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let addr = listener.local_addr().expect("address");
+    let tally = Tally::builder()
+        .agent(format!("tcp://{addr}"))
+        .flush_interval(Duration::from_secs(1))
+        .build()
+        .expect("valid configuration");
+    tally.counter("Hits", &[]).increment(1);
+    let window = Duration::from_secs(3);
+    let started = Instant::now();
+    let mut accepted = 0u32;
+    while started.elapsed() < window && accepted < 1000 {
+        match listener.accept() {
+            Ok((conn, _)) => {
+                accepted += 1;
+                drop(conn);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("accept failed: {e}"),
+        }
+    }
+    // Had each accepted connection reset the backoff, the SDK would come back every 50-100 ms
+    // (30 or more connections in the window), resending its whole outbox each time. Growing
+    // from 50 ms and doubling, the delays add up past 3 s after about six tries. A slower
+    // machine only makes fewer.
+    assert!(
+        (1..=12).contains(&accepted),
+        "{accepted} connections in {window:?}"
+    );
+    assert_eq!(tally.stats().batches_acked, 0);
+}

@@ -237,7 +237,10 @@ impl Flusher {
             Ok((id, c)) => {
                 self.conn_ids = id;
                 self.conn = Some((id, c));
-                self.backoff.reset();
+                // The backoff is reset by the first ack, not here: an agent that accepts
+                // connections and closes them without answering (its write-ahead log full, a
+                // frame it refuses) must not be reconnected to, and sent the whole outbox,
+                // every 50-100 ms.
                 self.outbox.mark_all_unsent();
                 self.stats.connects.fetch_add(1, Ordering::Relaxed);
                 self.stats.connected.store(true, Ordering::Relaxed);
@@ -284,6 +287,7 @@ impl Flusher {
         match ev {
             // An ack is valid whichever connection carried it: the agent has the batch.
             ConnEvent::Ack(ack) => {
+                self.backoff.reset();
                 // Only version 1 is written today; a later SDK picks the highest version both
                 // read from this (see the wire module's "Versions").
                 self.stats
