@@ -26,10 +26,11 @@ pub enum ErrorKind {
     /// Credentials missing, expired or refused (401/403, `ExpiredToken`, no provider). Not the
     /// data's fault: the data waits for the operator to fix the role or the environment.
     Auth = 4,
-    /// The payload was refused (HTTP 4xx: InvalidParameterValue, InvalidParameterCombination,
-    /// MissingParameter, 413).
+    /// The payload was refused (HTTP 400: InvalidParameterValue, InvalidParameterCombination,
+    /// MissingParameter; HTTP 413).
     Invalid = 5,
-    /// Anything else (request construction, an unexpected answer).
+    /// Anything else (request construction, an unexpected answer such as a 404 from a wrong
+    /// endpoint): retried, then kept pending like a transient failure.
     Other = 6,
 }
 
@@ -127,15 +128,32 @@ pub fn classify_answer(status: u16, code: Option<&str>) -> ErrorKind {
             return ErrorKind::Server;
         }
     }
+    if code.is_some_and(|c| NOT_THE_PAYLOAD_CODES.contains(&c)) {
+        return ErrorKind::Other;
+    }
     match status {
         429 => ErrorKind::Throttled,
         401 | 403 => ErrorKind::Auth,
         408 => ErrorKind::Timeout,
         500..=599 => ErrorKind::Server,
-        400..=499 => ErrorKind::Invalid,
+        // What CloudWatch answers about a payload: 400 (InvalidParameterValue,
+        // InvalidParameterCombination, MissingParameter) and 413 (too large). Other 4xx
+        // (404 from a wrong endpoint path, 405, a proxy's 407, ...) say nothing about the
+        // datums: bisecting and dropping them would lose everything to a misconfiguration,
+        // so they are kept and retried like any other failure.
+        400 | 413 => ErrorKind::Invalid,
         _ => ErrorKind::Other,
     }
 }
+
+/// 400 answers that are not about the payload: the endpoint does not speak CloudWatch's
+/// PutMetricData (a wrong `endpoint_url`, an emulator without the operation).
+const NOT_THE_PAYLOAD_CODES: &[&str] = &[
+    "UnknownOperationException",
+    "UnknownOperation",
+    "InvalidAction",
+    "OptInRequired",
+];
 
 /// The full-jitter backoff before retry number `retry` (1 = the first retry):
 /// uniform in `[0, min(cap, base * 2^(retry-1))]`.
@@ -200,6 +218,24 @@ mod tests {
             assert!(!kind.is_transient());
         }
         assert_eq!(classify_answer(413, None), ErrorKind::Invalid);
+    }
+
+    #[test]
+    fn a_4xx_that_is_not_about_the_payload_keeps_the_data_for_a_retry() {
+        // A wrong endpoint path, a method the endpoint refuses, a proxy asking for
+        // credentials, a conflict, an endpoint that does not know PutMetricData.
+        for (status, code) in [
+            (404, None),
+            (405, None),
+            (407, None),
+            (409, Some("ConcurrentModification")),
+            (400, Some("UnknownOperationException")),
+            (400, Some("com.amazonaws.cloudwatch#InvalidAction")),
+        ] {
+            let kind = classify_answer(status, code);
+            assert_eq!(kind, ErrorKind::Other, "{status} {code:?}");
+            assert!(kind.is_transient());
+        }
     }
 
     #[test]
