@@ -449,6 +449,30 @@ impl AlarmDefinition {
         }
     }
 
+    /// Whether every metric this alarm watches is published by an agent of `target`: in its
+    /// namespace, with its `ServiceName` and `Environment` (and at least one metric). Only
+    /// such alarms are pruned: a name prefix alone cannot tell `tally-web-prod-` from the
+    /// start of `tally-web-prod-eu-`, nor one service's alarms from another's under one
+    /// shared prefix.
+    pub fn watches_only(&self, target: &Target<'_>) -> bool {
+        let ours = |m: &MetricId| {
+            m.namespace == target.namespace
+                && m.dimensions
+                    .iter()
+                    .any(|(k, v)| k == SERVICE_NAME && v == target.service)
+                && m.dimensions
+                    .iter()
+                    .any(|(k, v)| k == ENVIRONMENT && v == target.environment)
+        };
+        match &self.target {
+            AlarmTarget::Metric { metric, .. } => ours(metric),
+            AlarmTarget::Math { queries } => {
+                let mut metrics = queries.iter().filter_map(|q| q.metric.as_ref()).peekable();
+                metrics.peek().is_some() && metrics.all(|(m, _, _)| ours(m))
+            }
+        }
+    }
+
     /// Estimated monthly price in USD (us-east-1: $0.10 per standard alarm metric, $0.30
     /// per high-resolution one).
     pub fn monthly_cost_usd(&self) -> f64 {
@@ -609,6 +633,62 @@ mod tests {
             ]
         );
         assert_eq!(stat, &AlarmStat::Extended("p99".into()));
+    }
+
+    #[test]
+    fn prune_deletes_only_alarms_on_this_services_and_environments_metrics() {
+        let c = catalog();
+        let t = target(&c);
+        let spec = |name: &str| AlarmSpec {
+            name: name.into(),
+            template: Template::Latency,
+            threshold: Some(250.0),
+            ..AlarmSpec::default()
+        };
+        let ours = desired_alarms(&config(vec![spec("gone")]), &t).unwrap();
+        let mut math = desired_alarms(
+            &config(vec![AlarmSpec {
+                name: "errors".into(),
+                template: Template::ErrorRate,
+                source: ErrorRateSource::MetricMath,
+                ..AlarmSpec::default()
+            }]),
+            &t,
+        )
+        .unwrap();
+        assert!(matches!(math[0].target, AlarmTarget::Math { .. }));
+        assert!(ours[0].watches_only(&t) && math[0].watches_only(&t));
+        // Another environment whose name the managed prefix `tally-web-prod-` also starts
+        // (`tally-web-prod-eu-...`), and another service under a shared prefix.
+        let elsewhere = |mut a: AlarmDefinition, key: &str, value: &str| {
+            let dims = match &mut a.target {
+                AlarmTarget::Metric { metric, .. } => vec![&mut metric.dimensions],
+                AlarmTarget::Math { queries } => queries
+                    .iter_mut()
+                    .filter_map(|q| q.metric.as_mut().map(|(m, _, _)| &mut m.dimensions))
+                    .collect(),
+            };
+            // One metric of a math alarm is enough to make it someone else's.
+            let d = dims.into_iter().next().unwrap();
+            d.iter_mut().find(|(k, _)| k == key).unwrap().1 = value.into();
+            a.name = format!("{}-other", a.name);
+            a
+        };
+        let eu = elsewhere(ours[0].clone(), "Environment", "prod-eu");
+        let admin = elsewhere(math.remove(0), "ServiceName", "web-admin");
+        assert!(!eu.watches_only(&t) && !admin.watches_only(&t));
+        let existing = vec![ours[0].clone(), eu.clone(), admin.clone()];
+        let plan = super::super::plan::diff(&[], &existing, true, |a| a.watches_only(&t));
+        let action = |name: &str| {
+            plan.iter()
+                .find(|ch| ch.name == name)
+                .map(|ch| ch.action.clone())
+                .unwrap()
+        };
+        use super::super::plan::AlarmAction;
+        assert_eq!(action(&ours[0].name), AlarmAction::Delete);
+        assert_eq!(action(&eu.name), AlarmAction::Keep);
+        assert_eq!(action(&admin.name), AlarmAction::Keep);
     }
 
     #[test]

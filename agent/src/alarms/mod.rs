@@ -211,7 +211,12 @@ async fn observe(
         .iter()
         .map(AlarmDefinition::from_metric_alarm)
         .collect();
-    let alarms = plan::diff(&desired, &existing, config.alarm_management.prune);
+    let alarms = plan::diff(
+        &desired,
+        &existing,
+        config.alarm_management.prune,
+        |a: &AlarmDefinition| a.watches_only(target),
+    );
     let current_monthly_usd = existing.iter().map(AlarmDefinition::monthly_cost_usd).sum();
     let planned_monthly_usd = alarms.iter().map(|c| c.monthly_cost_usd).sum();
     let (dash, existing_dashboard) = if dashboard.enabled {

@@ -101,11 +101,14 @@ impl Plan {
 }
 
 /// Diffs declared alarms against the managed alarms that exist (both in normal form).
-/// `existing` must hold only alarms whose names carry the managed prefix.
+/// `existing` must hold only alarms whose names carry the managed prefix. With `prune`, an
+/// undeclared alarm is deleted only when `owned` says it is this agent's (see
+/// [`AlarmDefinition::watches_only`]); others are kept.
 pub fn diff(
     desired: &[AlarmDefinition],
     existing: &[AlarmDefinition],
     prune: bool,
+    owned: impl Fn(&AlarmDefinition) -> bool,
 ) -> Vec<AlarmChange> {
     let existing: BTreeMap<&str, &AlarmDefinition> =
         existing.iter().map(|a| (a.name.as_str(), a)).collect();
@@ -135,6 +138,7 @@ pub fn diff(
         if declared.contains_key(name) {
             continue;
         }
+        let prune = prune && owned(e);
         out.push(AlarmChange {
             name: (*name).to_owned(),
             action: if prune {
@@ -308,7 +312,7 @@ mod tests {
             let existing = by_name(existing);
             let d: Vec<_> = desired.values().cloned().collect();
             let e: Vec<_> = existing.values().cloned().collect();
-            let plan = diff(&d, &e, prune);
+            let plan = diff(&d, &e, prune, |_| true);
             let (after, _) = simulate(&existing, &plan);
             for (name, a) in &desired {
                 prop_assert_eq!(after.get(name), Some(a));
@@ -317,7 +321,7 @@ mod tests {
                 prop_assert_eq!(after.contains_key(name), !prune);
             }
             let a: Vec<_> = after.values().cloned().collect();
-            let second = diff(&d, &a, prune);
+            let second = diff(&d, &a, prune, |_| true);
             let (_, writes) = simulate(&after, &second);
             prop_assert_eq!(writes, 0);
         }
@@ -332,7 +336,7 @@ mod tests {
             let mut desired = existing.clone();
             let i = pick.index(desired.len());
             desired[i].threshold = new_threshold;
-            let plan = diff(&desired, &existing, true);
+            let plan = diff(&desired, &existing, true, |_| true);
             let updates: Vec<_> = plan
                 .iter()
                 .filter(|c| matches!(c.action, AlarmAction::Update { .. }))
@@ -350,9 +354,9 @@ mod tests {
     #[test]
     fn an_undeclared_alarm_is_deleted_only_with_prune() {
         let old = alarm("tally-old".into(), 1.0, 60, vec![]);
-        let kept = diff(&[], std::slice::from_ref(&old), false);
+        let kept = diff(&[], std::slice::from_ref(&old), false, |_| true);
         assert_eq!(kept[0].action, AlarmAction::Keep);
-        let deleted = diff(&[], &[old], true);
+        let deleted = diff(&[], &[old], true, |_| true);
         assert_eq!(deleted[0].action, AlarmAction::Delete);
         assert_eq!(deleted[0].monthly_cost_usd, 0.0);
     }
@@ -363,7 +367,7 @@ mod tests {
         let mut b = alarm("tally-b".into(), 1.0, 60, vec![]);
         let existing = vec![b.clone(), alarm("tally-c".into(), 1.0, 60, vec![])];
         b.evaluation_periods = 3;
-        let changes = diff(&[a, b], &existing, false);
+        let changes = diff(&[a, b], &existing, false, |_| true);
         let plan = Plan {
             prefix: "tally-".into(),
             prune: false,
