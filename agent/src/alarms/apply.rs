@@ -14,6 +14,8 @@ use tokio::time::Instant;
 use super::config::AlarmManagement;
 use super::plan::{AlarmAction, Plan};
 use super::AlarmsError;
+use crate::publish::client::classify_sdk_error;
+use crate::publish::retry::ErrorKind;
 
 /// Tag alarms tally creates carry with `[alarm_management] tag_alarms = true`.
 pub const MANAGED_TAG: &str = "tally:managed-by";
@@ -62,21 +64,17 @@ pub trait Retryable {
     fn is_retryable(&self) -> bool;
 }
 
-impl<E: ProvideErrorMetadata, R> Retryable for SdkError<E, R> {
+impl<E> Retryable for SdkError<E, aws_sdk_cloudwatch::config::http::HttpResponse>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    /// Classified as the publisher classifies PutMetricData failures: throttling, 5xx (with
+    /// or without an error code), timeouts and connection failures are retried; refused
+    /// credentials and invalid requests are not (the operator has to fix them).
     fn is_retryable(&self) -> bool {
         matches!(
-            self.code(),
-            Some(
-                "Throttling"
-                    | "ThrottlingException"
-                    | "TooManyRequestsException"
-                    | "RequestLimitExceeded"
-                    | "InternalServiceError"
-                    | "InternalServiceFault"
-                    | "InternalFailure"
-                    | "InternalError"
-                    | "ServiceUnavailable"
-            )
+            classify_sdk_error(self).kind,
+            ErrorKind::Throttled | ErrorKind::Server | ErrorKind::Timeout | ErrorKind::Network
         )
     }
 }
