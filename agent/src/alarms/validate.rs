@@ -225,6 +225,16 @@ pub fn resolve_dimensions(
             show_set(published)
         ));
     };
+    // A value CloudWatch would refuse makes PutMetricAlarm fail part way through an apply,
+    // after the alarms before it were written: refused here with the rest of the problems.
+    for (k, v) in requested {
+        if let Err(e) = crate::aggregate::rules::check_dimension_value(v) {
+            return Err(format!(
+                "alarm {alarm:?}: dimension {k} = {v:?}: {e}; give the value exactly as the \
+                 agent publishes it"
+            ));
+        }
+    }
     let mut best: Option<Vec<(String, String)>> = None;
     for set in &m.dimension_sets {
         let covers = requested.iter().all(|(k, v)| {
@@ -348,6 +358,23 @@ mod tests {
         ]);
         let dims = resolve_dimensions("a", &catalog(), "ResponseTime", &route).unwrap();
         assert!(dims.contains(&("Route".to_owned(), "/a".to_owned())));
+    }
+
+    #[test]
+    fn a_dimension_value_cloudwatch_would_refuse_is_refused_before_any_alarm_is_written() {
+        let long = "r".repeat(1025);
+        for bad in ["", "caf\u{e9}", long.as_str()] {
+            let route = req(&[
+                ("Environment", "prod"),
+                ("Route", bad),
+                ("ServiceName", "web"),
+            ]);
+            let err = resolve_dimensions("a", &catalog(), "ResponseTime", &route).unwrap_err();
+            assert!(
+                err.contains("dimension Route") && err.contains("alarm \"a\""),
+                "{err}"
+            );
+        }
     }
 
     #[test]
