@@ -108,7 +108,10 @@ impl Catalog {
                 if !r.metrics.is_empty() && !r.metrics.contains(&name) {
                     continue;
                 }
-                if !labels.iter().any(|l| r.drop.contains(l)) {
+                // As the aggregator rolls up: a rollup applies to a series that carries any
+                // of the dimensions it drops, the agent's own ([ecs], ServiceName, ...)
+                // included, so `drop = ["AvailabilityZone"]` gives an AZ-free set too.
+                if !base.iter().any(|(k, _)| r.drop.contains(k)) {
                     continue;
                 }
                 let set: Vec<_> = base
@@ -228,6 +231,41 @@ mod tests {
             cat.metric("InFlightRequests").unwrap().dimension_sets.len(),
             1
         );
+    }
+
+    #[test]
+    fn a_rollup_that_drops_only_an_ecs_dimension_is_catalogued_as_the_aggregator_publishes_it() {
+        let mut c = Config {
+            service: "web".into(),
+            environment: "prod".into(),
+            ..Config::default()
+        };
+        c.aggregate.rollups = vec![RollupConfig {
+            drop: vec!["AvailabilityZone".into()],
+            metrics: vec![],
+        }];
+        let extra = dims(&[("AvailabilityZone", "eu-west-1a"), ("ClusterName", "c1")]);
+        let cat = Catalog::from_config_with(&c, &extra);
+        // InFlightRequests has no label at all: the rollup applies through the ECS dimension.
+        let sets = &cat.metric("InFlightRequests").unwrap().dimension_sets;
+        assert_eq!(sets.len(), 2, "{sets:?}");
+        assert!(cat.publishes(
+            "InFlightRequests",
+            &dims(&[
+                ("ClusterName", "c1"),
+                ("Environment", "prod"),
+                ("ServiceName", "web")
+            ])
+        ));
+        assert!(cat.publishes(
+            "InFlightRequests",
+            &dims(&[
+                ("AvailabilityZone", "eu-west-1a"),
+                ("ClusterName", "c1"),
+                ("Environment", "prod"),
+                ("ServiceName", "web")
+            ])
+        ));
     }
 
     #[test]
