@@ -161,9 +161,37 @@ async fn ecs_dimensions(config: &Config) -> Vec<(String, String)> {
     d.dimensions
 }
 
-/// Plans or applies the alarms against the configured CloudWatch endpoint.
-async fn alarms_run(config: &Config, command: &AlarmsCommand) -> Result<(), String> {
-    let extra = ecs_dimensions(config).await;
+/// Plans or applies the alarms against the configured CloudWatch endpoint. `extra`: the
+/// `[ecs]` dimensions the publisher resolved, when this runs beside it (`apply_on_start`);
+/// resolved here otherwise.
+async fn alarms_run(
+    config: &Config,
+    command: &AlarmsCommand,
+    extra: Option<Vec<(String, String)>>,
+) -> Result<(), String> {
+    let extra = match extra {
+        Some(e) => e,
+        None => ecs_dimensions(config).await,
+    };
+    // An alarm on a set without a configured [ecs] dimension watches series the agent, which
+    // runs in the task and adds it, never publishes: refuse rather than write alarms that
+    // stay INSUFFICIENT_DATA (or breach forever, for `no_traffic`).
+    let missing: Vec<&str> = config
+        .ecs
+        .dimensions
+        .iter()
+        .map(|d| d.name())
+        .filter(|n| !extra.iter().any(|(k, _)| k == n))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "the [ecs] dimensions {missing:?} could not be read from the ECS task metadata \
+             (ECS_CONTAINER_METADATA_URI_V4 unset or unreachable: see the warnings above), and \
+             the agent publishes every metric with them; run `tally-agent alarms` inside the \
+             task (or set [alarm_management] apply_on_start = true), or remove them from \
+             [ecs] dimensions"
+        ));
+    }
     let catalog = Catalog::from_config_with(config, &extra);
     check_alarms(config, &catalog)?;
     let (service, environment) = alarm_identity(config)?;
@@ -243,10 +271,13 @@ fn run(common: &Common) -> ExitCode {
         let extra = ecs_dimensions(&config).await;
         if config.alarm_management.apply_on_start {
             // Its own thread and runtime: pacing PutMetricAlarm at 3 TPS must not delay ingest.
+            // The publisher's [ecs] dimensions, not a second fetch that could differ.
             let config = config.clone();
+            let extra = extra.clone();
             std::thread::spawn(move || {
                 let command = AlarmsCommand::Apply { json: false };
-                match runtime().and_then(|rt| rt.block_on(alarms_run(&config, &command))) {
+                let apply = alarms_run(&config, &command, Some(extra));
+                match runtime().and_then(|rt| rt.block_on(apply)) {
                     Ok(()) => tracing::info!("alarms applied at start"),
                     Err(e) => tracing::error!("alarms not applied at start: {e}"),
                 }
@@ -345,7 +376,7 @@ fn alarms(common: &Common, command: &AlarmsCommand) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let result = runtime().and_then(|rt| rt.block_on(alarms_run(&config, command)));
+    let result = runtime().and_then(|rt| rt.block_on(alarms_run(&config, command, None)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
