@@ -779,10 +779,11 @@ impl Config {
                     "aggregate.derived[{n}].multiplier must be a finite number"
                 ));
             }
-            if !CLOUDWATCH_UNITS.contains(&d.unit.as_str()) {
+            if !DERIVED_UNITS.contains(&d.unit.as_str()) {
                 errs.push(format!(
-                    "aggregate.derived[{n}].unit = {:?} is not a CloudWatch unit (e.g. Percent, Count, None)",
-                    d.unit
+                    "aggregate.derived[{n}].unit = {:?} is not a unit tally publishes derived metrics in: use one of {}",
+                    d.unit,
+                    DERIVED_UNITS.join(", ")
                 ));
             }
         }
@@ -858,35 +859,17 @@ impl Config {
     }
 }
 
-/// CloudWatch `StandardUnit` names accepted for derived metrics.
-pub const CLOUDWATCH_UNITS: &[&str] = &[
-    "Seconds",
+/// Units a derived metric may be published in: the CloudWatch units tally's own [`Unit`]
+/// has (a derived metric is published with its unit as [`parse_unit`] reads it, so a
+/// CloudWatch unit outside this list, `Count/Second` say, would go out as `None`).
+pub const DERIVED_UNITS: &[&str] = &[
+    "None",
+    "Count",
     "Microseconds",
     "Milliseconds",
+    "Seconds",
     "Bytes",
-    "Kilobytes",
-    "Megabytes",
-    "Gigabytes",
-    "Terabytes",
-    "Bits",
-    "Kilobits",
-    "Megabits",
-    "Gigabits",
-    "Terabits",
     "Percent",
-    "Count",
-    "Bytes/Second",
-    "Kilobytes/Second",
-    "Megabytes/Second",
-    "Gigabytes/Second",
-    "Terabytes/Second",
-    "Bits/Second",
-    "Kilobits/Second",
-    "Megabits/Second",
-    "Gigabits/Second",
-    "Terabits/Second",
-    "Count/Second",
-    "None",
 ];
 
 /// Parses a recorded-unit name as used in `[[aggregate.metrics]]`.
@@ -1015,6 +998,27 @@ mod tests {
         assert!(!c.self_metrics.cloudwatch);
         let e = load("[self_metrics]\ncloudwach = true\n", &[], &[]).unwrap_err();
         assert!(e.to_string().contains("cloudwach"), "{e}");
+    }
+
+    #[test]
+    fn a_derived_metric_in_a_unit_tally_cannot_publish_is_refused_with_the_units_it_can() {
+        let derived = |unit: &str| {
+            format!(
+                "[[aggregate.derived]]\nname = \"Rps\"\nnumerator = \"RequestCount\"\n\
+                 denominator = \"Instances\"\nunit = \"{unit}\"\n"
+            )
+        };
+        load(&derived("Count"), &[], &[]).unwrap();
+        let e = load(&derived("Count/Second"), &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("aggregate.derived[")
+                && e.contains("].unit")
+                && e.contains("Count/Second")
+                && e.contains("Percent"),
+            "{e}"
+        );
     }
 
     #[test]
