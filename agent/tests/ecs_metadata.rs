@@ -317,3 +317,32 @@ enum Endpoint {
     /// A test server, and how many requests the agent must make to it.
     Server(Behaviour, usize),
 }
+
+#[test]
+fn alarms_are_not_planned_without_the_ecs_dimensions_the_agent_publishes_with() {
+    // Outside a task (no metadata endpoint) the agent cannot know the values it would add;
+    // alarms planned without them would watch series nobody publishes.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tally-agent"))
+        .args([
+            "alarms",
+            "plan",
+            "--set",
+            "ecs.dimensions=[\"ClusterName\"]",
+        ])
+        .args(["--set", "ecs.attempts=1", "--set", "ecs.timeout_ms=200"])
+        .args(["--set", "publish.endpoint_url=http://127.0.0.1:9"])
+        .env_remove("TALLY_CONFIG")
+        .env_remove("ECS_CONTAINER_METADATA_URI_V4")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .expect("the agent binary runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("[\"ClusterName\"]")
+            && err.contains("could not be read from the ECS task metadata"),
+        "{err}"
+    );
+}
