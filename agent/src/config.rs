@@ -627,6 +627,22 @@ impl Config {
                 need.div_ceil(MIB),
             ));
         }
+        let i = &self.ingest;
+        let first_chunks = i
+            .max_connections
+            .saturating_mul(crate::ingest::session::FIRST_CHUNK);
+        if i.max_buffered_bytes < i.max_frame_bytes.saturating_add(first_chunks) {
+            out.push(format!(
+                "ingest.max_buffered_bytes = {} is below ingest.max_frame_bytes ({}) plus 16 KiB for \
+                 each of ingest.max_connections ({}): when many connections start frames at once, \
+                 a large frame can wait for the budget until ingest.frame_timeout_secs and be sent \
+                 again. Raise max_buffered_bytes to {} or lower max_connections",
+                i.max_buffered_bytes,
+                i.max_frame_bytes,
+                i.max_connections,
+                i.max_frame_bytes.saturating_add(first_chunks),
+            ));
+        }
         out
     }
 
@@ -1019,6 +1035,29 @@ mod tests {
                 && e.contains("Percent"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_read_budget_too_small_for_every_connections_first_chunk_is_warned_about() {
+        assert!(Config::default().warnings().is_empty());
+        let c = load(
+            "[ingest]\nmax_frame_bytes = 4194304\nmax_buffered_bytes = 8388608\n",
+            &[],
+            &[],
+        )
+        .unwrap();
+        let w = c.warnings().join("\n");
+        assert!(
+            w.contains("ingest.max_buffered_bytes") && w.contains("max_connections"),
+            "{w}"
+        );
+        let c = load(
+            "[ingest]\nmax_frame_bytes = 4194304\nmax_buffered_bytes = 8388608\nmax_connections = 256\n",
+            &[],
+            &[],
+        )
+        .unwrap();
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
     }
 
     #[test]
