@@ -216,7 +216,7 @@ impl Intake {
                 drop(core);
                 self.stats
                     .lost_batches
-                    .add(c.lost_batches + c.evicted_lost_batches);
+                    .add(c.lost_batches.saturating_add(c.evicted_lost_batches));
                 self.stats
                     .sdk_dropped_samples
                     .add(c.sdk_drops.dropped_samples);

@@ -129,6 +129,7 @@ impl Sequences {
         if seq > p.high {
             let shift = seq - p.high;
             if shift >= WINDOW {
+                // At most 128 + (u64::MAX - 1 - WINDOW): cannot overflow.
                 out.lost_batches = missing(p) + (shift - WINDOW);
                 p.seen = 1;
             } else {
@@ -210,6 +211,20 @@ mod tests {
             Verdict::New,
             "other processes are independent"
         );
+    }
+
+    #[test]
+    fn a_sequence_jump_to_the_top_of_u64_is_counted_without_overflow() {
+        let mut s = seqs();
+        let now = Instant::now();
+        s.commit(3, 1, DropReport::default(), now);
+        s.commit(3, 5, DropReport::default(), now);
+        let c = s.commit(3, u64::MAX, DropReport::default(), now);
+        // 2, 3 and 4, and every sequence from 6 up to the new window's 127 below u64::MAX
+        // (those may still arrive).
+        assert_eq!(c.lost_batches, 3 + (u64::MAX - 5 - 128));
+        assert_eq!(s.missing_in_windows(), 127);
+        assert_eq!(s.check(3, u64::MAX), Verdict::Duplicate);
     }
 
     #[test]

@@ -58,16 +58,18 @@ impl Load {
         }
     }
 
+    // Wrapping, so that `sub` always undoes `add`: a counter's samples are its rounded sum,
+    // up to u64::MAX for a sender that claims that much, and two of them would overflow.
     fn add(&mut self, o: Load) {
-        self.bytes += o.bytes;
-        self.datums += o.datums;
-        self.samples += o.samples;
+        self.bytes = self.bytes.wrapping_add(o.bytes);
+        self.datums = self.datums.wrapping_add(o.datums);
+        self.samples = self.samples.wrapping_add(o.samples);
     }
 
     fn sub(&mut self, o: Load) {
-        self.bytes -= o.bytes;
-        self.datums -= o.datums;
-        self.samples -= o.samples;
+        self.bytes = self.bytes.wrapping_sub(o.bytes);
+        self.datums = self.datums.wrapping_sub(o.datums);
+        self.samples = self.samples.wrapping_sub(o.samples);
     }
 }
 
