@@ -51,6 +51,9 @@ pub enum BuildError {
     /// The event value scale must be a finite positive number.
     #[error("event_scale({0}) must be finite and greater than 0 (1000 keeps three decimals)")]
     BadEventScale(f64),
+    /// The acknowledgement timeout is below one second.
+    #[error("ack_timeout({0:?}) is below the minimum of 1 s: an agent under load may take that long; use the default (30 s) or more")]
+    AckTimeoutTooShort(Duration),
     /// The flusher thread could not be started.
     #[error("could not start the tally-flusher thread ({0}): check the process thread limit")]
     Spawn(#[source] std::io::Error),
@@ -105,6 +108,8 @@ pub struct Stats {
     pub connect_failures: u64,
     /// Connections that ended.
     pub disconnects: u64,
+    /// Connections closed because sent batches waited longer than `ack_timeout` for an ack.
+    pub ack_timeouts: u64,
     /// Whether a connection is open now.
     pub connected: bool,
     /// Bytes the recording cells occupy now.
@@ -132,6 +137,7 @@ pub struct Builder {
     shards: Option<usize>,
     shutdown_timeout: Duration,
     event_scale: f64,
+    ack_timeout: Duration,
 }
 
 impl Default for Builder {
@@ -148,6 +154,7 @@ impl Default for Builder {
             shards: None,
             shutdown_timeout: Duration::from_secs(5),
             event_scale: 1000.0,
+            ack_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -227,6 +234,16 @@ impl Builder {
         self
     }
 
+    /// How long sent batches may wait for the agent's acknowledgement before the connection is
+    /// taken for dead, closed, and the batches sent again on a new one (default 30 s, at
+    /// least 1 s). An agent answers in milliseconds; a connection the agent accepted into its
+    /// backlog but never serves (every slot taken) would otherwise hold the data for as long
+    /// as its socket buffers have room.
+    pub fn ack_timeout(mut self, timeout: Duration) -> Self {
+        self.ack_timeout = timeout;
+        self
+    }
+
     /// Event values are stored as `round(value * scale)` (default 1000: three decimals).
     pub fn event_scale(mut self, scale: f64) -> Self {
         self.event_scale = scale;
@@ -242,6 +259,9 @@ impl Builder {
         }
         if self.significant_digits > 5 {
             return Err(BuildError::BadSignificantDigits(self.significant_digits));
+        }
+        if self.ack_timeout < Duration::from_secs(1) {
+            return Err(BuildError::AckTimeoutTooShort(self.ack_timeout));
         }
         if self.max_unsent_bytes < 1024 {
             return Err(BuildError::MaxUnsentTooSmall(self.max_unsent_bytes));
@@ -295,6 +315,7 @@ impl Builder {
                 max_unsent_bytes: self.max_unsent_bytes,
                 connect_timeout: Duration::from_secs(2),
                 write_timeout: Duration::from_secs(5),
+                ack_timeout: self.ack_timeout,
             },
         )
         .map_err(BuildError::Spawn)?;
@@ -527,6 +548,7 @@ impl Tally {
             connects: l(&s.connects),
             connect_failures: l(&s.connect_failures),
             disconnects: l(&s.disconnects),
+            ack_timeouts: l(&s.ack_timeouts),
             connected: s.connected.load(Ordering::Relaxed),
             cell_bytes: r.memory_bytes() as u64,
             shards: r.config.shards.get(),

@@ -107,10 +107,11 @@
 //! at least 1 s) it drains the cells and merges the deltas into its outbox; while the agent
 //! keeps up it seals them into a batch with the next sequence number, encodes it
 //! ([`wire::encode_batch`]) and sends it. Batches stay in the outbox until the agent's ack
-//! ([`wire::Ack`]) names their sequence. When the connection breaks, the flusher reconnects
-//! with exponential backoff and jitter (100 ms doubling to 10 s) and sends every
-//! unacknowledged batch again *with its original sequence number*; the agent drops duplicates
-//! by (`instance_id`, `sequence`).
+//! ([`wire::Ack`]) names their sequence. When the connection breaks, or sent batches wait
+//! longer than [`Builder::ack_timeout`] (default 30 s) with no ack, the flusher reconnects
+//! with exponential backoff and jitter (100 ms doubling to 10 s, back to 100 ms only once an
+//! ack arrives) and sends every unacknowledged batch again *with its original sequence
+//! number*; the agent drops duplicates by (`instance_id`, `sequence`).
 //!
 //! While the agent is away, new deltas merge into one open set (memory grows with series,
 //! not time) that is sealed every eighth of [`Builder::max_unsent_bytes`] (default 64 MiB).

@@ -153,3 +153,51 @@ fn an_agent_that_closes_connections_without_answering_is_retried_with_a_growing_
     );
     assert_eq!(tally.stats().batches_acked, 0);
 }
+
+#[test]
+fn batches_an_agent_never_acknowledges_are_sent_again_on_a_new_connection_after_the_ack_timeout() {
+    // An agent that takes the bytes and never answers (a connection left in its accept
+    // backlog, a wedged process): the SDK must not wait on that connection for ever.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let addr = listener.local_addr().expect("address");
+    let server = std::thread::spawn(move || {
+        use std::io::Read;
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut conns = Vec::new();
+        let mut first_bytes = Vec::new();
+        // Bounded: two connections, or 20 s.
+        while conns.len() < 2 && Instant::now() < deadline {
+            match listener.accept() {
+                Ok((mut c, _)) => {
+                    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    let mut b = [0u8; 12];
+                    let got = c.read_exact(&mut b).is_ok();
+                    first_bytes.push(got);
+                    conns.push(c);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        first_bytes
+    });
+    let tally = Tally::builder()
+        .agent(format!("tcp://{addr}"))
+        .flush_interval(Duration::from_secs(1))
+        .ack_timeout(Duration::from_secs(2))
+        .shutdown_timeout(Duration::from_secs(1))
+        .build()
+        .expect("valid configuration");
+    tally.counter("Hits", &[]).increment(3);
+    let sent_twice = server.join().expect("server thread");
+    assert_eq!(
+        sent_twice,
+        vec![true, true],
+        "the batch arrives on a first and, after the ack timeout, a second connection"
+    );
+    let stats = tally.stats();
+    assert!(stats.ack_timeouts >= 1, "{stats:?}");
+    assert_eq!(stats.batches_acked, 0);
+}

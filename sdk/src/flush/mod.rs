@@ -68,6 +68,7 @@ pub(crate) struct StatsCells {
     pub(crate) connects: AtomicU64,
     pub(crate) connect_failures: AtomicU64,
     pub(crate) disconnects: AtomicU64,
+    pub(crate) ack_timeouts: AtomicU64,
     pub(crate) connected: AtomicBool,
     /// The highest protocol version the agent's last ack advertised (0 before any ack).
     pub(crate) agent_version: std::sync::atomic::AtomicU16,
@@ -83,6 +84,8 @@ pub(crate) struct FlusherConfig {
     pub(crate) max_unsent_bytes: usize,
     pub(crate) connect_timeout: Duration,
     pub(crate) write_timeout: Duration,
+    /// Longest wait for an ack before the connection is taken for dead.
+    pub(crate) ack_timeout: Duration,
 }
 
 pub(crate) fn unix_ms() -> u64 {
@@ -100,6 +103,9 @@ struct Flusher {
     conn_ids: u64,
     backoff: Backoff,
     next_attempt: Instant,
+    /// Since when batches sent on this connection have waited for an ack with none
+    /// arriving (restarted by each ack); `None` while nothing sent waits.
+    ack_clock: Option<Instant>,
     events_tx: Sender<ConnEvent>,
     events_rx: Receiver<ConnEvent>,
     interval_start_ms: u64,
@@ -122,6 +128,7 @@ pub(crate) fn spawn(
         conn: None,
         conn_ids: 0,
         next_attempt: Instant::now(),
+        ack_clock: None,
         events_tx,
         events_rx,
         interval_start_ms: unix_ms(),
@@ -145,6 +152,9 @@ impl Flusher {
             }
             for (deadline, _) in &self.waiters {
                 wake = wake.min(*deadline);
+            }
+            if let Some(t) = self.ack_clock {
+                wake = wake.min(t + self.cfg.ack_timeout);
             }
             let events = self.events_rx.clone();
             select! {
@@ -182,6 +192,18 @@ impl Flusher {
                 if next_tick <= now {
                     next_tick = now + self.cfg.interval;
                 }
+            }
+            if self
+                .ack_clock
+                .is_some_and(|t| now >= t + self.cfg.ack_timeout)
+            {
+                *self.stats.last_error.lock() = Some(format!(
+                    "no acknowledgement from the agent at {} for {:?}: reconnecting and sending \
+                     the unacknowledged batches again",
+                    self.cfg.addr, self.cfg.ack_timeout
+                ));
+                self.stats.ack_timeouts.fetch_add(1, Ordering::Relaxed);
+                self.disconnect();
             }
             if self.conn.is_none() && now >= self.next_attempt && !self.outbox.is_empty() {
                 self.connect();
@@ -255,6 +277,7 @@ impl Flusher {
     }
 
     fn disconnect(&mut self) {
+        self.ack_clock = None;
         if let Some((_, c)) = self.conn.take() {
             c.close();
             self.stats.disconnects.fetch_add(1, Ordering::Relaxed);
@@ -277,6 +300,7 @@ impl Flusher {
             }
             s.sent = true;
             self.stats.batches_sent.fetch_add(1, Ordering::Relaxed);
+            self.ack_clock.get_or_insert_with(Instant::now);
         }
         if failed {
             self.disconnect();
@@ -288,6 +312,7 @@ impl Flusher {
             // An ack is valid whichever connection carried it: the agent has the batch.
             ConnEvent::Ack(ack) => {
                 self.backoff.reset();
+                self.ack_clock = None;
                 // Only version 1 is written today; a later SDK picks the highest version both
                 // read from this (see the wire module's "Versions").
                 self.stats
@@ -303,6 +328,10 @@ impl Flusher {
                         s.samples_acked.fetch_add(samples, Ordering::Relaxed);
                     }
                     self.publish_stats();
+                }
+                // Progress: the clock restarts for what is still waiting.
+                if self.conn.is_some() && self.outbox.unacked() > 0 {
+                    self.ack_clock = Some(Instant::now());
                 }
             }
             ConnEvent::Closed { id, reason } => {
