@@ -628,6 +628,19 @@ impl Config {
             ));
         }
         let i = &self.ingest;
+        // The tally SDK closes a batch at about 4 MiB (its estimate; a frame is a little
+        // larger): a frame the agent refuses for its size is sent again, first, on every
+        // reconnect, and holds everything behind it until the SDK's bound drops it.
+        const SDK_FRAMES: usize = 8 << 20;
+        if i.max_frame_bytes < SDK_FRAMES {
+            out.push(format!(
+                "ingest.max_frame_bytes = {} is below 8 MiB: the tally SDK sends batches of up \
+                 to about 4 MiB, and one the agent refuses for its size blocks that SDK's later \
+                 batches until its max_unsent_bytes bound drops them; keep 8 MiB or more \
+                 (default 16 MiB)",
+                i.max_frame_bytes
+            ));
+        }
         let first_chunks = i
             .max_connections
             .saturating_mul(crate::ingest::session::FIRST_CHUNK);
@@ -1051,8 +1064,12 @@ mod tests {
             w.contains("ingest.max_buffered_bytes") && w.contains("max_connections"),
             "{w}"
         );
+        assert!(
+            w.contains("ingest.max_frame_bytes = 4194304 is below 8 MiB"),
+            "{w}"
+        );
         let c = load(
-            "[ingest]\nmax_frame_bytes = 4194304\nmax_buffered_bytes = 8388608\nmax_connections = 256\n",
+            "[ingest]\nmax_frame_bytes = 8388608\nmax_buffered_bytes = 12582912\nmax_connections = 256\n",
             &[],
             &[],
         )
