@@ -55,13 +55,19 @@ where
         let route = self
             .routes
             .classify_route(request.uri(), request.extensions());
-        let guard = RequestGuard::start(
+        let mut guard = RequestGuard::start(
             self.metrics.clone(),
             self.classifier.clone(),
             route,
             method_label(request.method()),
         );
-        ResponseFuture::new(self.inner.call(request), guard)
+        // A panic in the inner service's `call` itself (before any future exists) drops the
+        // guard while this is set: a server failure, as a panic while polling is, not a
+        // client that went away.
+        guard.set_in_poll(true);
+        let future = self.inner.call(request);
+        guard.set_in_poll(false);
+        ResponseFuture::new(future, guard)
     }
 }
 

@@ -94,6 +94,20 @@ async fn every_way_a_request_can_end_is_counted_once_with_its_outcome() {
     let response = panicking.oneshot(request("/x")).await.unwrap();
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
 
+    // A panic in the inner service's `call` itself, before it returns a future: a server
+    // failure as well, not a client that went away.
+    let panicking_call = ServiceBuilder::new()
+        .layer(CatchPanicLayer::new())
+        .layer(TallyLayer::new(&tally).route_classifier(fixed("/panicking-call")))
+        .service(service_fn(|_: Request<Empty<Bytes>>| {
+            if true {
+                panic!("call panicked on purpose");
+            }
+            std::future::ready(Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())))
+        }));
+    let response = panicking_call.oneshot(request("/x")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+
     // gRPC: the outcome is in the trailers, or in the headers of a trailers-only response.
     let grpc = TallyLayer::new(&tally)
         .route_classifier(RoutePatterns::new(["/shop.Orders/Get"]))
@@ -179,14 +193,15 @@ async fn every_way_a_request_can_end_is_counted_once_with_its_outcome() {
     }
 
     tally.shutdown();
-    let k = 2 + 3 + 1 + 5 + 1 + 1 + 1 + 5;
+    let k = 2 + 3 + 1 + 1 + 5 + 1 + 1 + 1 + 5;
     let totals = Captured::wait_for(&agent, REQUEST_COUNT, k, WAIT);
 
     // (route, method, class, requests, errors, client errors)
-    let expected: [(&str, &str, &str, u64, u64, u64); 11] = [
+    let expected: [(&str, &str, &str, u64, u64, u64); 12] = [
         ("/failing", "GET", "error", 2, 2, 0),
         ("/never", "GET", "4xx", 3, 0, 3),
         ("/panicking", "GET", "error", 1, 1, 0),
+        ("/panicking-call", "GET", "error", 1, 1, 0),
         ("/shop.Orders/Get", "POST", "2xx", 2, 0, 0),
         ("/shop.Orders/Get", "POST", "5xx", 2, 2, 0),
         ("/shop.Orders/Get", "POST", "4xx", 2, 0, 2),
