@@ -13,12 +13,15 @@ use crate::publish::config::CLOUDWATCH_MAX_VALUES_PER_DATUM;
 
 /// A series as published: its unit converted (nanoseconds to the publish time unit) and its
 /// value scaled to match. `dimensions` are every dimension it is published with, sorted.
+/// `valueless` is set to the occurrences of an event published as its values' distribution
+/// that carried no value (they cannot be in it: counted as dropped by the caller).
 pub fn publishable(
     settings: &Settings,
     name: Text,
     unit: Unit,
     dimensions: Dimensions,
     agg: Agg,
+    valueless: &mut u64,
 ) -> (MetricKey, AggregateValue) {
     let is_ns = unit == Unit::Nanoseconds;
     let unit = if is_ns {
@@ -48,6 +51,20 @@ pub fn publishable(
             scale: scale * f,
             histogram,
         },
+        Agg::Event {
+            count,
+            values: None,
+        } => AggregateValue::Counter(count as f64 / f),
+        Agg::Event {
+            count,
+            values: Some((scale, histogram)),
+        } => {
+            *valueless = count.saturating_sub(histogram.len());
+            AggregateValue::Distribution {
+                scale: scale * f,
+                histogram,
+            }
+        }
     };
     let key = MetricKey {
         name,

@@ -715,12 +715,16 @@ impl Closer {
         let DuePeriod { start, open } = due;
         let merged = open.samples;
         let mut strings = Interner::default();
-        let series = publishable_series(open, &self.settings, &mut strings);
+        let mut valueless = 0;
+        let series = publishable_series(open, &self.settings, &mut strings, &mut valueless);
         let (data, conflicts, unpublished) =
             close::finish(&self.settings, start, series, &mut strings);
-        let samples = merged.saturating_sub(unpublished);
+        let samples = merged.saturating_sub(unpublished).saturating_sub(valueless);
         for (reason, n) in conflicts {
             self.stats.drop(reason, n);
+        }
+        if valueless > 0 {
+            self.stats.drop("event_without_value", valueless);
         }
         self.stats.periods_closed.inc();
         self.stats
@@ -748,6 +752,7 @@ fn publishable_series(
     open: OpenPeriod,
     settings: &Settings,
     strings: &mut Interner,
+    valueless: &mut u64,
 ) -> Vec<(MetricKey, AggregateValue)> {
     let service_name = strings.get(SERVICE_NAME);
     let environment_name = strings.get(ENVIRONMENT);
@@ -796,13 +801,21 @@ fn publishable_series(
                     .map(|&(k, v)| (strings.get(k), strings.get(v))),
             );
             dims.sort_unstable();
+            let mut without_value = 0;
             let (key, value) = close::publishable(
                 settings,
                 strings.get(name),
                 d.unit(),
                 strings.dimensions(&dims),
                 slot.agg,
+                &mut without_value,
             );
+            if without_value > 0 {
+                *valueless = valueless.saturating_add(without_value);
+                tracing::warn!(
+                    "event {name:?} has {without_value} occurrence(s) without a value (emit) in a period where others carry one (emit_value): it is published as its values' distribution, so those are counted as dropped (reason=\"event_without_value\"); use emit_value everywhere, or two events"
+                );
+            }
             out.push((slot.admitted, key, value));
         }
     }
@@ -865,13 +878,13 @@ fn to_agg(name: &str, value: ValueView<'_>, buckets: &mut Vec<Bucket>) -> Result
             }
         }
         ValueView::Histogram(h) => dist(h)?,
-        ValueView::Event {
+        ValueView::Event { count, values } => Agg::Event {
             count,
-            values: None,
-        } => Agg::Counter(count),
-        ValueView::Event {
-            values: Some(h), ..
-        } => dist(h)?,
+            values: match values.map(dist).transpose()? {
+                Some(Agg::Dist { scale, histogram }) => Some((scale, histogram)),
+                _ => None,
+            },
+        },
     })
 }
 
@@ -972,28 +985,40 @@ fn merge_value(
     // Matched by reference: a copy of the view, written piecewise a moment ago, would be read
     // back in wider loads the store buffer cannot forward (a tenth of the merge's time).
     match (&mut *agg, &value) {
-        (Agg::Counter(a), ValueView::Counter(d))
-        | (
-            Agg::Counter(a),
-            ValueView::Event {
-                count: d,
-                values: None,
-            },
-        ) => {
+        (Agg::Counter(a), ValueView::Counter(d)) => {
             *a = a.saturating_add(*d);
             Ok(())
         }
-        (Agg::Dist { scale, histogram }, ValueView::Histogram(h))
-        | (
-            Agg::Dist { scale, histogram },
-            ValueView::Event {
-                values: Some(h), ..
-            },
-        ) => {
+        (Agg::Dist { scale, histogram }, ValueView::Histogram(h)) => {
             if *scale != h.scale() {
                 return Err(conflict(series::MergeConflict::ScaleMismatch));
             }
             histogram.add_view(h, buckets).map_err(conflict)
+        }
+        // Occurrences with and without values meet in one event (a process that only
+        // emitted, another that emitted values): both kept.
+        (
+            Agg::Event { count, values },
+            ValueView::Event {
+                count: c,
+                values: v,
+            },
+        ) => {
+            match (values.as_mut(), v) {
+                (_, None) => {}
+                (Some((scale, histogram)), Some(h)) => {
+                    if *scale != h.scale() {
+                        return Err(conflict(series::MergeConflict::ScaleMismatch));
+                    }
+                    histogram.add_view(h, buckets).map_err(conflict)?;
+                }
+                (None, Some(h)) => {
+                    let histogram = SparseHistogram::from_view(h, buckets).map_err(conflict)?;
+                    *values = Some((h.scale(), Box::new(histogram)));
+                }
+            }
+            *count = count.saturating_add(*c);
+            Ok(())
         }
         // A non-finite gauge is refused as such, whatever the series holds.
         (_, ValueView::Gauge { last, min, max, .. })

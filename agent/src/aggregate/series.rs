@@ -6,7 +6,7 @@ use super::sparse::SparseHistogram;
 /// A series' value within an open period.
 #[derive(Debug, Clone)]
 pub enum Agg {
-    /// Sum of counter deltas (or of value-less event counts).
+    /// Sum of counter deltas.
     Counter(u64),
     /// Gauge statistics.
     Gauge {
@@ -26,6 +26,16 @@ pub enum Agg {
         /// Merged samples, non-zero buckets only (boxed: most series are counters, and this
         /// keeps every slot small).
         histogram: Box<SparseHistogram>,
+    },
+    /// A business event: its occurrences, and the distribution of the values of those that
+    /// carried one (`Event::emit_value`), once any did. Published as a count while no
+    /// occurrence carried a value, else as the distribution; occurrences without a value in
+    /// a period that has values are counted as dropped (`event_without_value`) at close.
+    Event {
+        /// Occurrences merged, with or without a value.
+        count: u64,
+        /// Scale and merged values.
+        values: Option<(f64, Box<SparseHistogram>)>,
     },
 }
 

@@ -1102,3 +1102,69 @@ fn a_senders_series_are_followed_batch_after_batch_without_table_lookups() {
     send(&mut a, 2, routes(0..40, &[]));
     assert_eq!(followed(), total);
 }
+
+#[test]
+fn events_with_and_without_values_from_several_processes_merge_and_every_occurrence_is_accounted() {
+    let stats = Stats::new();
+    let mut a = Aggregator::new(settings(), &stats, at(T0));
+    let event = |name: &str, count: u64, values: &[u64]| Series {
+        name: name.into(),
+        unit: Unit::None,
+        labels: vec![],
+        value: SeriesValue::Event {
+            count,
+            values: (!values.is_empty()).then(|| {
+                let mut h = Histogram::<u64>::new(3).unwrap();
+                for v in values {
+                    h.record(*v).unwrap();
+                }
+                (1000.0, h)
+            }),
+        },
+    };
+    // `checkout`: one process only emits (5 occurrences), another emits 3 values; `refund`:
+    // one batch with 6 occurrences, 2 of them with a value; `signup`: occurrences only.
+    a.merge_owned(
+        batch(
+            1,
+            1,
+            T0,
+            vec![event("checkout", 5, &[]), event("signup", 4, &[])],
+        ),
+        at(T0),
+    )
+    .unwrap();
+    a.merge_owned(
+        batch(
+            2,
+            1,
+            T0,
+            vec![
+                event("checkout", 3, &[49_990, 10_000, 10_000]),
+                event("refund", 6, &[5_000, 7_000]),
+                event("signup", 2, &[]),
+            ],
+        ),
+        at(T0),
+    )
+    .unwrap();
+    let out = a.close_due(at(T0 + 60));
+    let p = &out[0].data;
+    let samples = |name: &str| find(p, name, &G).map(AggregateValue::samples);
+    assert!(matches!(
+        find(p, "checkout", &G),
+        Some(AggregateValue::Distribution { .. })
+    ));
+    assert_eq!(samples("checkout"), Some(3));
+    assert_eq!(samples("refund"), Some(2));
+    assert!(matches!(
+        find(p, "signup", &G),
+        Some(AggregateValue::Counter(n)) if *n == 6.0
+    ));
+    // 20 occurrences merged: 11 published (3 + 2 values, 6 counted), 9 without a value next
+    // to values, counted as dropped with their reason.
+    assert_eq!(out[0].samples, 11);
+    let text = stats.render_prometheus();
+    assert!(text.contains("reason=\"event_without_value\"} 9"), "{text}");
+    assert!(text.contains("reason=\"kind_mismatch\"} 0"), "{text}");
+}

@@ -43,6 +43,12 @@ pub(crate) fn scaled(v: f64, scale: f64) -> u64 {
 ///
 /// Values are kept with the event scale's resolution (1/1000 by default: 49.99 is stored as
 /// 49990 and published as 49.99); negative values are recorded as 0.
+///
+/// The agent publishes an event as a count while no occurrence of a period carries a value,
+/// else as the distribution of its values. Use [`emit`](Event::emit) or
+/// [`emit_value`](Event::emit_value) for one event, not both: in a period with values, the
+/// occurrences without one cannot be in the distribution and the agent counts them as
+/// dropped (`reason="event_without_value"`).
 #[derive(Debug, Clone)]
 pub struct Event {
     pub(crate) cell: Arc<EventCell>,
