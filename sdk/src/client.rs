@@ -527,8 +527,7 @@ impl Tally {
         if s.shut_down.load(Ordering::Acquire) {
             let late: u64 = flush::collect(&r.series())
                 .iter()
-                .map(|(_, d)| d.samples())
-                .sum();
+                .fold(0u64, |n, (_, d)| n.saturating_add(d.samples()));
             s.samples_after_shutdown.fetch_add(late, Ordering::Relaxed);
         }
         let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);

@@ -327,3 +327,27 @@ proptest! {
         prop_assert_eq!(arrived, expected.len());
     }
 }
+
+#[test]
+fn counters_that_claim_u64_max_between_them_do_not_stop_the_flusher() {
+    // `counter.increment((a - b) as u64)` with a < b: a bug in the caller, which must cost
+    // that counter's figure, not every later flush.
+    let agent = CaptureAgent::start();
+    let tally = tally_for(&agent);
+    tally
+        .counter("Huge", &[("Shard", "a")])
+        .increment(u64::MAX - 1);
+    tally
+        .counter("Huge", &[("Shard", "b")])
+        .increment(u64::MAX - 1);
+    tally
+        .flush(WAIT)
+        .expect("the flusher survives and the agent acknowledges");
+    tally.counter("Hits", &[]).increment(2);
+    tally.flush(WAIT).expect("later flushes still go out");
+    let totals = agent.totals();
+    assert_eq!(totals.counter("Hits", &[]), 2);
+    assert_eq!(totals.counter("Huge", &[("Shard", "a")]), u64::MAX - 1);
+    let stats = tally.shutdown();
+    assert_eq!(stats.dropped_samples, 0);
+}

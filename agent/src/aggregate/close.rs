@@ -262,7 +262,7 @@ pub fn merge_values(into: &mut AggregateValue, from: &AggregateValue) -> Result<
             *last = *l2;
             *min = min.min(*m2);
             *max = max.max(*x2);
-            *updates += u2;
+            *updates = updates.saturating_add(*u2);
         }
         (
             AggregateValue::Distribution { scale, histogram },

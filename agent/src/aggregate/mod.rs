@@ -577,9 +577,9 @@ impl Aggregator {
                 .inspect_err(|_| found.push(NO_SLOT)),
             };
             match merged {
-                Ok(()) => report.merged += n,
+                Ok(()) => report.merged = report.merged.saturating_add(n),
                 Err((reason, detail)) => {
-                    report.dropped += n;
+                    report.dropped = report.dropped.saturating_add(n);
                     self.stats.drop(reason, n);
                     self.log.warn(reason, format_args!("{detail}"));
                 }
@@ -594,7 +594,7 @@ impl Aggregator {
             std::mem::swap(&mut c.slots, &mut self.slot_scratch);
         }
         period.series = total;
-        period.samples += report.merged;
+        period.samples = period.samples.saturating_add(report.merged);
         self.stats.samples.add(report.merged);
         self.stats.followed.add(followed);
         if late {

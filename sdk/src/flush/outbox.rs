@@ -120,7 +120,7 @@ impl Outbox {
         open.start_ms.get_or_insert(start_ms);
         open.end_ms = end_ms;
         for (entry, value) in deltas {
-            open.samples += value.samples();
+            open.samples = open.samples.saturating_add(value.samples());
             let key = Arc::as_ptr(&entry) as usize;
             match open.series.get_mut(&key) {
                 Some((e, v, est)) => {
@@ -160,7 +160,11 @@ impl Outbox {
 
     /// Samples in everything not yet acknowledged.
     pub(crate) fn pending_samples(&self) -> u64 {
-        self.open.samples + self.queue.iter().map(|s| s.samples).sum::<u64>()
+        // Saturating throughout: a counter's samples are its value, which a caller may
+        // push to u64::MAX.
+        self.queue
+            .iter()
+            .fold(self.open.samples, |n, s| n.saturating_add(s.samples))
     }
 
     /// Cumulative drops so far (without label overflows, which the registry counts).
@@ -234,7 +238,9 @@ impl Outbox {
             end_unix_ms: end,
             drops,
         };
-        let samples = series.iter().map(|(_, d, _)| d.samples()).sum();
+        let samples = series
+            .iter()
+            .fold(0u64, |n, (_, d, _)| n.saturating_add(d.samples()));
         let refs = series.iter().map(|(e, d, _)| SeriesRef {
             name: &e.name,
             unit: e.unit,
@@ -256,7 +262,7 @@ impl Outbox {
             // Encoding only fails on a count above i64::MAX or a payload past 4 GiB
             // (impossible with the per-batch caps); the samples are counted, not lost silently.
             Err(_) => {
-                self.drops.dropped_samples += samples;
+                self.drops.dropped_samples = self.drops.dropped_samples.saturating_add(samples);
                 self.drops.dropped_batches += 1;
             }
         }
@@ -269,11 +275,12 @@ impl Outbox {
         while self.total_bytes() > self.max_bytes {
             if let Some(old) = self.queue.pop_front() {
                 self.queued_bytes -= old.frame.len();
-                self.drops.dropped_samples += old.samples;
+                self.drops.dropped_samples = self.drops.dropped_samples.saturating_add(old.samples);
                 self.drops.dropped_batches += 1;
             } else {
                 let open = std::mem::take(&mut self.open);
-                self.drops.dropped_samples += open.samples;
+                self.drops.dropped_samples =
+                    self.drops.dropped_samples.saturating_add(open.samples);
                 break;
             }
         }
