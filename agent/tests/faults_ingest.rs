@@ -441,3 +441,57 @@ fn a_frame_finished_after_the_shutdown_close_is_left_with_the_sdk_not_acknowledg
         "the refusal is logged; stderr:\n{err}"
     );
 }
+
+#[test]
+fn a_full_disk_neither_hides_logged_batches_behind_a_cut_write_nor_loses_them_at_replay() {
+    start_early_in_a_minute();
+    let dir = tempfile::tempdir().unwrap();
+    let wal = format!("durability.dir={}", dir.path().display());
+    // Every file the agent writes may grow to 1 KiB: a batch of 40 series crosses that part
+    // way through its record, as a disk that fills up does.
+    let mut first = Agent::start_limited(&["--set", &wal], &[], Some(1024));
+    let mut c = Client::connect(first.ingest, 51);
+    assert_eq!(
+        c.send(vec![counter("RequestCount", "/wal", 1)]),
+        Some(AckStatus::Accepted)
+    );
+    let big: Vec<Series> = (0..40)
+        .map(|i| counter("RequestCount", &format!("/big/{i}"), 100))
+        .collect();
+    // Merged and acknowledged, but not protected: the log could not take it (logged).
+    assert_eq!(c.send(big), Some(AckStatus::Accepted));
+    assert_eq!(
+        wait_for_metric(
+            &first,
+            "tally_agent_wal_write_errors_total",
+            1,
+            Duration::from_secs(10)
+        ),
+        1
+    );
+    assert_eq!(
+        c.send(vec![counter("RequestCount", "/wal", 2)]),
+        Some(AckStatus::Accepted)
+    );
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    // A start on a disk that is still full: replay cannot log the batches again, so the old
+    // segment must stay. Then a crash again.
+    let mut second = Agent::start_limited(&["--set", &wal], &[], Some(1));
+    assert!(metric(&second, "tally_agent_wal_write_errors_total") >= 1);
+    second.child.kill().unwrap();
+    second.child.wait().unwrap();
+    // A start with room again: the log is replayed.
+    let third = Agent::start(&["--set", &wal]);
+    let replayed = metric(&third, "tally_agent_wal_replayed_batches_total");
+    let (ok, out, err) = third.terminate();
+    assert!(ok, "{err}");
+    assert_eq!(
+        (
+            replayed,
+            total(&out, "RequestCount", &[("Route", "/wal")], "sum")
+        ),
+        (2, 3.0),
+        "both small batches come back, the one logged after the failed write too; stderr:\n{err}"
+    );
+}

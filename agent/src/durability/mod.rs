@@ -405,6 +405,14 @@ impl Wal {
         };
         segment::encode_record(payload, &mut st.buf);
         if let Err(source) = (&*file).write_all(&st.buf) {
+            // Part of the record may be in the file (a full disk takes what fits): cut it
+            // back to the last whole record, or every record appended after the fragment
+            // would be unreadable at replay. If even that fails, the segment takes no more
+            // records: later batches of its period are merged unprotected (and logged so).
+            if let Err(e) = file.set_len(seg.bytes) {
+                tracing::error!(path = %seg.path.display(), error = %e, "could not cut a failed write out of a write-ahead log segment; it takes no more records");
+                seg.file = None;
+            }
             return Err(WalError::Segment {
                 path: seg.path.clone(),
                 source,
@@ -501,6 +509,7 @@ impl Wal {
         let mut seen = std::collections::HashSet::new();
         let mut replayed = 0;
         for seg in leftovers.segments {
+            let write_errors = self.stats.write_errors.get();
             let data = std::fs::read(&seg.path).map_err(|source| WalError::Segment {
                 path: seg.path.clone(),
                 source,
@@ -535,6 +544,16 @@ impl Wal {
             }
             if self.sync == SyncPolicy::EveryBatch {
                 self.sync_all()?;
+            }
+            if self.stats.write_errors.get() != write_errors {
+                // Some record did not make it into this generation (a full disk: replay does
+                // not check room, so it can need the old and the new copies at once): the old
+                // file stays, and the next start replays it again (duplicates are skipped).
+                tracing::error!(
+                    path = %seg.path.display(),
+                    "records of this write-ahead log segment could not be logged again; it is kept for the next start (free space in durability.dir)"
+                );
+                continue;
             }
             std::fs::remove_file(&seg.path).map_err(|source| WalError::Segment {
                 path: seg.path.clone(),

@@ -53,9 +53,38 @@ impl Agent {
     /// Like [`Agent::start`] with no sink chosen here (pass `--sink ...` in `extra`), and
     /// environment variables `env` set for the process.
     pub fn start_with(extra: &[&str], env: &[(&str, &str)]) -> Agent {
+        Agent::start_limited(extra, env, None)
+    }
+
+    /// Like [`Agent::start_with`]; with `max_file_bytes`, every file the agent writes is
+    /// limited to that size (RLIMIT_FSIZE, SIGXFSZ ignored): a write that crosses it is cut
+    /// short and the next one fails, as on a full disk.
+    pub fn start_limited(
+        extra: &[&str],
+        env: &[(&str, &str)],
+        max_file_bytes: Option<u64>,
+    ) -> Agent {
         let ingest: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally-agent"));
+        if let Some(limit) = max_file_bytes {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: between fork and exec only async-signal-safe calls are made (signal(2)
+            // and setrlimit(2)), on values owned by this closure; nothing is allocated.
+            unsafe {
+                cmd.pre_exec(move || {
+                    libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                    let rl = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_FSIZE, &rl) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         cmd.args(["run", "--set", "sink.stdout_format=json"]);
         if !extra.contains(&"--sink") {
             cmd.args(["--sink", "stdout"]);
