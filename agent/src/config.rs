@@ -627,6 +627,22 @@ impl Config {
                 need.div_ceil(MIB),
             ));
         }
+        // A missing numerator counts as 0 (a route without errors has no ErrorCount series),
+        // so a rollup of the denominator alone gives a derived metric that always reads 0.
+        for (n, r) in self.aggregate.rollups.iter().enumerate() {
+            if r.metrics.is_empty() {
+                continue;
+            }
+            for d in &self.aggregate.derived {
+                if r.metrics.contains(&d.denominator) && !r.metrics.contains(&d.numerator) {
+                    out.push(format!(
+                        "aggregate.rollups[{n}] rolls up {} but not {}: the derived {} on its \
+                         dimension sets would read 0 whatever happens; add {:?} to its metrics",
+                        d.denominator, d.numerator, d.name, d.numerator
+                    ));
+                }
+            }
+        }
         let i = &self.ingest;
         // The tally SDK closes a batch at about 4 MiB (its estimate; a frame is a little
         // larger): a frame the agent refuses for its size is sent again, first, on every
@@ -1048,6 +1064,22 @@ mod tests {
                 && e.contains("Percent"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_rollup_of_a_derived_metrics_denominator_without_its_numerator_is_warned_about() {
+        let toml = |metrics: &str| {
+            format!("[[aggregate.rollups]]\ndrop = [\"Route\"]\nmetrics = {metrics}\n")
+        };
+        let c = load(&toml("[\"RequestCount\"]"), &[], &[]).unwrap();
+        let w = c.warnings().join("\n");
+        assert!(
+            w.contains("aggregate.rollups[0] rolls up RequestCount but not ErrorCount"),
+            "{w}"
+        );
+        for ok in ["[\"RequestCount\", \"ErrorCount\"]", "[]"] {
+            assert!(load(&toml(ok), &[], &[]).unwrap().warnings().is_empty());
+        }
     }
 
     #[test]
