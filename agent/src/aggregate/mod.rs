@@ -636,6 +636,21 @@ impl Aggregator {
     /// aggregator behind a lock holds it only for this and closes outside it.
     pub fn take_due(&mut self, now: SystemTime) -> Vec<DuePeriod> {
         let p = u64::from(self.settings.period_secs);
+        let horizon = now.checked_sub(self.settings.grace).unwrap_or(UNIX_EPOCH);
+        let current = period::align(period::unix_secs(horizon), self.settings.period_secs);
+        if current.saturating_add(p) < self.closed_before {
+            // The wall clock stepped back past periods already closed: late batches would
+            // gather in a period that closes only when the clock catches up (an hour without
+            // data for a one-hour step). Everything open goes out now, and the periods follow
+            // the clock from here.
+            tracing::warn!(
+                stepped_back_secs = self.closed_before - current,
+                "the wall clock stepped back behind periods already closed: closing the open periods now"
+            );
+            let out = self.take_all();
+            self.closed_before = current;
+            return out;
+        }
         let due: Vec<u64> = self
             .periods
             .keys()
@@ -644,8 +659,6 @@ impl Aggregator {
             .collect();
         let out = due.into_iter().map(|s| self.take_one(s)).collect();
         // Everything before the period containing `now - grace` is closed too.
-        let horizon = now.checked_sub(self.settings.grace).unwrap_or(UNIX_EPOCH);
-        let current = period::align(period::unix_secs(horizon), self.settings.period_secs);
         self.closed_before = self.closed_before.max(current);
         out
     }

@@ -1168,3 +1168,28 @@ fn events_with_and_without_values_from_several_processes_merge_and_every_occurre
     assert!(text.contains("reason=\"event_without_value\"} 9"), "{text}");
     assert!(text.contains("reason=\"kind_mismatch\"} 0"), "{text}");
 }
+
+#[test]
+fn a_wall_clock_stepped_back_an_hour_does_not_hold_the_next_hour_of_data_back() {
+    let stats = Stats::new();
+    let mut a = Aggregator::new(settings(), &stats, at(T0));
+    let requests = |n| vec![http("RequestCount", "/a", "2xx", SeriesValue::Counter(n))];
+    a.merge_owned(batch(1, 1, T0 + 3_600, requests(5)), at(T0 + 3_600))
+        .unwrap();
+    assert_eq!(a.close_due(at(T0 + 3_700)).len(), 1);
+    // The clock is set back an hour (NTP after a bad start, a VM restored from a snapshot).
+    a.merge_owned(batch(1, 2, T0 + 60, requests(7)), at(T0 + 60))
+        .unwrap();
+    let out = a.close_due(at(T0 + 130));
+    assert_eq!(
+        out.len(),
+        1,
+        "the batch goes out a period later, not an hour later"
+    );
+    assert_eq!(out[0].samples, 7);
+    // Periods follow the clock again.
+    a.merge_owned(batch(1, 3, T0 + 140, requests(9)), at(T0 + 140))
+        .unwrap();
+    let out = a.close_due(at(T0 + 250));
+    assert_eq!(out.iter().map(|p| p.samples).sum::<u64>(), 9);
+}
