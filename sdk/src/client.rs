@@ -82,7 +82,8 @@ pub struct Stats {
     pub dropped_batches: u64,
     /// Label values folded into the overflow value by a cardinality limit.
     pub label_overflows: u64,
-    /// Names or labels that had to be fixed to be publishable (empty, too long, too many).
+    /// Names or labels that had to be fixed to be publishable (empty, too long, too many),
+    /// and histogram handles asked for in a unit other than their series was registered with.
     pub names_fixed: u64,
     /// Frames written to the agent (resends included).
     pub batches_sent: u64,
@@ -430,11 +431,17 @@ impl Tally {
     }
 
     /// A histogram handle for series (`name`, `labels`), recording values in `unit`.
+    ///
+    /// A series has one unit: when (`name`, `labels`) was registered before with another
+    /// unit, the handle records in that first unit ([`Histogram::unit`] says which;
+    /// `record_duration` converts into it) and the mismatch is counted in
+    /// [`Stats::names_fixed`].
     pub fn histogram(&self, name: &str, unit: Unit, labels: &[(&str, &str)]) -> Histogram {
-        Histogram {
-            cell: self.registry().cell(name, unit, labels),
-            unit,
-        }
+        let registry = self.registry();
+        let (cell, unit) = registry.cell_and_unit(name, unit, labels, || {
+            registry.new_cell(crate::registry::Kind::Histogram)
+        });
+        Histogram { cell, unit }
     }
 
     /// A business-event handle for series (`name`, `labels`).

@@ -351,3 +351,23 @@ fn counters_that_claim_u64_max_between_them_do_not_stop_the_flusher() {
     let stats = tally.shutdown();
     assert_eq!(stats.dropped_samples, 0);
 }
+
+#[test]
+fn a_histogram_asked_for_again_in_another_unit_records_in_its_first_unit_and_says_so() {
+    let agent = CaptureAgent::start();
+    let tally = tally_for(&agent);
+    let ms = tally.histogram("Wait", Unit::Milliseconds, &[]);
+    let us = tally.histogram("Wait", Unit::Microseconds, &[]);
+    assert_eq!(us.unit(), Unit::Milliseconds, "one series, one unit");
+    ms.record_duration(Duration::from_secs(1));
+    us.record_duration(Duration::from_secs(1));
+    tally.flush(WAIT).expect("agent acknowledges");
+    let totals = agent.totals();
+    let h = totals.histogram("Wait", &[]).expect("the series arrives");
+    assert_eq!(
+        (h.len(), h.min(), h.max()),
+        (2, 1000, 1000),
+        "both seconds in milliseconds"
+    );
+    assert_eq!(tally.stats().names_fixed, 1);
+}

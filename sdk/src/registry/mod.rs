@@ -164,6 +164,20 @@ impl Registry {
         labels: &[(&str, &str)],
         make: impl FnOnce() -> CellRef,
     ) -> Arc<C> {
+        self.cell_and_unit(name, unit, labels, make).0
+    }
+
+    /// Like [`cell_with`](Self::cell_with), with the unit the series was registered with:
+    /// the first registration's. A later one that asks for another unit gets the same cell
+    /// (one series, one unit on the wire) and is counted in `names_fixed`; a handle that
+    /// converts values (durations) must convert into the returned unit.
+    pub(crate) fn cell_and_unit<C: Typed>(
+        &self,
+        name: &str,
+        unit: Unit,
+        labels: &[(&str, &str)],
+        make: impl FnOnce() -> CellRef,
+    ) -> (Arc<C>, Unit) {
         let mut fixed = false;
         let name = fix(name, MAX_NAME_LEN, &mut fixed);
         let mut ls: Vec<(String, String)> = Vec::with_capacity(labels.len());
@@ -183,7 +197,10 @@ impl Registry {
         let mut inner = self.inner.lock();
         if let Some(e) = inner.by_key.get(&key) {
             if let Some(c) = C::extract(&e.cell) {
-                return c.clone();
+                if e.unit != unit {
+                    self.names_fixed.fetch_add(1, Ordering::Relaxed);
+                }
+                return (c.clone(), e.unit);
             }
         }
         // Past the series bound, a new series keeps its name and label keys but every label
@@ -198,7 +215,7 @@ impl Registry {
             }
             if let Some(e) = inner.by_key.get(&key) {
                 if let Some(c) = C::extract(&e.cell) {
-                    return c.clone();
+                    return (c.clone(), e.unit);
                 }
             }
         }
@@ -214,10 +231,10 @@ impl Registry {
         });
         inner.all.push(entry.clone());
         inner.by_key.insert(key, entry);
-        typed
+        (typed, unit)
     }
 
-    fn new_cell(&self, kind: Kind) -> CellRef {
+    pub(crate) fn new_cell(&self, kind: Kind) -> CellRef {
         let c = &self.config;
         match kind {
             Kind::Counter => CellRef::Counter(Arc::new(CounterCell::new(c.shards))),
