@@ -438,7 +438,7 @@ impl Tally {
     /// [`Stats::names_fixed`].
     pub fn histogram(&self, name: &str, unit: Unit, labels: &[(&str, &str)]) -> Histogram {
         let registry = self.registry();
-        let (cell, unit) = registry.cell_and_unit(name, unit, labels, || {
+        let (cell, unit, _) = registry.cell_and_unit(name, unit, labels, || {
             registry.new_cell(crate::registry::Kind::Histogram)
         });
         Histogram { cell, unit }

@@ -235,7 +235,17 @@ impl<C: Typed> FamilyCore<C> {
                     .map(String::as_str)
                     .zip(canon.iter().copied())
                     .collect();
-                let cell: Arc<C> = self.registry.cell(&self.name, self.unit, &labels);
+                let (cell, _, folded) =
+                    self.registry
+                        .cell_and_unit::<C>(&self.name, self.unit, &labels, || {
+                            self.registry.new_cell(C::KIND)
+                        });
+                if folded {
+                    // Past the registry's series bound: the overflow series takes it, and
+                    // nothing is cached for this value set, so memory stays bounded however
+                    // many sets arrive (each goes through this path again).
+                    return Resolved::Overflowed(cell);
+                }
                 let boxed: Arc<[Box<str>]> = canon.iter().map(|v| Box::from(*v)).collect();
                 slow.canon.insert_unique(
                     canon_hash,
@@ -440,6 +450,30 @@ mod tests {
                 _ => 0,
             })
             .sum()
+    }
+
+    #[test]
+    fn past_the_series_bound_a_family_caches_no_new_value_sets_and_counts_every_sample() {
+        let r = Arc::new(Registry::new(RecordConfig {
+            shards: ShardCount::new(2),
+            layout: Layout::new(3),
+            event_scale: 1000.0,
+            label_limit: 100_000,
+            max_series: 10,
+        }));
+        let core = Arc::new(FamilyCore::new(r.clone(), "Hits", Unit::Count, &["user"]));
+        let f = CounterFamily { core: core.clone() };
+        let users: Vec<String> = (0..1000).map(|i| format!("u{i}")).collect();
+        for u in &users {
+            f.increment(&[u], 1);
+        }
+        // Ten series, then one overflow series for the other 990 users; the family's caches
+        // hold the ten admitted sets only, not 1000.
+        assert_eq!(r.series().len(), 11);
+        assert_eq!(core.slow.lock().canon.len(), 10);
+        assert!(core.caches.iter().all(|c| c.0.read().len() <= 10));
+        assert_eq!(counter_total(&r, &[("user", OVERFLOW_VALUE)]), 990);
+        assert_eq!(r.label_overflows.load(Ordering::Relaxed), 990);
     }
 
     #[test]

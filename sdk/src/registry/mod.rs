@@ -171,13 +171,16 @@ impl Registry {
     /// the first registration's. A later one that asks for another unit gets the same cell
     /// (one series, one unit on the wire) and is counted in `names_fixed`; a handle that
     /// converts values (durations) must convert into the returned unit.
+    ///
+    /// The flag says whether the series bound folded the labels into the overflow value (the
+    /// cell is then the overflow series').
     pub(crate) fn cell_and_unit<C: Typed>(
         &self,
         name: &str,
         unit: Unit,
         labels: &[(&str, &str)],
         make: impl FnOnce() -> CellRef,
-    ) -> (Arc<C>, Unit) {
+    ) -> (Arc<C>, Unit, bool) {
         let mut fixed = false;
         let name = fix(name, MAX_NAME_LEN, &mut fixed);
         let mut ls: Vec<(String, String)> = Vec::with_capacity(labels.len());
@@ -200,12 +203,13 @@ impl Registry {
                 if e.unit != unit {
                     self.names_fixed.fetch_add(1, Ordering::Relaxed);
                 }
-                return (c.clone(), e.unit);
+                return (c.clone(), e.unit, false);
             }
         }
         // Past the series bound, a new series keeps its name and label keys but every label
         // value becomes the overflow value: memory stays bounded however many distinct values
         // the code records (a million user ids), and the samples are still counted.
+        let mut folded = false;
         if inner.all.len() >= self.config.max_series && !key.2.is_empty() {
             let replaced = key.2.iter().filter(|(_, v)| v != OVERFLOW_VALUE).count();
             self.label_overflows
@@ -215,9 +219,10 @@ impl Registry {
             }
             if let Some(e) = inner.by_key.get(&key) {
                 if let Some(c) = C::extract(&e.cell) {
-                    return (c.clone(), e.unit);
+                    return (c.clone(), e.unit, true);
                 }
             }
+            folded = true;
         }
         let cell = make();
         let typed = C::extract(&cell)
@@ -231,7 +236,7 @@ impl Registry {
         });
         inner.all.push(entry.clone());
         inner.by_key.insert(key, entry);
-        (typed, unit)
+        (typed, unit, folded)
     }
 
     pub(crate) fn new_cell(&self, kind: Kind) -> CellRef {
