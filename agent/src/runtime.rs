@@ -65,7 +65,8 @@ pub struct RunSummary {
 }
 
 enum SinkMsg {
-    Period(PeriodData),
+    /// A closed period and the samples merged into it.
+    Period(PeriodData, u64),
     Shutdown(Instant),
 }
 
@@ -160,7 +161,14 @@ pub async fn run(
     );
     let (tx, rx) = mpsc::channel::<SinkMsg>(config.sink.queue_periods);
 
-    let sink_task = tokio::spawn(sink_loop(sink, rx, depth.clone(), wal.clone()));
+    let summary = Arc::new(parking_lot::Mutex::new(RunSummary::default()));
+    let sink_task = tokio::spawn(sink_loop(
+        sink,
+        rx,
+        depth.clone(),
+        wal.clone(),
+        (stats.clone(), summary.clone()),
+    ));
     let serve_task = {
         let stats = stats.clone();
         let max = config.ingest.max_connections;
@@ -179,7 +187,6 @@ pub async fn run(
             stop_rx.clone(),
         ))
     });
-    let summary = Arc::new(parking_lot::Mutex::new(RunSummary::default()));
     let ticker = tokio::spawn(tick_loop(
         intake.clone(),
         tx.clone(),
@@ -308,7 +315,7 @@ async fn send_period(
         None => Duration::from_secs(u64::from(p.data.period_secs)),
     };
     let samples = p.samples;
-    match tokio::time::timeout(wait, tx.send(SinkMsg::Period(p.data))).await {
+    match tokio::time::timeout(wait, tx.send(SinkMsg::Period(p.data, samples))).await {
         Ok(Ok(())) => {
             depth.add(1);
             let mut s = summary.lock();
@@ -383,6 +390,7 @@ async fn sink_loop(
     mut rx: mpsc::Receiver<SinkMsg>,
     depth: Gauge,
     wal: Option<Arc<Wal>>,
+    (stats, summary): (Stats, Arc<parking_lot::Mutex<RunSummary>>),
 ) {
     let mut deadline = None;
     let mut settled = sink.settled();
@@ -390,14 +398,26 @@ async fn sink_loop(
     loop {
         tokio::select! {
             msg = rx.recv() => match msg {
-                Some(SinkMsg::Period(p)) => {
+                Some(SinkMsg::Period(p, samples)) => {
                     depth.add(-1);
                     if let Some(w) = &wal {
                         w.handed_off(crate::aggregate::period::unix_secs(p.timestamp));
                     }
                     sent += 1;
                     if let Err(e) = sink.send(p).await {
-                        tracing::error!(sink = sink.name(), "{e}");
+                        tracing::error!(sink = sink.name(), samples, "{e}: the period is lost");
+                        // A sink that settles on its own (CloudWatch) counts what it could
+                        // not publish itself; for the others the period is gone.
+                        if settled.is_none() {
+                            stats
+                                .counter(
+                                    DROPPED_SAMPLES,
+                                    "Samples not published, by reason.",
+                                    &[("reason", "sink_error")],
+                                )
+                                .add(samples);
+                            summary.lock().dropped_samples += samples;
+                        }
                     }
                     if settled.is_none() {
                         // The period is written out and dropped.

@@ -277,3 +277,24 @@ fn validate_rejects_a_bad_config_naming_the_key_and_accepts_a_good_one() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("max_series"));
 }
+
+#[test]
+fn a_period_the_stdout_sink_cannot_write_is_counted_as_dropped() {
+    // Whoever reads the agent's output went away: every write fails (EPIPE).
+    let agent = Agent::start_unread(&["--set", "period_secs=1"]);
+    let mut c = Client::connect(agent.ingest, 77);
+    assert_eq!(
+        c.send(vec![counter("RequestCount", "/gone", 4)]),
+        Some(AckStatus::Accepted)
+    );
+    let dropped = common::wait_for_metric(
+        &agent,
+        "tally_agent_dropped_samples_total{reason=\"sink_error\"}",
+        4,
+        Duration::from_secs(20),
+    );
+    assert_eq!(
+        dropped, 4,
+        "the period's samples are counted, not just logged"
+    );
+}

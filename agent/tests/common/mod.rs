@@ -64,6 +64,21 @@ impl Agent {
         env: &[(&str, &str)],
         max_file_bytes: Option<u64>,
     ) -> Agent {
+        Agent::spawn(extra, env, max_file_bytes, true)
+    }
+
+    /// Like [`Agent::start`], with nobody reading the agent's stdout (the pipe's read end is
+    /// closed at once): every write to it fails.
+    pub fn start_unread(extra: &[&str]) -> Agent {
+        Agent::spawn(extra, &[], None, false)
+    }
+
+    fn spawn(
+        extra: &[&str],
+        env: &[(&str, &str)],
+        max_file_bytes: Option<u64>,
+        read_stdout: bool,
+    ) -> Agent {
         let ingest: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally-agent"));
@@ -100,7 +115,13 @@ impl Agent {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("agent binary starts");
-        let stdout = Some(drain(child.stdout.take().unwrap()));
+        let out = child.stdout.take().unwrap();
+        let stdout = Some(if read_stdout {
+            drain(out)
+        } else {
+            drop(out);
+            std::thread::spawn(String::new)
+        });
         let stderr = Some(drain(child.stderr.take().unwrap()));
         let mut agent = Agent {
             child,
