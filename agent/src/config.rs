@@ -502,25 +502,69 @@ pub fn flag_overrides(sets: &[String]) -> Result<Vec<Override>, ConfigError> {
         .collect()
 }
 
-/// Overrides from `TALLY_*` environment variables (only those naming a known top-level key).
-pub fn env_overrides(vars: impl IntoIterator<Item = (String, String)>) -> Vec<Override> {
-    let mut out: Vec<Override> = vars
-        .into_iter()
-        .filter_map(|(k, v)| {
-            let rest = k.strip_prefix(ENV_PREFIX)?;
-            let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
-            if !TOP_LEVEL_KEYS.contains(&path[0].as_str()) || path.iter().any(String::is_empty) {
-                return None;
+/// The double underscore an environment variable meant to use: `TALLY_DURABILITY_DIR` (one
+/// underscore, so it names no top-level key and would be ignored) is `TALLY_DURABILITY__DIR`.
+fn env_typo(name: &str) -> Option<String> {
+    let rest = name.strip_prefix(ENV_PREFIX)?;
+    let first = rest.split("__").next()?.to_ascii_lowercase();
+    if TOP_LEVEL_KEYS.contains(&first.as_str()) {
+        return None;
+    }
+    // Sections only: `TALLY_SERVICE_NAME` is not a misspelt `service` (a plain value).
+    const SCALARS: &[&str] = &[
+        "namespace",
+        "service",
+        "environment",
+        "period_secs",
+        "time_unit",
+    ];
+    let section = TOP_LEVEL_KEYS
+        .iter()
+        .filter(|s| !SCALARS.contains(s))
+        .find(|s| {
+            first.len() > s.len() + 1 && first.starts_with(*s) && first.as_bytes()[s.len()] == b'_'
+        })?;
+    let fixed = format!(
+        "{ENV_PREFIX}{}__{}",
+        section.to_ascii_uppercase(),
+        &rest[section.len() + 1..]
+    );
+    Some(fixed)
+}
+
+/// Overrides from `TALLY_*` environment variables (only those naming a known top-level key;
+/// others, such as the SDK's `TALLY_AGENT_ADDR`, are not the agent's). A variable that names
+/// one of its keys with `_` where `__` belongs (`TALLY_DURABILITY_DIR`) is an error: ignored,
+/// it would keep the default silently.
+pub fn env_overrides(
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<Vec<Override>, ConfigError> {
+    let mut out = Vec::new();
+    for (k, v) in vars {
+        let Some(rest) = k.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        if !TOP_LEVEL_KEYS.contains(&path[0].as_str()) || path.iter().any(String::is_empty) {
+            if let Some(fixed) = env_typo(&k) {
+                return Err(ConfigError::Override {
+                    origin: k,
+                    message: format!(
+                        "it names no configuration key: a section and its key are separated \
+                         by two underscores ({fixed})"
+                    ),
+                });
             }
-            Some(Override {
-                path,
-                value: v,
-                origin: k,
-            })
-        })
-        .collect();
+            continue;
+        }
+        out.push(Override {
+            path,
+            value: v,
+            origin: k,
+        });
+    }
     out.sort_by(|a, b| a.origin.cmp(&b.origin));
-    out
+    Ok(out)
 }
 
 fn parse_value(raw: &str) -> toml::Value {
@@ -535,6 +579,18 @@ fn parse_value(raw: &str) -> toml::Value {
 
 /// Applies overrides to a TOML tree, creating tables as needed.
 pub fn apply_overrides(tree: &mut toml::Table, overrides: &[Override]) -> Result<(), ConfigError> {
+    // Keys that hold names an operator chooses: `TALLY_ENVIRONMENT=2024` or
+    // `--set service=true` mean the text, not a TOML number or boolean these keys refuse.
+    const TEXT_KEYS: &[&[&str]] = &[
+        &["namespace"],
+        &["service"],
+        &["environment"],
+        &["dashboard", "name"],
+        &["alarm_management", "name_prefix"],
+        &["publish", "region"],
+        &["durability", "dir"],
+    ];
+    let is_text = |path: &[String]| TEXT_KEYS.iter().any(|k| k.iter().eq(path.iter()));
     for o in overrides {
         let mut t = &mut *tree;
         let (last, parents) = o.path.split_last().expect("non-empty path");
@@ -547,7 +603,14 @@ pub fn apply_overrides(tree: &mut toml::Table, overrides: &[Override]) -> Result
                 message: format!("`{p}` is not a table, so it has no key `{last}`"),
             })?;
         }
-        t.insert(last.clone(), parse_value(&o.value));
+        let value = match parse_value(&o.value) {
+            // A number, boolean or date where text belongs: the text as written.
+            v if is_text(&o.path) && !(v.is_str() || v.is_table() || v.is_array()) => {
+                toml::Value::String(o.value.clone())
+            }
+            v => v,
+        };
+        t.insert(last.clone(), value);
     }
     Ok(())
 }
@@ -590,7 +653,7 @@ impl Config {
             }
             None => toml::Table::new(),
         };
-        let mut overrides = env_overrides(env);
+        let mut overrides = env_overrides(env)?;
         overrides.extend(flag_overrides(flags)?);
         Self::from_tree(tree, &overrides)
     }
@@ -938,7 +1001,7 @@ mod tests {
 
     fn load(toml: &str, env: &[(&str, &str)], flags: &[&str]) -> Result<Config, ConfigError> {
         let tree = Config::from_toml_str(toml, Path::new("test.toml"))?;
-        let mut o = env_overrides(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut o = env_overrides(env.iter().map(|(k, v)| (k.to_string(), v.to_string())))?;
         o.extend(flag_overrides(
             &flags.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
         )?);
@@ -1043,6 +1106,62 @@ mod tests {
         assert!(!c.self_metrics.cloudwatch);
         let e = load("[self_metrics]\ncloudwach = true\n", &[], &[]).unwrap_err();
         assert!(e.to_string().contains("cloudwach"), "{e}");
+    }
+
+    #[test]
+    fn a_text_key_set_to_something_that_reads_as_a_number_keeps_the_text() {
+        let c = load(
+            "",
+            &[("TALLY_ENVIRONMENT", "2024"), ("TALLY_SERVICE", "true")],
+            &["namespace=1_000"],
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                c.environment.as_str(),
+                c.service.as_str(),
+                c.namespace.as_str()
+            ),
+            ("2024", "true", "1_000")
+        );
+        // Numbers stay numbers where a number is expected.
+        assert_eq!(
+            load("", &[("TALLY_PERIOD_SECS", "10")], &[])
+                .unwrap()
+                .period_secs,
+            10
+        );
+    }
+
+    #[test]
+    fn an_environment_variable_with_one_underscore_for_two_is_refused_with_its_spelling() {
+        for (var, fixed) in [
+            ("TALLY_DURABILITY_DIR", "TALLY_DURABILITY__DIR"),
+            (
+                "TALLY_SELF_METRICS_CLOUDWATCH",
+                "TALLY_SELF_METRICS__CLOUDWATCH",
+            ),
+            (
+                "TALLY_SINK_SHUTDOWN_DEADLINE_SECS",
+                "TALLY_SINK__SHUTDOWN_DEADLINE_SECS",
+            ),
+        ] {
+            let e = load("", &[(var, "x")], &[]).unwrap_err().to_string();
+            assert!(e.contains(var) && e.contains(fixed), "{e}");
+        }
+        // Not the agent's: the SDK's address, the config path, a top-level key.
+        let c = load(
+            "",
+            &[
+                ("TALLY_AGENT_ADDR", "127.0.0.1:1"),
+                ("TALLY_CONFIG", "/x.toml"),
+                ("TALLY_PERIOD_SECS", "10"),
+                ("TALLY_SERVICE_NAME", "web"),
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.period_secs, 10);
     }
 
     #[test]
