@@ -222,13 +222,19 @@ async fn alarms_run(
     .map_err(|e| e.to_string())
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now (call it first: the agent is PID 1 in its
+/// container, where a signal without a handler is ignored, so a task stopped while the agent
+/// starts (task metadata, sink, log replay) would wait for ECS's SIGKILL) and returns the
+/// future that completes on either. A signal that came during start completes it at once.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
     }
 }
 
@@ -268,6 +274,7 @@ fn run(common: &Common) -> ExitCode {
     };
     let stats = Stats::new();
     let result = rt.block_on(async {
+        let shutdown = shutdown_signal();
         let extra = ecs_dimensions(&config).await;
         if config.alarm_management.apply_on_start {
             // Its own thread and runtime: pacing PutMetricAlarm at 3 TPS must not delay ingest.
@@ -285,7 +292,7 @@ fn run(common: &Common) -> ExitCode {
         }
         let sink = build_sink(&config, &stats).await?;
         tracing::info!(sink = sink.name(), "sink selected");
-        tally_agent::runtime::run(config, extra, sink, stats, shutdown_signal(), |_| {})
+        tally_agent::runtime::run(config, extra, sink, stats, shutdown, |_| {})
             .await
             .map_err(|e| e.to_string())
     });
