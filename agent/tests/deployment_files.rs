@@ -195,6 +195,9 @@ fn the_dockerfile_passes_hadolint_and_checkov_and_builds_the_agent_like_the_test
         "fixed non-root UID:GID"
     );
     assert!(instructions.contains(&"STOPSIGNAL SIGTERM"));
+    // A volume mounted at /run/tally (Fargate bind mount) takes the image's ownership only
+    // when the image declares it.
+    assert!(instructions.contains(&"VOLUME [\"/run/tally\"]"));
     assert!(instructions.contains(&"ENTRYPOINT [\"/usr/local/bin/tally-agent\"]"));
     assert!(instructions.contains(&"CMD [\"run\"]"));
     let dockerignore = read(".dockerignore");
