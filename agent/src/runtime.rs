@@ -315,14 +315,17 @@ async fn send_period(
         None => Duration::from_secs(u64::from(p.data.period_secs)),
     };
     let samples = p.samples;
+    // Counted before the send: the sink may take the period (and count it out) at once, and
+    // the gauge must not read -1 meanwhile.
+    depth.add(1);
     match tokio::time::timeout(wait, tx.send(SinkMsg::Period(p.data, samples))).await {
         Ok(Ok(())) => {
-            depth.add(1);
             let mut s = summary.lock();
             s.periods += 1;
             s.samples += samples;
         }
         _ => {
+            depth.add(-1);
             let reason = if deadline.is_some() {
                 "shutdown_deadline"
             } else {
