@@ -241,7 +241,12 @@ pub async fn run(
     }
     let _ = tokio::time::timeout_at(deadline, tx.send(SinkMsg::Shutdown(deadline))).await;
     drop(tx);
-    if tokio::time::timeout_at(deadline, sink_task).await.is_err() {
+    // A second past the deadline: the sink stops at the deadline itself and still has to
+    // count what it could not publish.
+    if tokio::time::timeout_at(deadline + Duration::from_secs(1), sink_task)
+        .await
+        .is_err()
+    {
         tracing::error!(
             "the sink did not finish before sink.shutdown_deadline_secs; exiting anyway"
         );
@@ -451,6 +456,13 @@ async fn sink_loop(
     if let Err(e) = sink.shutdown(d).await {
         tracing::error!(sink = sink.name(), "{e}");
     }
+    // What the publisher still held at the deadline is lost with this run: part of its
+    // summary (and exit status), not only of /metrics.
+    let lost = stats.counter_value(
+        DROPPED_SAMPLES,
+        &[("reason", "cloudwatch_shutdown_deadline")],
+    );
+    summary.lock().dropped_samples += lost;
     if let (Some(w), Some(s)) = (&wal, &settled) {
         w.settle(*s.borrow());
     }

@@ -435,10 +435,16 @@ fn a_frame_finished_after_the_shutdown_close_is_left_with_the_sdk_not_acknowledg
         "a batch merged after the close would sit in a period nobody publishes: it must stay \
          with the SDK, unacknowledged"
     );
-    let (_, _, err) = agent.wait(Duration::from_secs(30));
+    let (ok, _, err) = agent.wait(Duration::from_secs(30));
     assert!(
         err.contains("arrived after the periods closed for shutdown"),
         "the refusal is logged; stderr:\n{err}"
+    );
+    // The first sender's 5 samples could not reach CloudWatch by the deadline: the run says
+    // so in its exit status, not only in /metrics.
+    assert!(
+        !ok,
+        "an agent that lost samples at its deadline exits non-zero; stderr:\n{err}"
     );
 }
 
