@@ -458,10 +458,8 @@ async fn sink_loop(
     }
     // What the publisher still held at the deadline is lost with this run: part of its
     // summary (and exit status), not only of /metrics.
-    let lost = stats.counter_value(
-        DROPPED_SAMPLES,
-        &[("reason", "cloudwatch_shutdown_deadline")],
-    );
+    let reason = crate::publish::stats::DropReason::ShutdownDeadline.agent_reason();
+    let lost = stats.counter_value(DROPPED_SAMPLES, &[("reason", reason)]);
     summary.lock().dropped_samples += lost;
     if let (Some(w), Some(s)) = (&wal, &settled) {
         w.settle(*s.borrow());

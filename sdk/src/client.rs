@@ -437,10 +437,7 @@ impl Tally {
     /// `record_duration` converts into it) and the mismatch is counted in
     /// [`Stats::names_fixed`].
     pub fn histogram(&self, name: &str, unit: Unit, labels: &[(&str, &str)]) -> Histogram {
-        let registry = self.registry();
-        let (cell, unit, _) = registry.cell_and_unit(name, unit, labels, || {
-            registry.new_cell(crate::registry::Kind::Histogram)
-        });
+        let (cell, unit, _) = self.registry().cell_and_unit(name, unit, labels);
         Histogram { cell, unit }
     }
 

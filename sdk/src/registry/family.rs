@@ -235,11 +235,9 @@ impl<C: Typed> FamilyCore<C> {
                     .map(String::as_str)
                     .zip(canon.iter().copied())
                     .collect();
-                let (cell, _, folded) =
-                    self.registry
-                        .cell_and_unit::<C>(&self.name, self.unit, &labels, || {
-                            self.registry.new_cell(C::KIND)
-                        });
+                let (cell, _, folded) = self
+                    .registry
+                    .cell_and_unit::<C>(&self.name, self.unit, &labels);
                 if folded {
                     // Past the registry's series bound: the overflow series takes it, and
                     // nothing is cached for this value set, so memory stays bounded however

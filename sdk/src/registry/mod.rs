@@ -153,10 +153,11 @@ impl Registry {
     /// labels past [`MAX_LABELS`] and repeated keys are dropped; each fix is counted in
     /// [`Stats::names_fixed`](crate::Stats::names_fixed).
     pub(crate) fn cell<C: Typed>(&self, name: &str, unit: Unit, labels: &[(&str, &str)]) -> Arc<C> {
-        self.cell_with(name, unit, labels, || self.new_cell(C::KIND))
+        self.cell_and_unit(name, unit, labels).0
     }
 
     /// Like [`cell`](Self::cell), building a new cell with `make` (which must build a `C`).
+    #[cfg(feature = "metrics-facade")]
     pub(crate) fn cell_with<C: Typed>(
         &self,
         name: &str,
@@ -164,17 +165,27 @@ impl Registry {
         labels: &[(&str, &str)],
         make: impl FnOnce() -> CellRef,
     ) -> Arc<C> {
-        self.cell_and_unit(name, unit, labels, make).0
+        self.register(name, unit, labels, make).0
     }
 
-    /// Like [`cell_with`](Self::cell_with), with the unit the series was registered with:
-    /// the first registration's. A later one that asks for another unit gets the same cell
-    /// (one series, one unit on the wire) and is counted in `names_fixed`; a handle that
-    /// converts values (durations) must convert into the returned unit.
+    /// Like [`cell`](Self::cell), with the unit the series was registered with: the first
+    /// registration's. A later one that asks for another unit gets the same cell (one
+    /// series, one unit on the wire) and is counted in `names_fixed`; a handle that converts
+    /// values (durations) must convert into the returned unit.
     ///
     /// The flag says whether the series bound folded the labels into the overflow value (the
     /// cell is then the overflow series').
     pub(crate) fn cell_and_unit<C: Typed>(
+        &self,
+        name: &str,
+        unit: Unit,
+        labels: &[(&str, &str)],
+    ) -> (Arc<C>, Unit, bool) {
+        self.register(name, unit, labels, || self.new_cell(C::KIND))
+    }
+
+    /// Finds or creates the series: its cell, unit, and whether the labels were folded.
+    fn register<C: Typed>(
         &self,
         name: &str,
         unit: Unit,
@@ -239,7 +250,7 @@ impl Registry {
         (typed, unit, folded)
     }
 
-    pub(crate) fn new_cell(&self, kind: Kind) -> CellRef {
+    fn new_cell(&self, kind: Kind) -> CellRef {
         let c = &self.config;
         match kind {
             Kind::Counter => CellRef::Counter(Arc::new(CounterCell::new(c.shards))),
