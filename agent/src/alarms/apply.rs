@@ -277,6 +277,33 @@ mod tests {
     use super::*;
     use std::cell::Cell;
 
+    #[test]
+    fn apply_retries_throttling_server_faults_and_timeouts_but_not_refusals() {
+        use aws_sdk_cloudwatch::config::http::HttpResponse;
+        use aws_sdk_cloudwatch::operation::put_metric_alarm::PutMetricAlarmError;
+        use aws_smithy_types::body::SdkBody;
+        use aws_smithy_types::error::ErrorMetadata;
+        let answer = |status: u16, code: Option<&str>| {
+            let mut meta = ErrorMetadata::builder();
+            if let Some(c) = code {
+                meta = meta.code(c);
+            }
+            SdkError::service_error(
+                PutMetricAlarmError::generic(meta.build()),
+                HttpResponse::new(status.try_into().unwrap(), SdkBody::empty()),
+            )
+        };
+        assert!(answer(400, Some("Throttling")).is_retryable());
+        // A 5xx with no code, as a load balancer in front of the endpoint answers.
+        assert!(answer(503, None).is_retryable());
+        assert!(answer(500, Some("InternalError")).is_retryable());
+        assert!(!answer(400, Some("InvalidParameterValue")).is_retryable());
+        assert!(!answer(403, Some("AccessDenied")).is_retryable());
+        let timeout: SdkError<PutMetricAlarmError, HttpResponse> =
+            SdkError::timeout_error("attempt timed out");
+        assert!(timeout.is_retryable());
+    }
+
     #[derive(Debug, PartialEq)]
     struct FakeError(bool);
     impl Retryable for FakeError {
