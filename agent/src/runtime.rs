@@ -205,8 +205,16 @@ pub async fn run(
         admin = ?running.admin_addr,
         namespace = %config.namespace,
         period_secs = config.period_secs,
+        write_ahead_log = %config.durability.dir,
         "tally-agent ready"
     );
+    if !config.durability.enabled() {
+        tracing::warn!(
+            "write-ahead log off (durability.dir is not set): if this agent is killed, what it \
+             acknowledged but had not published is lost, uncounted. Set durability.dir to a \
+             directory only this agent uses (the ECS files in examples/ecs use /run/tally/wal)"
+        );
+    }
     on_ready(&running);
 
     shutdown.await;

@@ -437,6 +437,71 @@ fn check_task(file: &str, task: &Value, pascal: bool) {
         ecs.is_ok(),
         "{file}: TALLY_ECS__DIMENSIONS = {dims}: {ecs:?}"
     );
+
+    // Exact by default: the agent's write-ahead log sits on a task volume, so an agent
+    // container that crashes and is restarted by ECS replays what it had acknowledged.
+    let wal_dir = agent
+        .env("TALLY_DURABILITY__DIR")
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("{file}: the agent sets TALLY_DURABILITY__DIR"));
+    assert_eq!(
+        wal_dir,
+        example_config_wal_dir(),
+        "{file}: the same log directory as examples/ecs/agent.toml"
+    );
+    let mounts = agent
+        .get("mountPoints")
+        .as_array()
+        .unwrap_or_else(|| panic!("{file}: the agent has mountPoints"));
+    let mount = mounts
+        .iter()
+        .find(|m| {
+            m[k("containerPath")]
+                .as_str()
+                .is_some_and(|p| wal_dir.starts_with(&format!("{p}/")))
+        })
+        .unwrap_or_else(|| panic!("{file}: a volume is mounted above {wal_dir}: {mounts:?}"));
+    assert_eq!(
+        mount[k("containerPath")],
+        "/run/tally",
+        "{file}: the image's writable directory (declared VOLUME, owned by 65532)"
+    );
+    assert_ne!(
+        mount[k("readOnly")],
+        true,
+        "{file}: the log's volume is writable"
+    );
+    let source = mount[k("sourceVolume")].as_str().expect("sourceVolume");
+    let volume = task[k("volumes")]
+        .as_array()
+        .and_then(|vs| vs.iter().find(|v| v[k("name")] == source))
+        .unwrap_or_else(|| panic!("{file}: a task volume named {source}"));
+    // A bind mount of task storage (no host path, no EFS): scoped to the task, so it outlives
+    // a restarted container and no other task can replay this task's log.
+    for shared in [
+        "host",
+        "efsVolumeConfiguration",
+        "dockerVolumeConfiguration",
+    ] {
+        assert!(
+            volume[k(shared)].is_null(),
+            "{file}: volume {source} is task-scoped, not {shared}"
+        );
+    }
+    assert_eq!(
+        agent.get("restartPolicy")[k("enabled")],
+        true,
+        "{file}: ECS restarts a crashed agent, which then replays the log"
+    );
+}
+
+/// `[durability] dir` of examples/ecs/agent.toml.
+fn example_config_wal_dir() -> String {
+    let config: toml::Value = toml::from_str(&read("examples/ecs/agent.toml")).expect("agent.toml");
+    config["durability"]["dir"]
+        .as_str()
+        .expect("examples/ecs/agent.toml sets [durability] dir")
+        .to_owned()
 }
 
 #[test]

@@ -100,6 +100,69 @@ impl AgentSpec {
         if let Some(d) = &self.wal_dir {
             set(format!("durability.dir={}", d.display()));
         }
+        self.launch(cmd, log)
+    }
+
+    /// Starts the agent as the shipped ECS files run it: `examples/ecs/agent.toml` with the
+    /// task definition's `TALLY_*` environment (its `TALLY_ENVIRONMENT` replaced by
+    /// `environment`, so each run has series of its own) and the task metadata endpoint at
+    /// `metadata_uri`. Only the CloudWatch endpoint, the ports and the log directory are
+    /// overridden.
+    fn start_shipped(&self, run: u32, environment: &str, metadata_uri: &str) -> AgentProc {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let log = self.log_dir.join(format!("agent-{run}.log"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally-agent"));
+        cmd.arg("run")
+            .arg("--config")
+            .arg(root.join("examples/ecs/agent.toml"));
+        let td: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(root.join("examples/ecs/task-definition.json")).unwrap(),
+        )
+        .unwrap();
+        let container = td["containerDefinitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "tally-agent")
+            .expect("the task definition has the agent container");
+        // The log's directory moves from the task volume to this test's directory, wherever
+        // the shipped files set it; where they set none, none is set here either.
+        let wal_dir = self.wal_dir.as_ref().expect("a log directory");
+        for e in container["environment"].as_array().unwrap() {
+            let name = e["name"].as_str().unwrap();
+            let value = match name {
+                "TALLY_ENVIRONMENT" => environment.to_owned(),
+                "TALLY_DURABILITY__DIR" => wal_dir.display().to_string(),
+                _ => e["value"].as_str().unwrap().to_owned(),
+            };
+            cmd.env(name, value);
+        }
+        let config: toml::Value =
+            toml::from_str(&std::fs::read_to_string(root.join("examples/ecs/agent.toml")).unwrap())
+                .unwrap();
+        if config
+            .get("durability")
+            .and_then(|d| d.get("dir"))
+            .is_some()
+        {
+            cmd.arg("--set")
+                .arg(format!("durability.dir={}", wal_dir.display()));
+        }
+        for kv in [
+            format!("ingest.tcp_addr={}", self.ingest),
+            format!("admin.addr={}", self.admin),
+            format!("publish.endpoint_url={}", endpoint()),
+            "publish.region=us-east-1".to_owned(),
+        ] {
+            cmd.arg("--set").arg(kv);
+        }
+        cmd.env(tally_agent::ecs::METADATA_URI_ENV, metadata_uri);
+        self.launch(cmd, log)
+    }
+
+    /// Spawns the agent with test credentials, its stderr in `log`, and waits (at most 30 s)
+    /// for `/health`.
+    fn launch(&self, mut cmd: Command, log: PathBuf) -> AgentProc {
         let out = std::fs::File::create(&log).unwrap();
         cmd.env_remove("TALLY_CONFIG")
             .env("AWS_ACCESS_KEY_ID", "test")
@@ -197,21 +260,32 @@ struct Load {
 
 impl Load {
     fn start(agent: SocketAddr) -> Load {
+        Load::start_as(agent, SERVICE, ENVIRONMENT, &[])
+    }
+
+    /// Like `start`, as this service and environment, with these labels on both metrics.
+    fn start_as(
+        agent: SocketAddr,
+        service: &'static str,
+        environment: &str,
+        labels: &'static [(&'static str, &'static str)],
+    ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let threads = (0..PROCESSES)
             .map(|p| {
                 let stop = stop.clone();
+                let environment = environment.to_owned();
                 std::thread::spawn(move || {
                     let t = Tally::builder()
-                        .service(SERVICE)
-                        .environment(ENVIRONMENT)
+                        .service(service)
+                        .environment(environment.as_str())
                         .agent(agent)
                         .flush_interval(Duration::from_secs(1))
                         .shutdown_timeout(Duration::from_secs(30))
                         .build()
                         .expect("SDK builds");
-                    let orders = t.counter(COUNTER, &[]);
-                    let items = t.histogram(HISTOGRAM, Unit::Count, &[]);
+                    let orders = t.counter(COUNTER, labels);
+                    let items = t.histogram(HISTOGRAM, Unit::Count, labels);
                     let mut r = Recorded::default();
                     for round in 0..600u64 {
                         if stop.load(Ordering::Relaxed) {
@@ -284,7 +358,13 @@ fn reader() -> Client {
 }
 
 /// (SampleCount, Sum) of a metric over one bucket covering `[from, to)`, minute-aligned.
-async fn totals(ns: &str, name: &str, from: SystemTime, to: SystemTime) -> (f64, f64) {
+async fn totals(
+    ns: &str,
+    name: &str,
+    dims: &[(&str, &str)],
+    from: SystemTime,
+    to: SystemTime,
+) -> (f64, f64) {
     let from = unix(from) / 60 * 60 - 60;
     let to = (unix(to) / 60 + 2) * 60;
     let mut req = reader()
@@ -296,8 +376,8 @@ async fn totals(ns: &str, name: &str, from: SystemTime, to: SystemTime) -> (f64,
         .period((to - from) as i32)
         .statistics(Statistic::SampleCount)
         .statistics(Statistic::Sum);
-    for (k, v) in [("Environment", ENVIRONMENT), ("ServiceName", SERVICE)] {
-        req = req.dimensions(Dimension::builder().name(k).value(v).build());
+    for (k, v) in dims {
+        req = req.dimensions(Dimension::builder().name(*k).value(*v).build());
     }
     let out = req.send().await.expect("GetMetricStatistics");
     out.datapoints().iter().fold((0.0, 0.0), |(c, s), p| {
@@ -311,6 +391,16 @@ async fn totals(ns: &str, name: &str, from: SystemTime, to: SystemTime) -> (f64,
 /// Reads the totals until they reach the expected ones (LocalStack stores a request before
 /// answering, so this settles at once; bounded at 20 s either way), then asserts them exactly.
 fn assert_published(ns: &str, rec: &Recorded, from: SystemTime) {
+    assert_published_on(
+        ns,
+        &[("Environment", ENVIRONMENT), ("ServiceName", SERVICE)],
+        rec,
+        from,
+    );
+}
+
+/// `assert_published` for the series with exactly these dimensions.
+fn assert_published_on(ns: &str, dims: &[(&str, &str)], rec: &Recorded, from: SystemTime) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -318,8 +408,8 @@ fn assert_published(ns: &str, rec: &Recorded, from: SystemTime) {
     let to = SystemTime::now();
     let deadline = Instant::now() + Duration::from_secs(20);
     let (counter, hist) = loop {
-        let c = rt.block_on(totals(ns, COUNTER, from, to));
-        let h = rt.block_on(totals(ns, HISTOGRAM, from, to));
+        let c = rt.block_on(totals(ns, COUNTER, dims, from, to));
+        let h = rt.block_on(totals(ns, HISTOGRAM, dims, from, to));
         let done = c.1 >= rec.counter as f64 && h.0 >= rec.hist_count as f64;
         if done || Instant::now() > deadline {
             break (c, h);
@@ -453,6 +543,110 @@ fn an_agent_stopped_with_sigterm_during_load_publishes_all_it_accepted() {
     assert_published(&ns, &rec, from);
     eprintln!(
         "sigterm: counter {} histogram samples {} (sum {})",
+        rec.counter, rec.hist_count, rec.hist_sum
+    );
+}
+
+/// `SERVICE_NAME` of the app and `TALLY_SERVICE` of the agent in examples/ecs/task-definition.json.
+const SHIPPED_SERVICE: &str = "checkout";
+
+/// The shipped deployment's own metrics: what tally-tower records per route.
+const ROUTE_LABELS: &[(&str, &str)] = &[
+    ("Route", "/orders/{id}"),
+    ("Method", "POST"),
+    ("StatusClass", "2xx"),
+];
+
+/// A task metadata endpoint on 127.0.0.1 that answers `<uri>/task` with AWS's documented
+/// Fargate example (cluster `default`, family `curltest`), for at most 64 requests.
+fn task_metadata_endpoint() -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let body = include_str!("fixtures/ecs/task-metadata-v4-fargate.json");
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(64) {
+            let Ok(mut conn) = conn else { continue };
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut req = [0u8; 4096];
+            let n = conn.read(&mut req).unwrap_or(0);
+            let line = String::from_utf8_lossy(&req[..n]);
+            let path = line.split_whitespace().nth(1).unwrap_or("");
+            let answer = if path == "/v4/agent-test/task" {
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            } else {
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into()
+            };
+            let _ = conn.write_all(answer.as_bytes());
+        }
+    });
+    format!("http://{addr}/v4/agent-test")
+}
+
+#[test]
+fn the_shipped_ecs_configuration_survives_a_sigkill_mid_load_with_exact_totals() {
+    require_localstack();
+    let tmp = tempfile::tempdir().unwrap();
+    let wal = tmp.path().join("wal");
+    // examples/ecs/agent.toml publishes to the namespace "Tally"; a fresh environment keeps
+    // this run's series apart from every earlier run's in the same LocalStack.
+    let environment = format!("ecs-sigkill-{:08x}", rand::random::<u32>());
+    let metadata = task_metadata_endpoint();
+    let spec = AgentSpec::new("Tally", Some(wal.clone()), tmp.path());
+    let mut first = spec.start_shipped(1, &environment, &metadata);
+    let from = SystemTime::now();
+    // The app container's SERVICE_NAME in the task definition (the agent's TALLY_SERVICE).
+    let load = Load::start_as(spec.ingest, SHIPPED_SERVICE, &environment, ROUTE_LABELS);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while spec.metric("tally_agent_wal_appended_batches_total") < 2 * PROCESSES as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "the shipped configuration logged no batches in 30 s: {}",
+            first.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    first.signal(libc::SIGKILL);
+    assert!(!first.wait(), "SIGKILL ends the agent");
+    let left = segments(&wal);
+    assert!(
+        left.iter().any(|(_, len)| *len > 0),
+        "the killed agent held acknowledged, unpublished batches in its log: {left:?}"
+    );
+
+    // ECS restarts the container on the same task volume; the SDKs reconnect to it.
+    std::thread::sleep(Duration::from_secs(1));
+    let mut second = spec.start_shipped(2, &environment, &metadata);
+    let replayed = spec.metric("tally_agent_wal_replayed_batches_total");
+    assert!(replayed > 0, "the restarted agent replays the log");
+    std::thread::sleep(Duration::from_secs(3));
+    let rec = load.finish();
+    assert_eq!(rec.dropped_samples, 0, "the SDKs dropped nothing");
+    assert_eq!(rec.lost_at_shutdown, 0, "every batch was acknowledged");
+    second.signal(libc::SIGTERM);
+    assert!(second.wait(), "clean exit: {}", second.log_text());
+
+    // The full series as the task publishes it: the service's dimensions, the task's
+    // (from the metadata endpoint) and the route's labels.
+    let mut dims = vec![
+        ("ServiceName", SHIPPED_SERVICE),
+        ("Environment", environment.as_str()),
+        ("ClusterName", "default"),
+        ("TaskDefinitionFamily", "curltest"),
+    ];
+    dims.extend_from_slice(ROUTE_LABELS);
+    assert_published_on("Tally", &dims, &rec, from);
+    assert!(
+        segments(&wal).is_empty(),
+        "every published period's segment is deleted: {:?}",
+        segments(&wal)
+    );
+    eprintln!(
+        "shipped ecs config, sigkill: counter {} histogram samples {} (sum {}), {replayed} batches replayed",
         rec.counter, rec.hist_count, rec.hist_sum
     );
 }
