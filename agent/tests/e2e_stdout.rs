@@ -279,6 +279,63 @@ fn validate_rejects_a_bad_config_naming_the_key_and_accepts_a_good_one() {
 }
 
 #[test]
+fn the_health_command_finds_a_moved_admin_port_through_the_same_settings_as_run() {
+    // An ECS health check runs `tally-agent health` in the agent's container: it sees the
+    // container's TALLY_* variables and TALLY_CONFIG, and must find the admin port there.
+    let agent = Agent::start(&[]);
+    let admin = agent.admin.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, format!("[admin]\naddr = \"{admin}\"\n")).unwrap();
+    let health = |args: &[&str], env: &[(&str, &str)]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tally-agent"))
+            .args(args)
+            .env_remove("TALLY_CONFIG")
+            .env_remove("TALLY_ADMIN__ADDR")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let set = format!("admin.addr={admin}");
+    let config_arg = config.to_str().unwrap();
+    for (how, args, env) in [
+        (
+            "TALLY_ADMIN__ADDR",
+            vec!["health"],
+            vec![("TALLY_ADMIN__ADDR", admin.as_str())],
+        ),
+        (
+            "TALLY_CONFIG",
+            vec!["health"],
+            vec![("TALLY_CONFIG", config_arg)],
+        ),
+        ("--config", vec!["health", "--config", config_arg], vec![]),
+        (
+            "--config before the command",
+            vec!["--config", config_arg, "health"],
+            vec![],
+        ),
+        ("--set", vec!["health", "--set", set.as_str()], vec![]),
+        ("--addr", vec!["health", "--addr", admin.as_str()], vec![]),
+    ] {
+        let (ok, out) = health(&args, &env);
+        assert!(ok && out.trim() == "healthy", "{how}: {out}");
+    }
+    // A variable that points elsewhere is honoured too, so the check is not a constant.
+    let closed = format!("127.0.0.1:{}", common::free_port());
+    let (ok, out) = health(&["health"], &[("TALLY_ADMIN__ADDR", closed.as_str())]);
+    assert!(
+        !ok && out.contains("unhealthy") && out.contains(&closed),
+        "{out}"
+    );
+    drop(agent);
+}
+
+#[test]
 fn a_period_the_stdout_sink_cannot_write_is_counted_as_dropped() {
     // Whoever reads the agent's output went away: every write fails (EPIPE).
     let agent = Agent::start_unread(&["--set", "period_secs=1"]);

@@ -48,6 +48,11 @@ struct Args {
     /// rollup that derives ErrorRate per route).
     #[arg(long)]
     agent_config: Option<PathBuf>,
+    /// The agent's write-ahead log (every acknowledged batch is on disk until published, so a
+    /// killed agent replays it at its next start). Default: `quickstart-wal` next to this
+    /// binary (under `target/`). `off` runs without it.
+    #[arg(long)]
+    wal_dir: Option<PathBuf>,
     /// Extra agent settings, passed on as `--set KEY=VALUE`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     agent_settings: Vec<String>,
@@ -57,6 +62,20 @@ struct Args {
 const AGENT_START_WAIT: Duration = Duration::from_secs(30);
 /// Longest wait for the agent to exit after SIGTERM (its own default deadline is 20 s).
 const AGENT_STOP_WAIT: Duration = Duration::from_secs(30);
+
+/// The write-ahead log's directory, or `None` for `--wal-dir off`.
+fn wal_dir(args: &Args) -> Option<PathBuf> {
+    match &args.wal_dir {
+        Some(dir) if dir.as_os_str() == "off" => None,
+        Some(dir) => Some(dir.clone()),
+        None => Some(
+            std::env::current_exe()
+                .ok()
+                .and_then(|exe| Some(exe.parent()?.join("quickstart-wal")))
+                .unwrap_or_else(|| std::env::temp_dir().join("tally-quickstart-wal")),
+        ),
+    }
+}
 
 fn agent_binary(args: &Args) -> PathBuf {
     if let Some(bin) = &args.agent_bin {
@@ -90,6 +109,11 @@ async fn start_agent(args: &Args) -> Result<Child, String> {
         .arg(format!("sink.kind={}", args.sink))
         .arg("--set")
         .arg(format!("ingest.tcp_addr={}", args.agent_addr));
+    if let Some(dir) = wal_dir(args) {
+        command
+            .arg("--set")
+            .arg(format!("durability.dir={}", dir.display()));
+    }
     for setting in &args.agent_settings {
         command.arg("--set").arg(setting);
     }
@@ -218,6 +242,14 @@ async fn quickstart(args: Args) -> Result<(), String> {
          (Ctrl-C stops). The agent reports every {} s.",
         args.agent_addr, args.rate, args.duration, args.period_secs
     );
+    match wal_dir(&args) {
+        Some(dir) => eprintln!(
+            "quickstart: the agent's write-ahead log is in {} (a killed agent replays it at its \
+             next start; --wal-dir off runs without it)",
+            dir.display()
+        ),
+        None => eprintln!("quickstart: the agent runs without its write-ahead log (--wal-dir off)"),
+    }
 
     let plan = LoadPlan {
         target: shop_addr,
