@@ -183,6 +183,7 @@ pub async fn run(
                 ready: ready.clone(),
                 period_secs: config.period_secs,
                 self_metrics: crate::self_metrics::published_count(&config),
+                max_datums_per_request: config.publish.max_datums_per_request as u64,
             },
             stop_rx.clone(),
         ))

@@ -16,6 +16,8 @@ fn totals_from_several_clients_are_exact_and_bad_frames_hurt_nobody_else() {
         "--set",
         "self_metrics.cloudwatch=true",
         "--set",
+        "publish.max_datums_per_request=2",
+        "--set",
         "aggregate.rollups=[{ drop = [\"Route\"] }]",
         "--set",
         "aggregate.derived=[{ name = \"ErrorRate\", numerator = \"ErrorCount\", denominator = \"RequestCount\", exclude_dimensions = [] }]",
@@ -104,6 +106,18 @@ fn totals_from_several_clients_are_exact_and_bad_frames_hurt_nobody_else() {
     let cost = agent.admin_get("/cost");
     assert!(cost.contains("\"total_usd_per_month\""), "{cost}");
     assert!(cost.contains("\"self_metrics\":6"), "{cost}");
+    // The call count follows publish.max_datums_per_request (2 here), not CloudWatch's 1,000.
+    let body: serde_json::Value =
+        serde_json::from_str(cost.split("\r\n\r\n").nth(1).expect("a body")).expect("JSON");
+    let datums = body["datums_per_period"]
+        .as_u64()
+        .expect("datums_per_period");
+    assert!(datums >= 6, "{cost}");
+    assert_eq!(
+        body["requests_per_period"].as_u64(),
+        Some(datums.div_ceil(2)),
+        "{cost}"
+    );
     let decode_errors: u64 = metrics
         .lines()
         .filter(|l| l.starts_with("tally_agent_decode_errors_total{"))

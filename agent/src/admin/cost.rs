@@ -30,7 +30,7 @@ pub struct CostEstimate {
     pub self_metrics: u64,
     /// Datums per period (distributions need one per 150 distinct values).
     pub datums_per_period: u64,
-    /// PutMetricData requests per period (1000 datums each).
+    /// PutMetricData requests per period (`publish.max_datums_per_request` datums each).
     pub requests_per_period: u64,
     /// Period length.
     pub period_secs: u32,
@@ -60,16 +60,23 @@ pub fn metrics_cost(metrics: u64) -> f64 {
 }
 
 /// The estimate for a period's user metric and datum counts plus `self_metrics` metrics of
-/// the agent's own (one datum each, in the same requests).
+/// the agent's own (one datum each, in the same requests), sent `max_datums_per_request`
+/// datums a call (the configured `publish.max_datums_per_request`; CloudWatch's limit,
+/// [`MAX_DATUMS_PER_REQUEST`], when larger or 0).
 pub fn estimate(
     user_metrics: u64,
     user_datums: u64,
     self_metrics: u64,
     period_secs: u32,
+    max_datums_per_request: u64,
 ) -> CostEstimate {
     let custom_metrics = user_metrics + self_metrics;
     let datums_per_period = user_datums + self_metrics;
-    let requests = datums_per_period.div_ceil(MAX_DATUMS_PER_REQUEST);
+    let per_request = match max_datums_per_request {
+        0 => MAX_DATUMS_PER_REQUEST,
+        n => n.min(MAX_DATUMS_PER_REQUEST),
+    };
+    let requests = datums_per_period.div_ceil(per_request);
     let periods = MONTH_SECS / f64::from(period_secs.max(1));
     let m = metrics_cost(custom_metrics);
     let r = requests as f64 * periods * PRICE_PER_REQUEST;
@@ -101,7 +108,7 @@ mod tests {
 
     #[test]
     fn requests_are_counted_per_thousand_datums_every_period() {
-        let e = estimate(100, 2500, 0, 60);
+        let e = estimate(100, 2500, 0, 60, 1000);
         assert_eq!(e.requests_per_period, 3);
         // 43,833.6 periods a month x 3 requests x $0.00001.
         assert!((e.requests_usd_per_month - 3.0 * 43_833.6 * 0.00001).abs() < 1e-6);
@@ -110,12 +117,23 @@ mod tests {
 
     #[test]
     fn the_agents_own_metrics_are_billed_like_any_other() {
-        let off = estimate(994, 994, 0, 60);
-        let on = estimate(994, 994, 6, 60);
+        let off = estimate(994, 994, 0, 60, 1000);
+        let on = estimate(994, 994, 6, 60, 1000);
         assert_eq!((on.custom_metrics, on.self_metrics), (1000, 6));
         // Six metrics at $0.30; their datums still fit in the period's one request.
         assert!((on.metrics_usd_per_month - off.metrics_usd_per_month - 1.80).abs() < 1e-9);
         assert_eq!(on.requests_per_period, 1);
-        assert_eq!(estimate(995, 995, 6, 60).requests_per_period, 2);
+        assert_eq!(estimate(995, 995, 6, 60, 1000).requests_per_period, 2);
+    }
+
+    #[test]
+    fn requests_follow_the_configured_datums_per_request() {
+        // publish.max_datums_per_request = 200: 2,500 datums take 13 calls, not 3.
+        let e = estimate(100, 2500, 0, 60, 200);
+        assert_eq!(e.requests_per_period, 13);
+        assert!((e.requests_usd_per_month - 13.0 * 43_833.6 * 0.00001).abs() < 1e-6);
+        // Values above CloudWatch's limit (and 0) are held to it.
+        assert_eq!(estimate(100, 2500, 0, 60, 5000).requests_per_period, 3);
+        assert_eq!(estimate(100, 2500, 0, 60, 0).requests_per_period, 3);
     }
 }

@@ -34,6 +34,9 @@ pub struct AdminState {
     /// Custom metrics the agent publishes about itself each period (`[self_metrics]`), for
     /// the cost estimate; 0 when they are off.
     pub self_metrics: u64,
+    /// `publish.max_datums_per_request`: how many datums one PutMetricData call carries, for
+    /// the estimate of the calls a period costs.
+    pub max_datums_per_request: u64,
 }
 
 fn respond(status: StatusCode, ctype: &'static str, body: String) -> Response<Full<Bytes>> {
@@ -79,6 +82,7 @@ pub fn route(state: &AdminState, path: &str) -> Response<Full<Bytes>> {
                 d.max(0) as u64,
                 state.self_metrics,
                 state.period_secs,
+                state.max_datums_per_request,
             );
             respond(
                 StatusCode::OK,
