@@ -96,18 +96,69 @@ const AWS_HINTS: &[&str] = &[
     "AWS_ENDPOINT_URL_CLOUDWATCH",
 ];
 
-fn resolve_sink(config: &Config) -> SinkKind {
-    match config.sink.kind {
-        SinkKind::Auto if AWS_HINTS.iter().any(|v| std::env::var_os(v).is_some()) => {
-            SinkKind::Cloudwatch
-        }
-        SinkKind::Auto => SinkKind::Stdout,
-        k => k,
+/// Variables the ECS agent and Fargate set in every container of a task. A task on EC2
+/// without a task role has no credential variable (the SDK finds the instance profile), but
+/// it always has these: in ECS the only place metrics are meant for is CloudWatch.
+const ECS_HINTS: &[&str] = &[
+    tally_agent::ecs::METADATA_URI_ENV,
+    "ECS_CONTAINER_METADATA_URI",
+];
+
+/// The sink to build, and why (for the log and `validate`). `auto` publishes to CloudWatch
+/// when anything says AWS is meant (an endpoint in the configuration, a credential or endpoint
+/// variable, a task of ECS), else prints to stdout and says what would have made it publish:
+/// an EC2 instance profile outside ECS leaves no trace the agent can see without calling the
+/// instance metadata service, so there it refuses to guess.
+fn resolve_sink(config: &Config) -> (SinkKind, String) {
+    if config.sink.kind != SinkKind::Auto {
+        return (config.sink.kind, "sink.kind".into());
     }
+    if config
+        .publish
+        .endpoint_url
+        .as_deref()
+        .is_some_and(|e| !e.is_empty())
+    {
+        return (
+            SinkKind::Cloudwatch,
+            "sink.kind = auto: publish.endpoint_url is set".into(),
+        );
+    }
+    if let Some(v) = AWS_HINTS.iter().find(|v| std::env::var_os(v).is_some()) {
+        return (
+            SinkKind::Cloudwatch,
+            format!("sink.kind = auto: {v} is set"),
+        );
+    }
+    let execution_env = std::env::var("AWS_EXECUTION_ENV").unwrap_or_default();
+    if let Some(v) = ECS_HINTS.iter().find(|v| std::env::var_os(v).is_some()) {
+        return (
+            SinkKind::Cloudwatch,
+            format!(
+                "sink.kind = auto: running in an ECS task ({v} is set); credentials come from \
+                 the task role or, on EC2 without one, the instance profile"
+            ),
+        );
+    }
+    if execution_env.starts_with("AWS_ECS") {
+        return (
+            SinkKind::Cloudwatch,
+            format!("sink.kind = auto: running in an ECS task (AWS_EXECUTION_ENV={execution_env})"),
+        );
+    }
+    (
+        SinkKind::Stdout,
+        "sink.kind = auto: no AWS credential or endpoint variable and no ECS task found, so \
+         periods go to stdout; on EC2 with an instance profile (which leaves no variable to \
+         see) set sink.kind = \"cloudwatch\""
+            .into(),
+    )
 }
 
 async fn build_sink(config: &Config, stats: &Stats) -> Result<Box<dyn Sink>, String> {
-    match resolve_sink(config) {
+    let (kind, why) = resolve_sink(config);
+    tracing::info!(sink = ?kind, reason = %why, "sink chosen");
+    match kind {
         SinkKind::Stdout | SinkKind::Auto => {
             Ok(Box::new(StdoutSink::new(config.sink.stdout_format)))
         }
@@ -316,11 +367,12 @@ fn validate(common: &Common) -> ExitCode {
                 return ExitCode::FAILURE;
             }
             println!(
-                "configuration is valid: namespace {:?}, period {} s, {} metrics catalogued, sink {:?}",
+                "configuration is valid: namespace {:?}, period {} s, {} metrics catalogued, sink {:?} ({})",
                 c.namespace,
                 c.period_secs,
                 cat.metrics.len(),
-                resolve_sink(&c)
+                resolve_sink(&c).0,
+                resolve_sink(&c).1
             );
             if c.self_metrics.cloudwatch && (c.service.is_empty() || c.environment.is_empty()) {
                 println!(

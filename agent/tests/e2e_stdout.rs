@@ -293,6 +293,52 @@ fn validate_rejects_a_bad_config_naming_the_key_and_accepts_a_good_one() {
 }
 
 #[test]
+fn sink_auto_publishes_to_cloudwatch_in_an_ecs_task_even_without_credential_variables() {
+    // ECS on EC2 without a task role: no AWS_* variable, credentials from the instance
+    // profile. The task's metadata variable is what shows the agent it is in ECS.
+    let choose = |env: &[(&str, &str)]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tally-agent"))
+            .arg("validate")
+            .env_clear()
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let in_ecs = choose(&[(
+        "ECS_CONTAINER_METADATA_URI_V4",
+        "http://169.254.170.2/v4/0123-abcd",
+    )]);
+    assert!(
+        in_ecs.contains("sink Cloudwatch") && in_ecs.contains("running in an ECS task"),
+        "{in_ecs}"
+    );
+    let fargate = choose(&[("AWS_EXECUTION_ENV", "AWS_ECS_FARGATE")]);
+    assert!(fargate.contains("sink Cloudwatch"), "{fargate}");
+    let keys = choose(&[("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")]);
+    assert!(
+        keys.contains("sink Cloudwatch") && keys.contains("AWS_ACCESS_KEY_ID is set"),
+        "{keys}"
+    );
+    // Nothing to go by: stdout, and the reason says how to publish from an EC2 host.
+    let bare = choose(&[]);
+    assert!(
+        bare.contains("sink Stdout") && bare.contains("set sink.kind = \"cloudwatch\""),
+        "{bare}"
+    );
+    // An explicit kind is never second-guessed.
+    let explicit = choose(&[
+        ("TALLY_SINK__KIND", "stdout"),
+        (
+            "ECS_CONTAINER_METADATA_URI_V4",
+            "http://169.254.170.2/v4/0123-abcd",
+        ),
+    ]);
+    assert!(explicit.contains("sink Stdout (sink.kind)"), "{explicit}");
+}
+
+#[test]
 fn the_health_command_finds_a_moved_admin_port_through_the_same_settings_as_run() {
     // An ECS health check runs `tally-agent health` in the agent's container: it sees the
     // container's TALLY_* variables and TALLY_CONFIG, and must find the admin port there.
