@@ -60,7 +60,9 @@ pub struct RunSummary {
     pub periods: u64,
     /// Samples in those periods.
     pub samples: u64,
-    /// Samples lost because the sink queue was full or the deadline passed.
+    /// Samples accepted in this run and never published: the sink queue was full, the sink
+    /// failed, or the CloudWatch publisher dropped them (refused, invalid, expired, its queue
+    /// full, or still held at the shutdown deadline). Non-zero makes the exit status 1.
     pub dropped_samples: u64,
 }
 
@@ -465,11 +467,16 @@ async fn sink_loop(
     if let Err(e) = sink.shutdown(d).await {
         tracing::error!(sink = sink.name(), "{e}");
     }
-    // What the publisher still held at the deadline is lost with this run: part of its
-    // summary (and exit status), not only of /metrics.
-    let reason = crate::publish::stats::DropReason::ShutdownDeadline.agent_reason();
-    let lost = stats.counter_value(DROPPED_SAMPLES, &[("reason", reason)]);
-    summary.lock().dropped_samples += lost;
+    // Everything the publisher dropped in this run (refused by CloudWatch, expired, pushed
+    // out of a full queue, still held at the deadline) is lost with it: part of its summary
+    // and exit status, not only of /metrics.
+    let lost = crate::publish::stats::DropReason::ALL
+        .iter()
+        .map(|r| stats.counter_value(DROPPED_SAMPLES, &[("reason", r.agent_reason())]))
+        .fold(0u64, u64::saturating_add);
+    let mut s = summary.lock();
+    s.dropped_samples = s.dropped_samples.saturating_add(lost);
+    drop(s);
     if let (Some(w), Some(s)) = (&wal, &settled) {
         w.settle(*s.borrow());
     }

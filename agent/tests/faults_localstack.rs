@@ -18,7 +18,9 @@ use std::time::{Duration, Instant, SystemTime};
 use common::cloudwatch::{
     endpoint, namespace, reader, require_localstack, sample_count_and_sum, OwnLocalStack,
 };
-use common::fault_proxy::{start_counting_proxy, CLOSE, FORWARD, THROTTLE, UNAVAILABLE};
+use common::fault_proxy::{
+    start_counting_proxy, start_proxy, CLOSE, FORWARD, REJECT_POISON, THROTTLE, UNAVAILABLE,
+};
 use common::{counter, free_port, prom, rss_kib, wait_for_metric, Agent, Client};
 use tally::wire::AckStatus;
 
@@ -443,5 +445,73 @@ fn cloudwatch_stopped_for_several_periods_then_restarted_receives_every_sample()
          KiB; samples {before} before + {during} during + {after} after = {total} sent, all in \
          LocalStack; agent published-samples counter {published_before} before the stop, \
          {published_during} during it"
+    );
+}
+
+#[test]
+fn samples_cloudwatch_refused_during_the_run_count_in_the_exit_status_and_final_summary() {
+    require_localstack();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let proxy = rt.block_on(start_proxy(
+        endpoint(),
+        Arc::new(AtomicU8::new(REJECT_POISON)),
+    ));
+    let ns = namespace("refused-exit");
+    // Uncompressed bodies, so the proxy sees the poisoned name and refuses its datum.
+    let agent = cloudwatch_agent(
+        &format!("http://{proxy}"),
+        &ns,
+        &["--set", "publish.compress_requests=false"],
+        &[],
+    );
+    let mut c = Client::connect(agent.ingest, 21);
+    assert_eq!(
+        c.send(vec![
+            counter("RequestCount", "/kept", 3),
+            counter("PoisonCount", "/refused", 5)
+        ]),
+        Some(AckStatus::Accepted)
+    );
+    let refused = wait_for_metric(
+        &agent,
+        "tally_agent_dropped_samples_total{reason=\"cloudwatch_rejected\"}",
+        5,
+        Duration::from_secs(30),
+    );
+    assert_eq!(refused, 5, "CloudWatch refused the poisoned datum mid-run");
+    let (ok, _out, err) = agent.terminate();
+    // Refused long before SIGTERM, so not a shutdown-deadline loss: it still ends the run
+    // as one that lost data.
+    assert!(
+        !ok,
+        "a run that lost samples exits non-zero; stderr:\n{err}"
+    );
+    let summary = err
+        .lines()
+        .find(|l| l.contains("tally-agent stopped"))
+        .unwrap_or_else(|| panic!("a final summary line: {err}"));
+    // The text log colours its fields: read it without the escape sequences.
+    let mut plain = String::new();
+    let mut in_escape = false;
+    for ch in summary.chars() {
+        match (in_escape, ch) {
+            (false, '\u{1b}') => in_escape = true,
+            (true, 'm') => in_escape = false,
+            (true, _) => {}
+            (false, ch) => plain.push(ch),
+        }
+    }
+    assert!(plain.contains("dropped_samples=5"), "{plain}");
+    assert_eq!(
+        wait_for_sum(
+            &rt,
+            &endpoint(),
+            &ns,
+            &[("Route", "/kept")],
+            3,
+            Duration::from_secs(10)
+        ),
+        3.0,
+        "the rest of the request was published"
     );
 }
