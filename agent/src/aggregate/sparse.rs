@@ -21,6 +21,18 @@
 //! layout (`Layout::lowest_equivalent`, HdrHistogram's index formula), which is what
 //! `Histogram::add` and `Histogram::record_n` do with it.
 //!
+//! # Senders of different precision
+//!
+//! Processes of one service can record with different layouts (an SDK upgrade changing its
+//! significant digits, another language's client). Mapping a *wider* bucket onto the lowest
+//! of the narrow buckets inside it would put all its samples at its lower end and bias the
+//! percentiles and the mean low (-1.1 % on the mean for a 1-digit sender merged after a
+//! 3-digit one, in the tests). So a series holds the coarsest layout of everything merged into
+//! it: before buckets wider than its own arrive, it folds its own buckets into the common
+//! layout (the larger unit and the fewer digits, in which the buckets of both nest), then
+//! merges. Every sample then sits in a bucket that contains it, the error bound is the
+//! coarsest sender's, and the result does not depend on the order the senders arrived in.
+//!
 //! # Merging
 //!
 //! A merge walks the incoming buckets once. Each is looked for first right after the bucket
@@ -32,7 +44,8 @@
 //!
 //! # Exactness
 //!
-//! [`SparseHistogram::to_histogram`] gives the `Histogram<u64>` the agent built before: the
+//! When no later view is coarser than the first, [`SparseHistogram::to_histogram`] gives the
+//! `Histogram<u64>` the agent built before: the
 //! same layout, counts, total, minimum, maximum and counts-array length as a dense histogram
 //! created from the first view with `Histogram::new_with_bounds(low, max(top, 2 * low),
 //! digits)`, auto-resize on, with every later view's buckets recorded at their lowest values
@@ -99,6 +112,21 @@ impl Layout {
     fn same_buckets(self, other: Layout) -> bool {
         self.unit_magnitude == other.unit_magnitude
             && self.sub_bucket_count_magnitude == other.sub_bucket_count_magnitude
+    }
+
+    /// The finest layout whose every bucket is a union of whole buckets of both `self` and
+    /// `other`: the larger unit magnitude (with its lowest discernible value; `self`'s when
+    /// they share a power of two) and the fewer significant digits. Bucket widths are powers
+    /// of two aligned to their width, and in it each is at least as wide as in either layout
+    /// at every value, so both nest in it. Valid whenever both are: its magnitudes add up to
+    /// no more than those of the layout it takes its unit from.
+    fn common(self, other: Layout) -> Layout {
+        let low = if other.unit_magnitude > self.unit_magnitude {
+            other.low
+        } else {
+            self.low
+        };
+        Layout::of_valid(low, self.digits.min(other.digits))
     }
 
     /// log2 of the width of the bucket `value` falls in: HdrHistogram's `bucket_for` (how
@@ -248,6 +276,13 @@ impl SparseHistogram {
         scratch: &mut Vec<Bucket>,
     ) -> Result<(), MergeConflict> {
         let Some(top) = view.max_bucket_value() else {
+            // No samples, but its layout counts: the result does not depend on whether the
+            // coarser sender's first histogram held samples or arrived first.
+            if let Some(theirs) =
+                Layout::new(view.lowest_discernible_value(), view.significant_digits())
+            {
+                self.coarsen_for(theirs);
+            }
             return Ok(());
         };
         // The buckets the parse recorded while it checked them: no V2 decoding here.
@@ -256,25 +291,70 @@ impl SparseHistogram {
         // The common case (every process of a service records with the same settings) needs
         // no layout arithmetic.
         let identical = low == self.layout.low && digits == self.layout.digits;
-        let same_buckets =
-            identical || Layout::new(low, digits).is_some_and(|l| l.same_buckets(self.layout));
-        if same_buckets {
+        let theirs = if identical {
+            self.layout
+        } else {
+            // The parse accepted the view's layout, so HdrHistogram does too.
+            Layout::new(low, digits).ok_or(REFUSED)?
+        };
+        if theirs.same_buckets(self.layout) {
             // A view's buckets are strictly increasing (the parse walked them in index order).
             self.merge_increasing(&buckets, scratch);
         } else {
+            self.coarsen_for(theirs);
             self.merge_buckets(buckets.iter().copied(), true, scratch);
         }
+        let identical = low == self.layout.low && digits == self.layout.digits;
         self.note_top(top, identical);
         Ok(())
+    }
+
+    /// Before buckets of layout `theirs` are merged: when some of them are wider than this
+    /// histogram's (fewer digits, or a larger unit), this histogram moves to the common
+    /// layout first, so every sample lands in a bucket that contains it. Mapping a wide
+    /// bucket onto the lowest of the narrow ones inside it instead would put all its samples
+    /// at its lower end and bias the percentiles low, the more so the later the finer
+    /// sender arrived; in the common layout the result is the same whatever the arrival order.
+    fn coarsen_for(&mut self, theirs: Layout) {
+        let target = self.layout.common(theirs);
+        if target.same_buckets(self.layout) {
+            return;
+        }
+        // Nested layouts: the buckets that fold together are neighbours, and the order holds.
+        let mut kept = 0;
+        for i in 0..self.buckets.len() {
+            let (value, count) = self.buckets[i];
+            let value = target.lowest_equivalent(value);
+            match kept {
+                k if k > 0 && self.buckets[k - 1].0 == value => {
+                    self.buckets[k - 1].1 = self.buckets[k - 1].1.saturating_add(count);
+                }
+                k => {
+                    self.buckets[k] = (value, count);
+                    kept += 1;
+                }
+            }
+        }
+        self.buckets.truncate(kept);
+        self.layout = target;
+        self.high = self.high.max(2 * target.low);
+        // The largest value merged so far now lies in the wider bucket of the new layout.
+        if let Some(&(top, _)) = self.buckets.last() {
+            self.note_top(top, false);
+        }
     }
 
     /// Adds another sparse histogram (of any layout) into this one, as
     /// [`SparseHistogram::add_view`] of a view with `other`'s layout and buckets would.
     pub fn add(&mut self, other: &SparseHistogram, scratch: &mut Vec<Bucket>) {
         let Some(&(top, _)) = other.buckets.last() else {
+            self.coarsen_for(other.layout);
             return;
         };
         let same = other.layout.same_buckets(self.layout);
+        if !same {
+            self.coarsen_for(other.layout);
+        }
         self.merge_buckets(other.buckets.iter().copied(), !same, scratch);
         let identical =
             other.layout.low == self.layout.low && other.layout.digits == self.layout.digits;

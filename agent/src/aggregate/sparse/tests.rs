@@ -73,6 +73,23 @@ fn assert_same(got: &Histogram<u64>, want: &Histogram<u64>) -> Result<(), TestCa
     Ok(())
 }
 
+/// The layout of a view.
+fn layout_of(view: &HistogramView<'_>) -> Layout {
+    Layout::new(view.lowest_discernible_value(), view.significant_digits()).unwrap()
+}
+
+/// The coarsest layout that holds every view's buckets (folded in order).
+fn common_layout(views: &[HistogramView<'_>]) -> Layout {
+    views[1..]
+        .iter()
+        .fold(layout_of(&views[0]), |l, v| l.common(layout_of(v)))
+}
+
+/// True when no view has buckets wider than the first view's somewhere.
+fn first_is_coarsest(views: &[HistogramView<'_>]) -> bool {
+    common_layout(views).same_buckets(layout_of(&views[0]))
+}
+
 /// The frame payload of one batch carrying `hists` as histogram series, in order.
 fn payload(hists: &[Histogram<u64>]) -> Vec<u8> {
     let series = hists
@@ -261,6 +278,10 @@ proptest! {
                 SparseHistogram::from_view(v, &mut scratch).unwrap()
             );
         }
+        // The dense path kept the first view's layout; the sparse one takes the coarsest
+        // layout that holds every view (checked against its own oracle below), which is the
+        // first view's when no later view is coarser.
+        prop_assume!(first_is_coarsest(&views));
         let mut sparse = SparseHistogram::from_view(&views[0], &mut scratch).unwrap();
         let mut dense = dense::new_histogram(&views[0]).unwrap();
         for v in &views[1..] {
@@ -299,6 +320,7 @@ proptest! {
         let payload = payload(&hists);
         let batch = BatchView::parse(&payload, &limits()).unwrap();
         let views = views(&batch);
+        prop_assume!(first_is_coarsest(&views));
         let mut scratch = Vec::new();
         let mut sparse = SparseHistogram::from_view(&views[0], &mut scratch).unwrap();
         let mut dense = dense::new_histogram(&views[0]).unwrap();
@@ -309,6 +331,66 @@ proptest! {
         let converted = sparse.to_histogram().unwrap();
         assert_same(&converted, &dense)?;
         prop_assert_eq!(converted.high(), dense.high());
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Views of any layouts merge into the coarsest layout that holds them all, whatever
+    /// their order: every bucket of every view is counted in the bucket of that layout that
+    /// contains it (a dense histogram of that layout recording each view's buckets is the
+    /// oracle), so a finer sender arriving first no longer pulls a coarser sender's samples
+    /// down to the lower ends of its buckets.
+    #[test]
+    fn views_of_any_layouts_merge_at_the_coarsest_in_any_order(hists in arb_case()) {
+        let payload = payload(&hists);
+        let batch = BatchView::parse(&payload, &limits()).unwrap();
+        let views = views(&batch);
+        let common = common_layout(&views);
+        let mut oracle = Histogram::<u64>::new_with_bounds(common.low, 2 * common.low, common.digits)
+            .unwrap();
+        oracle.auto(true);
+        for v in &views {
+            for &(value, count) in v.buckets().unwrap().iter() {
+                oracle.record_n(value, count).unwrap();
+            }
+        }
+        let want: Vec<Bucket> = oracle
+            .iter_recorded()
+            .map(|b| (common.lowest_equivalent(b.value_iterated_to()), b.count_at_value()))
+            .collect();
+        let mut scratch = Vec::new();
+        let merge = |order: &mut dyn Iterator<Item = &HistogramView<'_>>, scratch: &mut Vec<Bucket>| {
+            let first = order.next().unwrap();
+            let mut h = SparseHistogram::from_view(first, scratch).unwrap();
+            for v in order {
+                h.add_view(v, scratch).unwrap();
+            }
+            h
+        };
+        let forward = merge(&mut views.iter(), &mut scratch);
+        let backward = merge(&mut views.iter().rev(), &mut scratch);
+        for h in [&forward, &backward] {
+            prop_assert!(h.layout.same_buckets(common));
+            prop_assert!(h.buckets().windows(2).all(|w| w[0].0 < w[1].0));
+            prop_assert!(h.buckets().iter().all(|b| b.1 > 0));
+            prop_assert_eq!(h.len(), oracle.len());
+            prop_assert_eq!(h.min(), oracle.min());
+            if oracle.iter_recorded().map(|b| b.count_at_value()).try_fold(0_u64, u64::checked_add).is_some() {
+                prop_assert_eq!(h.buckets(), &want[..]);
+                for q in [0.0, 0.5, 0.9, 0.99, 1.0] {
+                    prop_assert_eq!(h.value_at_quantile(q), oracle.value_at_quantile(q));
+                }
+            }
+        }
+        prop_assert_eq!(forward.buckets(), backward.buckets());
+        // Whole sparse histograms (closes, rollups) take the same path.
+        let mut added = SparseHistogram::from_view(&views[views.len() - 1], &mut scratch).unwrap();
+        for v in views.iter().rev().skip(1) {
+            added.add(&SparseHistogram::from_view(v, &mut scratch).unwrap(), &mut scratch);
+        }
+        prop_assert_eq!(added.buckets(), forward.buckets());
     }
 }
 
@@ -455,4 +537,75 @@ fn the_topmost_buckets_maximum_is_the_dense_view_merges() {
     assert_eq!(sparse.to_histogram().unwrap().max(), u64::MAX - 1);
     assert_eq!(dense.max(), u64::MAX - 1);
     assert_eq!(added.max(), u64::MAX);
+}
+
+/// Log-uniform values over 1 ms..100 ms in nanoseconds, deterministic.
+fn latencies(n: usize, seed: u64) -> Vec<u64> {
+    let mut x = seed;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let u = (x >> 11) as f64 / (1u64 << 53) as f64;
+            (1e6 * 100f64.powf(u)) as u64
+        })
+        .collect()
+}
+
+#[test]
+fn a_coarser_sender_arriving_after_a_finer_one_keeps_its_percentiles_unbiased() {
+    // Two processes of one service: an old SDK at 3 significant digits, a new one at 1
+    // (buckets up to 1/16 wide). The exact percentiles of their union against what the
+    // merged histogram says, with the fine sender first (the order that used to bias low).
+    let (fine_values, coarse_values) = (latencies(20_000, 7), latencies(20_000, 11));
+    let mut fine = Histogram::<u64>::new_with_bounds(1, 1 << 40, 3).unwrap();
+    let mut coarse = Histogram::<u64>::new_with_bounds(1, 1 << 40, 1).unwrap();
+    for &v in &fine_values {
+        fine.record(v).unwrap();
+    }
+    for &v in &coarse_values {
+        coarse.record(v).unwrap();
+    }
+    let mut all: Vec<u64> = fine_values.iter().chain(&coarse_values).copied().collect();
+    all.sort_unstable();
+    let payload = payload(&[fine, coarse]);
+    let batch = BatchView::parse(&payload, &limits()).unwrap();
+    let views = views(&batch);
+    let mut scratch = Vec::new();
+    let mut fine_first = SparseHistogram::from_view(&views[0], &mut scratch).unwrap();
+    fine_first.add_view(&views[1], &mut scratch).unwrap();
+    let mut coarse_first = SparseHistogram::from_view(&views[1], &mut scratch).unwrap();
+    coarse_first.add_view(&views[0], &mut scratch).unwrap();
+    for q in [0.5, 0.9, 0.99, 0.999] {
+        let exact = all[((q * all.len() as f64).ceil() as usize).max(1) - 1] as f64;
+        // What the publisher sends for the bucket holding the quantile: its middle.
+        let got = fine_first.median_equivalent(fine_first.value_at_quantile(q)) as f64;
+        let error = (got - exact).abs() / exact;
+        // Half the widest bucket of the coarse layout (1/16), plus the sampling of a rank.
+        assert!(
+            error <= 1.0 / 32.0 + 0.002,
+            "p{}: merged {got} vs exact {exact} ({:.2}%)",
+            q * 100.0,
+            error * 100.0
+        );
+    }
+    // The mean of what the publisher sends (each bucket's middle with its count, as
+    // CloudWatch sees Values/Counts) against the exact mean: the coarse sender's samples sit
+    // in the middle of their buckets, not at their lower ends.
+    let sent: f64 = fine_first
+        .buckets()
+        .iter()
+        .map(|&(v, c)| fine_first.median_equivalent(v) as f64 * c as f64)
+        .sum::<f64>()
+        / fine_first.len() as f64;
+    let exact = all.iter().map(|&v| v as f64).sum::<f64>() / all.len() as f64;
+    let bias = (sent - exact) / exact;
+    assert!(
+        bias.abs() < 0.005,
+        "mean of the published values off by {:.2}%",
+        bias * 100.0
+    );
+    assert_eq!(fine_first.buckets(), coarse_first.buckets());
+    assert_eq!(fine_first.significant_digits(), 1);
 }
