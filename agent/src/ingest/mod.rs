@@ -42,6 +42,7 @@ struct IntakeStats {
     rejected: Counter,
     stale: Counter,
     lost_batches: Counter,
+    late_batches: Counter,
     sdk_dropped_samples: Counter,
     sdk_dropped_batches: Counter,
     sdk_label_overflows: Counter,
@@ -99,8 +100,13 @@ impl Intake {
             stale: b("stale"),
             lost_batches: stats.counter(
                 "tally_agent_lost_batches_total",
-                "Batches that never arrived (sequence gaps), by reason.",
+                "Batches that never arrived (sequence gaps the SDK did not report dropping), by reason.",
                 &[("reason", "sequence_gap")],
+            ),
+            late_batches: stats.counter(
+                "tally_agent_late_batches_total",
+                "Batches counted in tally_agent_lost_batches_total that arrived after all and were merged.",
+                &[],
             ),
             sdk_dropped_samples: stats.counter(
                 "tally_agent_sdk_dropped_samples_total",
@@ -217,6 +223,7 @@ impl Intake {
                 self.stats
                     .lost_batches
                     .add(c.lost_batches.saturating_add(c.evicted_lost_batches));
+                self.stats.late_batches.add(c.late_batches);
                 self.stats
                     .sdk_dropped_samples
                     .add(c.sdk_drops.dropped_samples);

@@ -10,8 +10,15 @@
 //!   (`tally_agent_lost_batches_total{reason="sequence_gap"}`), as are the missing sequences of
 //!   a process that is forgotten (idle past `aggregate.process_ttl_secs` or evicted when more
 //!   than `aggregate.max_processes` are tracked);
-//! - a sequence older than the window cannot be told apart from a duplicate: it is refused and
-//!   counted (`tally_agent_stale_batches_total`).
+//! - a sequence older than the window is a duplicate when the tracker knows it was merged:
+//!   every sequence from the process's first one up that left the window was either merged
+//!   or counted lost, and the lost ones are remembered (at most [`GAP_MEMORY`] a process). A
+//!   lost one that arrives after all is merged and counted as late
+//!   (`tally_agent_late_batches_total`). Only a sequence below the process's first one, or one
+//!   the tracker could not remember, is refused and counted (`tally_agent_stale_batches_total`);
+//! - a batch the SDK itself dropped (its outbox bound) is reported by the SDK in its cumulative
+//!   drop report; the gap it leaves is that same loss, so it is not counted again as a lost
+//!   batch: gaps are counted net of the batches the process reported dropping.
 //!
 //! The first batch seen from a process is taken as its start: an agent that restarts does not
 //! count the batches its predecessor merged as lost. The SDK's cumulative drop report is turned
@@ -25,6 +32,11 @@ use tally::wire::DropReport;
 
 /// How many sequences below the highest one are remembered per process.
 pub const WINDOW: u64 = 128;
+
+/// How many lost sequences (gaps that left the window) are remembered per process, so that
+/// one arriving late is told apart from a duplicate. Past it the oldest are forgotten, and
+/// sequences at or below them are refused as stale again.
+pub const GAP_MEMORY: usize = 64;
 
 /// What to do with a batch, decided before merging it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +56,33 @@ struct Process {
     seen: u128,
     drops: DropReport,
     last_seen: Instant,
+    /// Sequences that left the window without arriving (counted lost), ascending, at most
+    /// [`GAP_MEMORY`]. Every other sequence from `known_from` up to below the window was merged.
+    gaps: Vec<u64>,
+    /// The lowest sequence the tracker knows the fate of: the first one seen, raised past
+    /// the gaps it had to forget.
+    known_from: u64,
+    /// Batches the SDK reported dropping that no gap has matched yet.
+    unmatched_sdk_drops: u64,
+}
+
+impl Process {
+    /// Counts the gaps that left the window as `n` lost batches, net of the batches the SDK
+    /// said it dropped (those are its own, already counted loss).
+    fn net_lost(&mut self, n: u64) -> u64 {
+        let matched = n.min(self.unmatched_sdk_drops);
+        self.unmatched_sdk_drops -= matched;
+        n - matched
+    }
+
+    /// Remembers that `seq` left the window without arriving.
+    fn remember_gap(&mut self, seq: u64) {
+        if self.gaps.len() == GAP_MEMORY {
+            let forgotten = self.gaps.remove(0);
+            self.known_from = self.known_from.max(forgotten.saturating_add(1));
+        }
+        self.gaps.push(seq);
+    }
 }
 
 /// What committing a batch revealed.
@@ -55,6 +94,8 @@ pub struct Commit {
     pub sdk_drops: DropReport,
     /// Batches lost by processes evicted to make room.
     pub evicted_lost_batches: u64,
+    /// 1 when this batch was counted lost earlier (it left the window) and arrived after all.
+    pub late_batches: u64,
 }
 
 /// Sequence state of every known SDK process, bounded in size.
@@ -100,7 +141,15 @@ impl Sequences {
         }
         let d = p.high - seq;
         if d >= WINDOW {
-            Verdict::Stale
+            if seq < p.known_from {
+                // Below the first sequence seen, or among gaps too old to remember.
+                Verdict::Stale
+            } else if p.gaps.binary_search(&seq).is_ok() {
+                // Counted lost when it left the window; merge it after all.
+                Verdict::New
+            } else {
+                Verdict::Duplicate
+            }
         } else if p.seen & (1u128 << d) != 0 {
             Verdict::Duplicate
         } else {
@@ -111,7 +160,8 @@ impl Sequences {
     /// Records that `seq` of process `id` was merged, with the drop report it carried.
     pub fn commit(&mut self, id: u64, seq: u64, drops: DropReport, now: Instant) -> Commit {
         let mut out = Commit::default();
-        if !self.procs.contains_key(&id) {
+        let first = !self.procs.contains_key(&id);
+        if first {
             if self.procs.len() >= self.max {
                 out.evicted_lost_batches = self.evict_oldest();
             }
@@ -122,28 +172,15 @@ impl Sequences {
                     seen: u128::MAX,
                     drops: DropReport::default(),
                     last_seen: now,
+                    gaps: Vec::new(),
+                    known_from: seq,
+                    unmatched_sdk_drops: 0,
                 },
             );
         }
         let p = self.procs.get_mut(&id).expect("inserted above");
-        if seq > p.high {
-            let shift = seq - p.high;
-            if shift >= WINDOW {
-                // At most 128 + (u64::MAX - 1 - WINDOW): cannot overflow.
-                out.lost_batches = missing(p) + (shift - WINDOW);
-                p.seen = 1;
-            } else {
-                let leaving = !0u128 << (WINDOW - shift);
-                out.lost_batches = u64::from((leaving & !p.seen).count_ones());
-                p.seen = (p.seen << shift) | 1;
-            }
-            p.high = seq;
-        } else {
-            let d = p.high - seq;
-            if d < WINDOW {
-                p.seen |= 1u128 << d;
-            }
-        }
+        // The drop report first: the batches it reports dropped may be the gaps this batch
+        // pushes out of the window.
         let prev = p.drops;
         out.sdk_drops = DropReport {
             dropped_samples: drops.dropped_samples.saturating_sub(prev.dropped_samples),
@@ -155,6 +192,62 @@ impl Sequences {
             dropped_batches: prev.dropped_batches.max(drops.dropped_batches),
             label_overflows: prev.label_overflows.max(drops.label_overflows),
         };
+        if !first {
+            // A first report is the process's whole history: its gaps lie before `start`.
+            p.unmatched_sdk_drops = p
+                .unmatched_sdk_drops
+                .saturating_add(out.sdk_drops.dropped_batches);
+        }
+        if seq > p.high {
+            let shift = seq - p.high;
+            let old_high = p.high;
+            let lost = if shift >= WINDOW {
+                // The window's own gaps, then every sequence skipped over.
+                for d in (0..WINDOW).rev() {
+                    if p.seen & (1u128 << d) == 0 {
+                        p.remember_gap(old_high - d);
+                    }
+                }
+                // Skipped over, below the new window: old_high + 1 ..= seq - WINDOW. Past
+                // GAP_MEMORY of them, only the highest are remembered and nothing below them
+                // is known any more.
+                let highest = seq - WINDOW;
+                if highest > old_high {
+                    let lowest = (old_high + 1).max(highest.saturating_sub(GAP_MEMORY as u64 - 1));
+                    if lowest > old_high + 1 {
+                        p.gaps.clear();
+                        p.known_from = p.known_from.max(lowest);
+                    }
+                    for skipped in lowest..=highest {
+                        p.remember_gap(skipped);
+                    }
+                }
+                // At most 128 + (u64::MAX - 1 - WINDOW): cannot overflow.
+                let n = missing(p) + (shift - WINDOW);
+                p.seen = 1;
+                n
+            } else {
+                let leaving = !0u128 << (WINDOW - shift);
+                for d in (WINDOW - shift..WINDOW).rev() {
+                    if p.seen & (1u128 << d) == 0 {
+                        p.remember_gap(old_high - d);
+                    }
+                }
+                let n = u64::from((leaving & !p.seen).count_ones());
+                p.seen = (p.seen << shift) | 1;
+                n
+            };
+            out.lost_batches = p.net_lost(lost);
+            p.high = seq;
+        } else {
+            let d = p.high - seq;
+            if d < WINDOW {
+                p.seen |= 1u128 << d;
+            } else if let Ok(i) = p.gaps.binary_search(&seq) {
+                p.gaps.remove(i);
+                out.late_batches = 1;
+            }
+        }
         p.last_seen = now;
         out
     }
@@ -167,7 +260,10 @@ impl Sequences {
             .map(|(id, _)| *id);
         oldest
             .and_then(|id| self.procs.remove(&id))
-            .map_or(0, |p| missing(&p))
+            .map_or(0, |mut p| {
+                let m = missing(&p);
+                p.net_lost(m)
+            })
     }
 
     /// Forgets processes silent for longer than the TTL; returns the batches they were missing.
@@ -177,7 +273,8 @@ impl Sequences {
         self.procs.retain(|_, p| {
             let keep = now.duration_since(p.last_seen) < ttl;
             if !keep {
-                lost += missing(p);
+                let m = missing(p);
+                lost += p.net_lost(m);
             }
             keep
         });
@@ -252,12 +349,97 @@ mod tests {
             lost += s.commit(1, seq, DropReport::default(), now).lost_batches;
         }
         assert_eq!(lost, 2);
-        assert_eq!(s.check(1, 2), Verdict::Stale);
+        // Counted lost, then it arrives after all: merged, and counted as late.
+        assert_eq!(s.check(1, 2), Verdict::New);
+        assert_eq!(s.commit(1, 2, DropReport::default(), now).late_batches, 1);
+        assert_eq!(s.check(1, 2), Verdict::Duplicate);
+        assert_eq!(s.check(1, 3), Verdict::New, "3 is still a late gap");
         // A jump far ahead loses the skipped sequences: those below the new window now, the
         // WINDOW - 1 inside it once they leave it.
         let c = s.commit(1, 4 + WINDOW + 1000, DropReport::default(), now);
         assert_eq!(c.lost_batches, 999 - (WINDOW - 1));
         assert_eq!(s.missing_in_windows(), WINDOW - 1);
+    }
+
+    #[test]
+    fn a_resend_older_than_the_window_of_a_merged_batch_is_a_duplicate_not_stale() {
+        // The agent merged 1..=300 but the acks of 10..=20 were lost: the SDK sends them
+        // again after reconnecting, 280 sequences back.
+        let mut s = seqs();
+        let now = Instant::now();
+        for seq in 1..=300 {
+            assert_eq!(s.commit(1, seq, DropReport::default(), now).lost_batches, 0);
+        }
+        for seq in 10..=20 {
+            assert_eq!(s.check(1, seq), Verdict::Duplicate);
+        }
+        // Below the first sequence this agent saw, nothing is known.
+        let mut t = seqs();
+        t.commit(2, 200, DropReport::default(), now);
+        t.commit(2, 400, DropReport::default(), now);
+        assert_eq!(t.check(2, 199), Verdict::Stale);
+    }
+
+    #[test]
+    fn gaps_too_many_to_remember_make_older_sequences_stale_again() {
+        let mut s = seqs();
+        let now = Instant::now();
+        s.commit(1, 1, DropReport::default(), now);
+        // 2..=1000 skipped: far more than GAP_MEMORY, and then the window moves on.
+        let c = s.commit(1, 1001 + WINDOW, DropReport::default(), now);
+        // 2..=1001 fell below the new window; 1002.. are still inside it.
+        assert_eq!(c.lost_batches, 1000);
+        assert_eq!(
+            s.check(1, 1),
+            Verdict::Stale,
+            "below what the tracker remembers"
+        );
+        assert_eq!(s.check(1, 500), Verdict::Stale);
+        assert_eq!(s.check(1, 1001), Verdict::New, "a remembered gap, late");
+        assert_eq!(s.check(1, 1001 - GAP_MEMORY as u64), Verdict::Stale);
+    }
+
+    #[test]
+    fn batches_the_sdk_reports_dropping_are_not_counted_again_as_gaps() {
+        let r = |batches| DropReport {
+            dropped_samples: 10 * batches,
+            dropped_batches: batches,
+            label_overflows: 0,
+        };
+        let mut s = seqs();
+        let now = Instant::now();
+        s.commit(1, 1, r(0), now);
+        // The SDK's outbox dropped 2 and 3 (sequences already given); 4 reports it.
+        let c = s.commit(1, 4, r(2), now);
+        assert_eq!(c.sdk_drops.dropped_batches, 2);
+        let mut lost = 0;
+        for seq in 5..=(4 + WINDOW) {
+            lost += s.commit(1, seq, r(2), now).lost_batches;
+        }
+        assert_eq!(lost, 0, "the SDK's own report counted them");
+        // A gap the SDK did not report is still lost.
+        s.commit(1, 6 + WINDOW, r(2), now);
+        let c = s.commit(1, 5 + 2 * WINDOW, r(2), now);
+        assert_eq!(c.lost_batches, 1);
+    }
+
+    #[test]
+    fn a_first_report_of_old_drops_does_not_hide_later_gaps() {
+        let mut s = seqs();
+        let now = Instant::now();
+        // A process that dropped 50 batches before this agent started.
+        let old = DropReport {
+            dropped_samples: 500,
+            dropped_batches: 50,
+            label_overflows: 0,
+        };
+        s.commit(1, 100, old, now);
+        s.commit(1, 102, old, now);
+        let c = s.commit(1, 102 + WINDOW, old, now);
+        assert_eq!(
+            c.lost_batches, 1,
+            "101 never arrived and no new drop explains it"
+        );
     }
 
     #[test]
