@@ -501,3 +501,83 @@ fn a_full_disk_neither_hides_logged_batches_behind_a_cut_write_nor_loses_them_at
         "both small batches come back, the one logged after the failed write too; stderr:\n{err}"
     );
 }
+
+#[test]
+fn a_stuck_write_ahead_log_disk_does_not_stall_the_admin_endpoint_or_new_connections() {
+    // A segment file that blocks like a stuck disk: a FIFO with no reader, where the log's
+    // next segment goes. Opening it for writing blocks until the test opens it for reading.
+    let dir = tempfile::tempdir().unwrap();
+    let wal = dir.path().join("wal");
+    let agent = Agent::start(&[
+        "--set",
+        &format!("durability.dir={}", wal.display()),
+        "--set",
+        "period_secs=60",
+    ]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let fifos: Vec<_> = [now / 60 * 60, now / 60 * 60 + 60]
+        .iter()
+        .map(|start| {
+            // A fresh directory: this run is generation 1.
+            let path = wal.join(format!("p{start}-g1.wal"));
+            let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+            // SAFETY: mkfifo(3) with a NUL-terminated path we own.
+            assert_eq!(
+                unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
+                0,
+                "mkfifo {path:?}"
+            );
+            path
+        })
+        .collect();
+
+    // Two clients whose batches wait on the stuck disk: one in the append, the other for the
+    // merge lock the append holds. Each would hold one of the agent's two runtime workers.
+    let senders: Vec<_> = (0..2u64)
+        .map(|i| {
+            let addr = agent.ingest;
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr, 500 + i);
+                c.stream
+                    .set_read_timeout(Some(Duration::from_secs(60)))
+                    .unwrap();
+                c.send(vec![counter("RequestCount", "/stuck", 1)])
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+
+    // The admin endpoint and the listener still answer.
+    let health = tally_agent::admin::check_health(agent.admin, Duration::from_secs(5));
+    assert!(
+        matches!(health, Ok(true)),
+        "/health answered while the log's disk was stuck: {health:?}"
+    );
+    let probe = TcpStream::connect_timeout(&agent.ingest, Duration::from_secs(5));
+    assert!(probe.is_ok(), "a new connection is accepted: {probe:?}");
+
+    // The disk comes back: both batches are logged and acknowledged.
+    let readers: Vec<_> = fifos
+        .into_iter()
+        .map(|path| {
+            std::thread::spawn(move || {
+                let mut f = std::fs::File::open(path).unwrap();
+                let mut sink = Vec::new();
+                let _ = f.read_to_end(&mut sink);
+            })
+        })
+        .collect();
+    for s in senders {
+        assert_eq!(s.join().unwrap(), Some(AckStatus::Accepted));
+    }
+    let (ok, out, err) = agent.terminate();
+    assert!(ok, "{err}");
+    assert_eq!(
+        total(&out, "RequestCount", &[("Route", "/stuck")], "sum"),
+        2.0
+    );
+    drop(readers);
+}

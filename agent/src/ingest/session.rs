@@ -351,7 +351,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         let (sequence, status) = match parsed {
             Ok(batch) => {
                 let seq = batch.sequence;
-                match ctx.intake.accept_frame(&batch, &buf) {
+                match accept(&ctx, &batch, &buf) {
                     FrameOutcome::Ack { status, sync: None } => (seq, status),
                     FrameOutcome::Ack {
                         status,
@@ -442,6 +442,23 @@ async fn read_payload<'a, S: AsyncRead + Unpin>(
             .map_err(|_| PayloadError::Io)?;
     }
     Ok(permit)
+}
+
+/// Merges a batch and, with `[durability]`, appends it to the write-ahead log. The append is
+/// a `write()` (and the first one of a period an `open()`) under the merge lock: a slow or
+/// stuck disk would hold the tokio worker, and every session waiting for that lock would hold
+/// another, until no worker is left for the listeners, the admin endpoint or the publisher.
+/// So with the log on, the call runs as blocking code (`block_in_place`: the runtime moves its
+/// other tasks to a fresh worker meanwhile). Without the log the merge is brief CPU work and
+/// runs in place.
+fn accept(ctx: &SessionContext, batch: &BatchView<'_>, payload: &[u8]) -> FrameOutcome {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if ctx.intake.wal().is_some() && multi_thread {
+        tokio::task::block_in_place(|| ctx.intake.accept_frame(batch, payload))
+    } else {
+        ctx.intake.accept_frame(batch, payload)
+    }
 }
 
 /// Forces a write-ahead log segment to disk before the ack (`durability.sync = "every_batch"`).
