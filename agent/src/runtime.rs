@@ -286,6 +286,7 @@ fn replay(
         return Ok(());
     }
     let files = leftovers.len();
+    intake.seed_sequences(wal.first_sequences(&leftovers)?);
     let limits = config.ingest.limits();
     let mut undecodable = 0u64;
     let n = wal.replay(leftovers, |payload| {

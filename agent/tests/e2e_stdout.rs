@@ -415,3 +415,58 @@ fn a_period_the_stdout_sink_cannot_write_is_counted_as_dropped() {
         "the period's samples are counted, not just logged"
     );
 }
+
+#[test]
+fn a_gap_filled_late_and_logged_after_a_higher_sequence_survives_the_replay() {
+    // A previous run logged batch 7 of a process in one period's segment, then batch 5 (sent
+    // again after a reconnect, a gap filled late) in the next period's, and was killed.
+    use tally::wire::{encode_batch, Batch, ProcessIdentity};
+    use tally_agent::durability::{encode_record, segment_name};
+    let dir = tempfile::tempdir().unwrap();
+    let wal = dir.path().join("wal");
+    std::fs::create_dir_all(&wal).unwrap();
+    let now_s = common::now_ms() / 1000;
+    let first_period = now_s / 10 * 10 - 30;
+    for (period, seq, n) in [(first_period, 7, 7), (first_period + 10, 5, 5)] {
+        let batch = Batch {
+            process: ProcessIdentity {
+                instance_id: 4242,
+                pid: 4242,
+                service: "shop".into(),
+                environment: "test".into(),
+                host: "localhost".into(),
+            },
+            sequence: seq,
+            start_unix_ms: period * 1000 + 1000,
+            end_unix_ms: period * 1000 + 2000,
+            drops: Default::default(),
+            series: vec![counter("RequestCount", "/late", n)],
+        };
+        let mut frame = Vec::new();
+        encode_batch(&batch, &mut frame).unwrap();
+        let mut record = Vec::new();
+        encode_record(&frame[HEADER_LEN..], &mut record);
+        std::fs::write(wal.join(segment_name(period, 1)), &record).unwrap();
+    }
+    let agent = Agent::start(&[
+        "--set",
+        &format!("durability.dir={}", wal.display()),
+        "--set",
+        "period_secs=10",
+    ]);
+    let replayed = common::wait_for_metric(
+        &agent,
+        "tally_agent_wal_replayed_batches_total",
+        2,
+        Duration::from_secs(10),
+    );
+    assert_eq!(replayed, 2);
+    let (ok, out, err) = agent.terminate();
+    assert!(ok, "{err}");
+    // Both batches are published: 5 was not mistaken for a duplicate of something below 7.
+    assert_eq!(
+        total(&out, "RequestCount", &[("Route", "/late")], "sum"),
+        12.0,
+        "{out}"
+    );
+}

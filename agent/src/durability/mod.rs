@@ -497,6 +497,33 @@ impl Wal {
         Ok(())
     }
 
+    /// The lowest sequence each process has in the log a previous run left, read segment by
+    /// segment (one file in memory at a time). Replay seeds the sequence tracker with it, so
+    /// that a batch logged after a higher one of its process (a gap filled late) is not taken
+    /// for a duplicate of something merged before.
+    pub fn first_sequences(
+        &self,
+        leftovers: &Leftovers,
+    ) -> Result<std::collections::HashMap<u64, u64>, WalError> {
+        let mut first = std::collections::HashMap::new();
+        for seg in &leftovers.segments {
+            let data = std::fs::read(&seg.path).map_err(|source| WalError::Segment {
+                path: seg.path.clone(),
+                source,
+            })?;
+            let mut pos = 0;
+            while let RecordRead::Record(payload) = read_record(&data, &mut pos) {
+                if let Some((id, seq)) = segment::batch_key(payload) {
+                    first
+                        .entry(id)
+                        .and_modify(|s: &mut u64| *s = (*s).min(seq))
+                        .or_insert(seq);
+                }
+            }
+        }
+        Ok(first)
+    }
+
     /// Replays what a previous run left: every record is handed to `merge` (oldest period
     /// first, in append order, duplicates skipped), which merges and re-logs it under this
     /// generation; each old file is deleted once its records are re-logged (and synced, when

@@ -155,6 +155,16 @@ impl Intake {
         self.accept_logged(batch, Some(payload), true)
     }
 
+    /// Before a replay: starts tracking each process of the log at the lowest sequence it
+    /// logged (see [`sequence::Sequences::seed`]), so its batches replay in any order.
+    pub fn seed_sequences(&self, first: impl IntoIterator<Item = (u64, u64)>) {
+        let now = Instant::now();
+        let mut core = self.core.lock();
+        for (id, seq) in first {
+            core.sequences.seed(id, seq, now);
+        }
+    }
+
     /// Replays a logged batch at start: merged and logged again, never refused for room.
     pub fn replay_frame(&self, batch: &BatchView<'_>, payload: &[u8]) -> AckStatus {
         match self.accept_logged(batch, Some(payload), false) {

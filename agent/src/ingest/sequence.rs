@@ -64,6 +64,8 @@ struct Process {
     known_from: u64,
     /// Batches the SDK reported dropping that no gap has matched yet.
     unmatched_sdk_drops: u64,
+    /// Whether a drop report of this process was committed (its first is its whole history).
+    reported: bool,
 }
 
 impl Process {
@@ -160,8 +162,7 @@ impl Sequences {
     /// Records that `seq` of process `id` was merged, with the drop report it carried.
     pub fn commit(&mut self, id: u64, seq: u64, drops: DropReport, now: Instant) -> Commit {
         let mut out = Commit::default();
-        let first = !self.procs.contains_key(&id);
-        if first {
+        if !self.procs.contains_key(&id) {
             if self.procs.len() >= self.max {
                 out.evicted_lost_batches = self.evict_oldest();
             }
@@ -175,6 +176,7 @@ impl Sequences {
                     gaps: Vec::new(),
                     known_from: seq,
                     unmatched_sdk_drops: 0,
+                    reported: false,
                 },
             );
         }
@@ -192,12 +194,14 @@ impl Sequences {
             dropped_batches: prev.dropped_batches.max(drops.dropped_batches),
             label_overflows: prev.label_overflows.max(drops.label_overflows),
         };
-        if !first {
-            // A first report is the process's whole history: its gaps lie before `start`.
+        if p.reported {
+            // A first report is the process's whole history: its gaps lie before the first
+            // sequence seen.
             p.unmatched_sdk_drops = p
                 .unmatched_sdk_drops
                 .saturating_add(out.sdk_drops.dropped_batches);
         }
+        p.reported = true;
         if seq > p.high {
             let shift = seq - p.high;
             let old_high = p.high;
@@ -250,6 +254,37 @@ impl Sequences {
         }
         p.last_seen = now;
         out
+    }
+
+    /// Starts tracking process `id` at sequence `first` before any of its batches is
+    /// committed, as if everything below `first` had been merged: what the write-ahead log's
+    /// replay knows of a process (the lowest sequence it logged; everything below was
+    /// published, and the SDK holds nothing of it unacknowledged). The logged batches may
+    /// then be committed in any order: a gap filled late, logged after a higher sequence, is
+    /// not mistaken for a duplicate. Does nothing for a process already tracked, or for
+    /// `first == 0`.
+    pub fn seed(&mut self, id: u64, first: u64, now: Instant) {
+        if first == 0 || self.procs.contains_key(&id) {
+            return;
+        }
+        if self.procs.len() >= self.max {
+            // Replay runs before any live traffic: room is there unless max_processes is
+            // below the processes in the log, in which case the old behaviour applies.
+            return;
+        }
+        self.procs.insert(
+            id,
+            Process {
+                high: first - 1,
+                seen: u128::MAX,
+                drops: DropReport::default(),
+                last_seen: now,
+                gaps: Vec::new(),
+                known_from: first,
+                unmatched_sdk_drops: 0,
+                reported: false,
+            },
+        );
     }
 
     fn evict_oldest(&mut self) -> u64 {
@@ -440,6 +475,25 @@ mod tests {
             c.lost_batches, 1,
             "101 never arrived and no new drop explains it"
         );
+    }
+
+    #[test]
+    fn a_seeded_process_takes_its_logged_batches_in_any_order() {
+        let mut s = seqs();
+        let now = Instant::now();
+        s.seed(1, 5, now);
+        // Logged as 7, then 5 (a gap filled late): replayed in that order.
+        assert_eq!(s.check(1, 7), Verdict::New);
+        assert_eq!(s.commit(1, 7, DropReport::default(), now).lost_batches, 0);
+        assert_eq!(s.check(1, 5), Verdict::New, "not a duplicate");
+        s.commit(1, 5, DropReport::default(), now);
+        // Below the lowest logged sequence: published by the previous run.
+        assert_eq!(s.check(1, 4), Verdict::Duplicate);
+        assert_eq!(s.check(1, 6), Verdict::New);
+        // Unseeded, the first batch starts the window and 5 looks merged.
+        let mut t = seqs();
+        t.commit(1, 7, DropReport::default(), now);
+        assert_eq!(t.check(1, 5), Verdict::Duplicate);
     }
 
     #[test]
