@@ -169,9 +169,13 @@ async fn alarms_run(
     command: &AlarmsCommand,
     extra: Option<Vec<(String, String)>>,
 ) -> Result<(), String> {
-    let extra = match extra {
-        Some(e) => e,
-        None => ecs_dimensions(config).await,
+    let extra = match (extra, command) {
+        (Some(e), _) => e,
+        // Exported outside the task: the values come from the command line.
+        (None, AlarmsCommand::Export { ecs_values, .. }) if !ecs_values.is_empty() => {
+            ecs_values.clone()
+        }
+        (None, _) => ecs_dimensions(config).await,
     };
     // An alarm on a set without a configured [ecs] dimension watches series the agent, which
     // runs in the task and adds it, never publishes: refuse rather than write alarms that
@@ -188,8 +192,8 @@ async fn alarms_run(
             "the [ecs] dimensions {missing:?} could not be read from the ECS task metadata \
              (ECS_CONTAINER_METADATA_URI_V4 unset or unreachable: see the warnings above), and \
              the agent publishes every metric with them; run `tally-agent alarms` inside the \
-             task (or set [alarm_management] apply_on_start = true), or remove them from \
-             [ecs] dimensions"
+             task (or set [alarm_management] apply_on_start = true; for `alarms export`, give \
+             each with --ecs-value NAME=VALUE), or remove them from [ecs] dimensions"
         ));
     }
     let catalog = Catalog::from_config_with(config, &extra);
@@ -202,6 +206,9 @@ async fn alarms_run(
         period_secs: config.period_secs,
         catalog: &catalog,
     };
+    if let AlarmsCommand::Export { format, output, .. } = command {
+        return export_to(config, *format, output.as_deref(), &target);
+    }
     let client = tally_agent::publish::client::build_client(
         &config.publish,
         tally_agent::publish::ClientOverrides::default(),
@@ -220,6 +227,29 @@ async fn alarms_run(
     )
     .await
     .map_err(|e| e.to_string())
+}
+
+/// `alarms export`: to `output`, or standard output.
+fn export_to(
+    config: &Config,
+    format: tally_agent::alarms::export::ExportFormat,
+    output: Option<&std::path::Path>,
+    target: &Target<'_>,
+) -> Result<(), String> {
+    let (alarms, dashboard) = (config.alarms_config(), &config.dashboard);
+    let write = |out: &mut dyn std::io::Write| {
+        tally_agent::alarms::cli::write_export(format, &alarms, dashboard, target, out)
+            .map_err(|e| e.to_string())
+    };
+    match output {
+        None => write(&mut std::io::stdout().lock()),
+        Some(path) => {
+            let mut buf = Vec::new();
+            write(&mut buf)?;
+            std::fs::write(path, buf)
+                .map_err(|e| format!("cannot write {}: {e}; check the path given to --output", path.display()))
+        }
+    }
 }
 
 /// Installs the SIGTERM and SIGINT handlers now (call it first: the agent is PID 1 in its
