@@ -582,3 +582,111 @@ fn the_example_agent_config_is_valid_with_the_task_definitions_environment() {
         text(&out)
     );
 }
+
+/// A template value with `!Ref` and `!Sub` of parameters replaced by the parameters' defaults
+/// (what a stack created with the defaults holds).
+fn with_defaults(tpl: &Value, v: &Value) -> String {
+    let default = |p: &str| {
+        tpl["Parameters"][p]["Default"]
+            .as_str()
+            .unwrap_or_else(|| panic!("parameter {p} has a string default"))
+            .to_owned()
+    };
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Object(o) if o.contains_key("Ref") => default(o["Ref"].as_str().expect("Ref")),
+        Value::Object(o) if o.contains_key("Fn::Sub") => {
+            let mut s = o["Fn::Sub"].as_str().expect("a plain Fn::Sub").to_owned();
+            while let Some(at) = s.find("${") {
+                let end = at + s[at..].find('}').expect("closing brace");
+                let value = default(&s[at + 2..end]);
+                s.replace_range(at..=end, &value);
+            }
+            s
+        }
+        other => panic!("cannot resolve {other}"),
+    }
+}
+
+/// The names `tally-agent alarms plan` gives the configured alarms (the same function,
+/// `desired_alarms`, with the [ecs] dimensions the task metadata would supply).
+fn planned_alarm_names(config: &tally_agent::config::Config) -> Vec<String> {
+    use tally_agent::alarms::desired::desired_alarms;
+    use tally_agent::alarms::Target;
+    let extra: Vec<(String, String)> = config
+        .ecs
+        .dimensions
+        .iter()
+        .map(|d| (d.name().to_owned(), "from-task-metadata".to_owned()))
+        .collect();
+    let catalog = tally_agent::catalog::Catalog::from_config_with(config, &extra);
+    let target = Target {
+        namespace: &config.namespace,
+        service: &config.service,
+        environment: &config.environment,
+        period_secs: config.period_secs,
+        catalog: &catalog,
+    };
+    desired_alarms(&config.alarms_config(), &target)
+        .expect("the alarms are valid")
+        .into_iter()
+        .map(|a| a.name)
+        .collect()
+}
+
+#[test]
+fn the_services_deployment_alarms_are_the_alarms_the_agent_plans_for_the_same_config() {
+    use tally_agent::config::Config;
+    let tpl = template();
+    let deployment = &tpl["Resources"]["Service"]["Properties"]["DeploymentConfiguration"];
+    assert_eq!(deployment["Alarms"]["Enable"], true, "deployment alarms on");
+    assert_eq!(deployment["Alarms"]["Rollback"], true, "rollback on alarm");
+    assert_eq!(deployment["DeploymentCircuitBreaker"]["Enable"], true);
+    assert_eq!(deployment["DeploymentCircuitBreaker"]["Rollback"], true);
+    assert_eq!(
+        tpl["Resources"]["Service"]["Properties"]["DeploymentController"]["Type"],
+        "ECS",
+        "deployment alarms work with the rolling-update controller only"
+    );
+    let mut in_template: Vec<String> = deployment["Alarms"]["AlarmNames"]
+        .as_array()
+        .expect("AlarmNames")
+        .iter()
+        .map(|v| with_defaults(&tpl, v))
+        .collect();
+    in_template.sort();
+
+    // The template's agent, configured by its environment alone.
+    let containers = tpl["Resources"]["TaskDefinition"]["Properties"]["ContainerDefinitions"]
+        .as_array()
+        .expect("containers");
+    let agent = containers
+        .iter()
+        .find(|c| c["Name"] == "tally-agent")
+        .expect("agent container");
+    let env: Vec<(String, String)> = agent["Environment"]
+        .as_array()
+        .expect("environment")
+        .iter()
+        .map(|e| (e["Name"].as_str().unwrap().to_owned(), with_defaults(&tpl, &e["Value"])))
+        .collect();
+    let from_env = Config::load(None, env.clone(), &[]).expect("the template's agent config");
+    assert!(
+        from_env.alarm_management.apply_on_start,
+        "the agent creates the alarms the deployment watches"
+    );
+    assert_eq!(planned_alarm_names(&from_env), in_template, "template.yaml");
+
+    // examples/ecs/agent.toml, with the same variables (service, environment, prefix).
+    let file = root().join("examples/ecs/agent.toml");
+    let from_file = Config::load(Some(&file), env, &[]).expect("examples/ecs/agent.toml");
+    assert!(from_file.alarm_management.apply_on_start, "agent.toml");
+    assert_eq!(planned_alarm_names(&from_file), in_template, "agent.toml");
+
+    // They are the service-level error-rate and p99 alarms: every dimension is one the agent
+    // sets itself, none a route's.
+    let alarms = from_file.alarms_config().alarms;
+    let templates: Vec<String> = alarms.iter().map(|a| format!("{:?}", a.template)).collect();
+    assert_eq!(templates, ["ErrorRate", "Latency"]);
+    assert!(alarms.iter().all(|a| a.dimensions.is_empty()));
+}
