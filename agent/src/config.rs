@@ -53,6 +53,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "ecs",
     "durability",
     "self_metrics",
+    "canary",
 ];
 
 /// Prefix of configuration environment variables.
@@ -101,6 +102,8 @@ pub struct Config {
     /// `[self_metrics]`: the agent's own metrics in CloudWatch (off by default: they are
     /// billed as custom metrics).
     pub self_metrics: SelfMetricsConfig,
+    /// `[canary]`: per-revision series and the canary gate's limits (`tally-agent canary`).
+    pub canary: crate::canary::CanaryConfig,
 }
 
 impl Default for Config {
@@ -124,6 +127,7 @@ impl Default for Config {
             dashboard: DashboardConfig::default(),
             durability: DurabilityConfig::default(),
             self_metrics: SelfMetricsConfig::default(),
+            canary: crate::canary::CanaryConfig::default(),
         }
     }
 }
@@ -924,6 +928,7 @@ impl Config {
             &self.alarm_management,
         ));
         errs.extend(self.durability.problems());
+        errs.extend(self.canary.problems());
         if self.self_metrics.cloudwatch {
             let declared = self.aggregate.metrics.iter().map(|m| ("metrics", &m.name));
             let derived = self.aggregate.derived.iter().map(|d| ("derived", &d.name));

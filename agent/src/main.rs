@@ -54,6 +54,9 @@ enum Command {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
+    /// Compare a canary (a new revision) with the baseline over a window: exit 0 healthy,
+    /// 1 unhealthy, 2 not enough data, 3 when it cannot decide (configuration, CloudWatch).
+    Canary(tally_agent::canary::CanaryArgs),
     /// Provision the alarms and dashboard declared in the configuration.
     Alarms {
         /// `plan` (dry run) or `apply`.
@@ -246,8 +249,12 @@ fn export_to(
         Some(path) => {
             let mut buf = Vec::new();
             write(&mut buf)?;
-            std::fs::write(path, buf)
-                .map_err(|e| format!("cannot write {}: {e}; check the path given to --output", path.display()))
+            std::fs::write(path, buf).map_err(|e| {
+                format!(
+                    "cannot write {}: {e}; check the path given to --output",
+                    path.display()
+                )
+            })
         }
     }
 }
@@ -288,7 +295,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 }
 
 fn run(common: &Common) -> ExitCode {
-    let config = match load_with_logs(common) {
+    let mut config = match load_with_logs(common) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -306,6 +313,7 @@ fn run(common: &Common) -> ExitCode {
     let result = rt.block_on(async {
         let shutdown = shutdown_signal();
         let extra = ecs_dimensions(&config).await;
+        tally_agent::canary::resolve_revision(&mut config).await;
         if config.alarm_management.apply_on_start {
             // Its own thread and runtime: pacing PutMetricAlarm at 3 TPS must not delay ingest.
             // The publisher's [ecs] dimensions, not a second fetch that could differ.
@@ -423,6 +431,50 @@ fn alarms(common: &Common, command: &AlarmsCommand) -> ExitCode {
     }
 }
 
+fn canary(common: &Common, args: &tally_agent::canary::CanaryArgs) -> ExitCode {
+    use tally_agent::canary::EXIT_ERROR;
+    let config = match load(common) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tally-agent: {e}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    init_logs(&config);
+    let decide = async {
+        let client = tally_agent::publish::client::build_client(
+            &config.publish,
+            tally_agent::publish::ClientOverrides::default(),
+            PublishStats::register(&Stats::new()),
+        )
+        .await
+        .map_err(|e| format!("cannot build the CloudWatch client: {e}"))?;
+        tally_agent::canary::gate(&client, &config, args)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match runtime().and_then(|rt| rt.block_on(decide)) {
+        Ok(report) => {
+            if args.json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(j) => println!("{j}"),
+                    Err(e) => {
+                        eprintln!("tally-agent: {e}");
+                        return ExitCode::from(EXIT_ERROR);
+                    }
+                }
+            } else {
+                print!("{report}");
+            }
+            ExitCode::from(report.exit_code)
+        }
+        Err(e) => {
+            eprintln!("tally-agent: {e}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
@@ -432,5 +484,6 @@ fn main() -> ExitCode {
             health(&cli.common, addr.as_deref(), *timeout_ms)
         }
         Some(Command::Alarms { command }) => alarms(&cli.common, command),
+        Some(Command::Canary(args)) => canary(&cli.common, args),
     }
 }

@@ -328,7 +328,13 @@ async fn exported_alarms_and_dashboard_equal_what_apply_creates_and_plan_shows()
     };
 
     // CloudFormation.
-    let cfn = export(&alarms_config, &dashboard, &target, ExportFormat::Cloudformation).unwrap();
+    let cfn = export(
+        &alarms_config,
+        &dashboard,
+        &target,
+        ExportFormat::Cloudformation,
+    )
+    .unwrap();
     let resources = cfn["Resources"].as_object().unwrap();
     let mut exported: Vec<AlarmDefinition> = resources
         .values()

@@ -644,8 +644,7 @@ fn the_services_deployment_alarms_are_the_alarms_the_agent_plans_for_the_same_co
     assert_eq!(deployment["DeploymentCircuitBreaker"]["Enable"], true);
     assert_eq!(deployment["DeploymentCircuitBreaker"]["Rollback"], true);
     assert_eq!(
-        tpl["Resources"]["Service"]["Properties"]["DeploymentController"]["Type"],
-        "ECS",
+        tpl["Resources"]["Service"]["Properties"]["DeploymentController"]["Type"], "ECS",
         "deployment alarms work with the rolling-update controller only"
     );
     let mut in_template: Vec<String> = deployment["Alarms"]["AlarmNames"]
@@ -668,7 +667,12 @@ fn the_services_deployment_alarms_are_the_alarms_the_agent_plans_for_the_same_co
         .as_array()
         .expect("environment")
         .iter()
-        .map(|e| (e["Name"].as_str().unwrap().to_owned(), with_defaults(&tpl, &e["Value"])))
+        .map(|e| {
+            (
+                e["Name"].as_str().unwrap().to_owned(),
+                with_defaults(&tpl, &e["Value"]),
+            )
+        })
         .collect();
     let from_env = Config::load(None, env.clone(), &[]).expect("the template's agent config");
     assert!(

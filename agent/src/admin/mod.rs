@@ -79,6 +79,12 @@ pub fn route(state: &AdminState, path: &str) -> Response<Full<Bytes>> {
                 d.max(0) as u64,
                 state.self_metrics,
                 state.period_secs,
+            )
+            .with_revision_metrics(
+                state
+                    .stats
+                    .gauge_value(crate::aggregate::revision::LAST_PERIOD_METRICS, &[])
+                    .max(0) as u64,
             );
             respond(
                 StatusCode::OK,

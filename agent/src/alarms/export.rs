@@ -433,7 +433,11 @@ mod tests {
 
     #[test]
     fn resource_ids_are_valid_for_each_format_and_never_clash() {
-        let alarms = [alarm("p-high-error-rate"), alarm("p-high_error.rate"), alarm("p-9s")];
+        let alarms = [
+            alarm("p-high-error-rate"),
+            alarm("p-high_error.rate"),
+            alarm("p-9s"),
+        ];
         assert_eq!(
             resource_ids(&alarms, "p-", ExportFormat::Cloudformation),
             ["AlarmHighErrorRate", "AlarmHighErrorRate2", "Alarm9s"]
