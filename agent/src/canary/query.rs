@@ -201,8 +201,13 @@ pub fn sides(
     };
     let side = |prefix: &str, value: &str| Side {
         value: value.to_owned(),
-        requests: values(format!("{prefix}_requests")).iter().sum(),
-        errors: values(format!("{prefix}_errors")).iter().sum(),
+        // fold from +0.0: an empty f64 `sum()` is -0.0, which would print as "-0.00%".
+        requests: values(format!("{prefix}_requests"))
+            .iter()
+            .fold(0.0, |a, v| a + v),
+        errors: values(format!("{prefix}_errors"))
+            .iter()
+            .fold(0.0, |a, v| a + v),
         latency: values(format!("{prefix}_latency"))
             .into_iter()
             .reduce(f64::max),
@@ -283,6 +288,7 @@ mod tests {
         let (c, b) = sides(&results, "42", "41").unwrap();
         assert_eq!((c.requests, c.errors, c.latency), (500.0, 0.0, Some(180.0)));
         assert_eq!((b.requests, b.latency), (10.0, None));
+        assert!(c.errors.is_sign_positive(), "no data is +0, not -0");
         assert_eq!(c.error_rate(), Some(0.0));
         let failed = [MetricDataResult::builder()
             .id("canary_latency")
