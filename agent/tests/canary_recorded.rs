@@ -14,7 +14,10 @@ use tally_agent::canary::CanaryConfig;
 
 /// A fixture's `MetricDataResults`, as the SDK would have decoded them.
 fn answer(file: &str) -> Vec<MetricDataResult> {
-    let path = format!("{}/tests/fixtures/canary/{file}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/fixtures/canary/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    );
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     doc["MetricDataResults"]
         .as_array()
@@ -88,14 +91,22 @@ fn a_canary_like_its_baseline_is_healthy_on_every_check() {
     let (verdict, _, o) = decide("healthy.json");
     assert_eq!(verdict, Verdict::Healthy, "{o:?}");
     assert!(o.iter().all(|(_, c)| *c == Outcome::Pass), "{o:?}");
-    assert_eq!(o.len(), 5, "requests, two error-rate and two latency checks: {o:?}");
+    assert_eq!(
+        o.len(),
+        5,
+        "requests, two error-rate and two latency checks: {o:?}"
+    );
 }
 
 #[test]
 fn a_window_answered_in_two_points_adds_counts_and_judges_the_slower_p99() {
     let (verdict, canary, o) = decide("split-window.json");
     assert_eq!((canary.requests, canary.errors), (4800.0, 9.0));
-    assert_eq!(canary.latency, Some(1210.0), "the larger p99 bounds the window's from above");
+    assert_eq!(
+        canary.latency,
+        Some(1210.0),
+        "the larger p99 bounds the window's from above"
+    );
     assert_eq!(verdict, Verdict::Unhealthy);
     assert_eq!(outcome(&o, "latency_p99_ms"), Outcome::Fail);
 }
@@ -112,5 +123,8 @@ fn no_latency_answer_for_a_side_is_not_enough_data() {
 fn a_forbidden_query_is_an_error_not_a_verdict() {
     let err = sides(&answer("forbidden.json"), "42", "41").unwrap_err();
     assert!(err.to_string().contains("Forbidden"), "{err}");
-    assert!(err.to_string().contains("cloudwatch:GetMetricData"), "{err}");
+    assert!(
+        err.to_string().contains("cloudwatch:GetMetricData"),
+        "{err}"
+    );
 }
