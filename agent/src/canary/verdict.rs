@@ -269,7 +269,7 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "{:<30} {:>12} {:>12}  {:<7} {:<48} detail",
+            "{:<28} {:>10} {:>10}  {:<7} {:<52} detail",
             "check", "canary", "baseline", "result", "limit"
         )?;
         for c in &self.checks {
@@ -280,7 +280,7 @@ impl fmt::Display for Report {
             };
             writeln!(
                 f,
-                "{:<30} {:>12} {:>12}  {:<7} {:<48} {}",
+                "{:<28} {:>10} {:>10}  {:<7} {:<52} {}",
                 c.name,
                 cell(c.canary),
                 cell(c.baseline),
