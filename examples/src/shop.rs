@@ -89,7 +89,8 @@ pub fn router_with_faults(tally: &tally::Tally, fault: Option<Fault>) -> Router 
             routes.layer(axum::middleware::from_fn(
                 move |req: axum::extract::Request, next: axum::middleware::Next| {
                     let hit = req.uri().path().starts_with(&f.path_prefix)
-                        && (seen.fetch_add(1, Ordering::Relaxed) + 1) % f.every.max(1) == 0;
+                        && (seen.fetch_add(1, Ordering::Relaxed) + 1)
+                            .is_multiple_of(f.every.max(1));
                     async move {
                         if hit {
                             (StatusCode::INTERNAL_SERVER_ERROR, "injected fault\n").into_response()

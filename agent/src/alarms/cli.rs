@@ -106,7 +106,10 @@ pub async fn run(
             }
         }
         AlarmsCommand::Export { format, .. } => {
-            write_export(*format, alarms, dashboard, target, out)?;
+            write_export(*format, alarms, dashboard, target, out).map_err(|e| match e {
+                ExportError::Config(c) => RunError::Alarms(c.into()),
+                ExportError::Output(o) => RunError::Output(o),
+            })?;
         }
     }
     Ok(())
@@ -120,11 +123,22 @@ pub fn write_export(
     dashboard: &DashboardConfig,
     target: &Target<'_>,
     out: &mut dyn Write,
-) -> Result<(), RunError> {
-    let doc = export(alarms, dashboard, target, format).map_err(AlarmsError::from)?;
+) -> Result<(), ExportError> {
+    let doc = export(alarms, dashboard, target, format)?;
     serde_json::to_writer_pretty(&mut *out, &doc).map_err(std::io::Error::from)?;
     writeln!(out)?;
     Ok(())
+}
+
+/// Errors of [`write_export`].
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// The configuration is invalid; nothing was written.
+    #[error(transparent)]
+    Config(#[from] super::AlarmConfigError),
+    /// Writing the output failed.
+    #[error("writing the output failed: {0}")]
+    Output(#[from] std::io::Error),
 }
 
 /// Errors of [`run`].

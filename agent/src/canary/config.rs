@@ -128,7 +128,10 @@ impl CanaryConfig {
                     .into(),
             );
         }
-        if self.window_secs == 0 || self.window_secs % 60 != 0 || self.window_secs > 86_400 {
+        if self.window_secs == 0
+            || !self.window_secs.is_multiple_of(60)
+            || self.window_secs > 86_400
+        {
             p.push(format!(
                 "canary.window_secs = {} must be a multiple of 60 between 60 and 86400 (one \
                  GetMetricData period covers the whole window)",
