@@ -28,7 +28,9 @@ pub struct CanaryConfig {
     pub dimension: String,
     /// This agent's value of it. Empty (default): the `Revision` of the ECS task metadata,
     /// read at start; set it (`TALLY_CANARY__REVISION`) outside ECS or to mark a deployment
-    /// some other way (an image tag, a git hash).
+    /// some other way (an image tag, a git hash). A number is taken as its digits
+    /// (`TALLY_CANARY__REVISION=42`).
+    #[serde(deserialize_with = "string_or_integer")]
     pub revision: String,
     /// Label dimensions kept in the per-revision series besides `ServiceName` and
     /// `Environment` (default none: one series per metric and revision; `["Route"]` makes it
@@ -87,6 +89,21 @@ impl Default for CanaryConfig {
             latency_slack_ms: 50.0,
         }
     }
+}
+
+/// A revision is a string in the task metadata, but `42` in TOML (or an environment
+/// variable, whose value is read as TOML) is an integer: take either.
+fn string_or_integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Text(String),
+        Number(i64),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::Text(s) => s,
+        Raw::Number(n) => n.to_string(),
+    })
 }
 
 impl CanaryConfig {
@@ -196,6 +213,15 @@ mod tests {
             (r.dimension.as_str(), r.value.as_str()),
             ("TaskDefinitionRevision", "42")
         );
+    }
+
+    #[test]
+    fn a_numeric_revision_is_taken_as_its_digits() {
+        let c: CanaryConfig = toml::from_str("revision = 42").unwrap();
+        assert_eq!(c.revision, "42");
+        let c: CanaryConfig = toml::from_str("revision = \"v1.2\"").unwrap();
+        assert_eq!(c.revision, "v1.2");
+        assert!(toml::from_str::<CanaryConfig>("revision = 4.2").is_err());
     }
 
     #[test]
