@@ -593,6 +593,7 @@ pub fn apply_overrides(tree: &mut toml::Table, overrides: &[Override]) -> Result
         &["alarm_management", "name_prefix"],
         &["publish", "region"],
         &["durability", "dir"],
+        &["canary", "revision"],
     ];
     let is_text = |path: &[String]| TEXT_KEYS.iter().any(|k| k.iter().eq(path.iter()));
     for o in overrides {

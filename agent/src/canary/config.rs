@@ -28,8 +28,8 @@ pub struct CanaryConfig {
     pub dimension: String,
     /// This agent's value of it. Empty (default): the `Revision` of the ECS task metadata,
     /// read at start; set it (`TALLY_CANARY__REVISION`) outside ECS or to mark a deployment
-    /// some other way (an image tag, a git hash). A number is taken as its digits
-    /// (`TALLY_CANARY__REVISION=42`).
+    /// some other way (an image tag, a git hash). Overrides are taken as written
+    /// (`TALLY_CANARY__REVISION=042` is `042`); in the file, `revision = 42` is `"42"`.
     #[serde(deserialize_with = "string_or_integer")]
     pub revision: String,
     /// Label dimensions kept in the per-revision series besides `ServiceName` and
