@@ -53,6 +53,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "ecs",
     "durability",
     "self_metrics",
+    "canary",
 ];
 
 /// Prefix of configuration environment variables.
@@ -101,6 +102,8 @@ pub struct Config {
     /// `[self_metrics]`: the agent's own metrics in CloudWatch (off by default: they are
     /// billed as custom metrics).
     pub self_metrics: SelfMetricsConfig,
+    /// `[canary]`: per-revision series and the canary gate's limits (`tally-agent canary`).
+    pub canary: crate::canary::CanaryConfig,
 }
 
 impl Default for Config {
@@ -124,6 +127,7 @@ impl Default for Config {
             dashboard: DashboardConfig::default(),
             durability: DurabilityConfig::default(),
             self_metrics: SelfMetricsConfig::default(),
+            canary: crate::canary::CanaryConfig::default(),
         }
     }
 }
@@ -589,6 +593,7 @@ pub fn apply_overrides(tree: &mut toml::Table, overrides: &[Override]) -> Result
         &["alarm_management", "name_prefix"],
         &["publish", "region"],
         &["durability", "dir"],
+        &["canary", "revision"],
     ];
     let is_text = |path: &[String]| TEXT_KEYS.iter().any(|k| k.iter().eq(path.iter()));
     for o in overrides {
@@ -924,6 +929,7 @@ impl Config {
             &self.alarm_management,
         ));
         errs.extend(self.durability.problems());
+        errs.extend(self.canary.problems());
         if self.self_metrics.cloudwatch {
             let declared = self.aggregate.metrics.iter().map(|m| ("metrics", &m.name));
             let derived = self.aggregate.derived.iter().map(|d| ("derived", &d.name));

@@ -30,6 +30,8 @@
 //! - [`admin`]: health, Prometheus self-metrics, monthly cost estimate.
 //! - [`self_metrics`]: optionally, six of those self-metrics published with every period
 //!   (`Component=agent`), so the agent can be alarmed on like the service.
+//! - [`canary`]: the per-revision series (`[canary]`) and `tally-agent canary`, the gate
+//!   that compares a new revision with the old one through GetMetricData.
 //! - [`config`]: the TOML configuration with env-var and flag overrides for every key.
 //! - [`catalog`]: every metric identity a configuration publishes (alarms are checked
 //!   against it). [`model`] and [`stats`] are the contracts between the parts.
@@ -41,6 +43,7 @@
 pub mod admin;
 pub mod aggregate;
 pub mod alarms;
+pub mod canary;
 pub mod catalog;
 pub mod config;
 pub mod durability;

@@ -54,6 +54,9 @@ enum Command {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
+    /// Compare a canary (a new revision) with the baseline over a window: exit 0 healthy,
+    /// 1 unhealthy, 2 not enough data, 3 when it cannot decide (configuration, CloudWatch).
+    Canary(tally_agent::canary::CanaryArgs),
     /// Provision the alarms and dashboard declared in the configuration.
     Alarms {
         /// `plan` (dry run) or `apply`.
@@ -220,9 +223,13 @@ async fn alarms_run(
     command: &AlarmsCommand,
     extra: Option<Vec<(String, String)>>,
 ) -> Result<(), String> {
-    let extra = match extra {
-        Some(e) => e,
-        None => ecs_dimensions(config).await,
+    let extra = match (extra, command) {
+        (Some(e), _) => e,
+        // Exported outside the task: the values come from the command line.
+        (None, AlarmsCommand::Export { ecs_values, .. }) if !ecs_values.is_empty() => {
+            ecs_values.clone()
+        }
+        (None, _) => ecs_dimensions(config).await,
     };
     // An alarm on a set without a configured [ecs] dimension watches series the agent, which
     // runs in the task and adds it, never publishes: refuse rather than write alarms that
@@ -239,8 +246,8 @@ async fn alarms_run(
             "the [ecs] dimensions {missing:?} could not be read from the ECS task metadata \
              (ECS_CONTAINER_METADATA_URI_V4 unset or unreachable: see the warnings above), and \
              the agent publishes every metric with them; run `tally-agent alarms` inside the \
-             task (or set [alarm_management] apply_on_start = true), or remove them from \
-             [ecs] dimensions"
+             task (or set [alarm_management] apply_on_start = true; for `alarms export`, give \
+             each with --ecs-value NAME=VALUE), or remove them from [ecs] dimensions"
         ));
     }
     let catalog = Catalog::from_config_with(config, &extra);
@@ -253,6 +260,9 @@ async fn alarms_run(
         period_secs: config.period_secs,
         catalog: &catalog,
     };
+    if let AlarmsCommand::Export { format, output, .. } = command {
+        return export_to(config, *format, output.as_deref(), &target);
+    }
     let client = tally_agent::publish::client::build_client(
         &config.publish,
         tally_agent::publish::ClientOverrides::default(),
@@ -271,6 +281,33 @@ async fn alarms_run(
     )
     .await
     .map_err(|e| e.to_string())
+}
+
+/// `alarms export`: to `output`, or standard output.
+fn export_to(
+    config: &Config,
+    format: tally_agent::alarms::export::ExportFormat,
+    output: Option<&std::path::Path>,
+    target: &Target<'_>,
+) -> Result<(), String> {
+    let (alarms, dashboard) = (config.alarms_config(), &config.dashboard);
+    let write = |out: &mut dyn std::io::Write| {
+        tally_agent::alarms::cli::write_export(format, &alarms, dashboard, target, out)
+            .map_err(|e| e.to_string())
+    };
+    match output {
+        None => write(&mut std::io::stdout().lock()),
+        Some(path) => {
+            let mut buf = Vec::new();
+            write(&mut buf)?;
+            std::fs::write(path, buf).map_err(|e| {
+                format!(
+                    "cannot write {}: {e}; check the path given to --output",
+                    path.display()
+                )
+            })
+        }
+    }
 }
 
 /// Installs the SIGTERM and SIGINT handlers now (call it first: the agent is PID 1 in its
@@ -309,7 +346,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 }
 
 fn run(common: &Common) -> ExitCode {
-    let config = match load_with_logs(common) {
+    let mut config = match load_with_logs(common) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -327,6 +364,7 @@ fn run(common: &Common) -> ExitCode {
     let result = rt.block_on(async {
         let shutdown = shutdown_signal();
         let extra = ecs_dimensions(&config).await;
+        tally_agent::canary::resolve_revision(&mut config).await;
         if config.alarm_management.apply_on_start {
             // Its own thread and runtime: pacing PutMetricAlarm at 3 TPS must not delay ingest.
             // The publisher's [ecs] dimensions, not a second fetch that could differ.
@@ -445,6 +483,50 @@ fn alarms(common: &Common, command: &AlarmsCommand) -> ExitCode {
     }
 }
 
+fn canary(common: &Common, args: &tally_agent::canary::CanaryArgs) -> ExitCode {
+    use tally_agent::canary::EXIT_ERROR;
+    let config = match load(common) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tally-agent: {e}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    init_logs(&config);
+    let decide = async {
+        let client = tally_agent::publish::client::build_client(
+            &config.publish,
+            tally_agent::publish::ClientOverrides::default(),
+            PublishStats::register(&Stats::new()),
+        )
+        .await
+        .map_err(|e| format!("cannot build the CloudWatch client: {e}"))?;
+        tally_agent::canary::gate(&client, &config, args)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match runtime().and_then(|rt| rt.block_on(decide)) {
+        Ok(report) => {
+            if args.json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(j) => println!("{j}"),
+                    Err(e) => {
+                        eprintln!("tally-agent: {e}");
+                        return ExitCode::from(EXIT_ERROR);
+                    }
+                }
+            } else {
+                print!("{report}");
+            }
+            ExitCode::from(report.exit_code)
+        }
+        Err(e) => {
+            eprintln!("tally-agent: {e}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
@@ -454,5 +536,6 @@ fn main() -> ExitCode {
             health(&cli.common, addr.as_deref(), *timeout_ms)
         }
         Some(Command::Alarms { command }) => alarms(&cli.common, command),
+        Some(Command::Canary(args)) => canary(&cli.common, args),
     }
 }

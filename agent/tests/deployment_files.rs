@@ -647,3 +647,236 @@ fn the_example_agent_config_is_valid_with_the_task_definitions_environment() {
         text(&out)
     );
 }
+
+/// A template value with `!Ref` and `!Sub` of parameters replaced by the parameters' defaults
+/// (what a stack created with the defaults holds).
+fn with_defaults(tpl: &Value, v: &Value) -> String {
+    let default = |p: &str| {
+        // The one required parameter without a default: a cluster's short name, which the
+        // agent publishes as ClusterName.
+        if p == "ClusterName" {
+            return "prod".to_owned();
+        }
+        match &tpl["Parameters"][p]["Default"] {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            other => panic!("parameter {p} has no default: {other}"),
+        }
+    };
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Object(o) if o.contains_key("Ref") => default(o["Ref"].as_str().expect("Ref")),
+        Value::Object(o) if o.contains_key("Fn::Sub") => {
+            let mut s = o["Fn::Sub"].as_str().expect("a plain Fn::Sub").to_owned();
+            while let Some(at) = s.find("${") {
+                let end = at + s[at..].find('}').expect("closing brace");
+                let value = default(&s[at + 2..end]);
+                s.replace_range(at..=end, &value);
+            }
+            s
+        }
+        other => panic!("cannot resolve {other}"),
+    }
+}
+
+/// The names `tally-agent alarms plan` gives the configured alarms (the same function,
+/// `desired_alarms`, with the [ecs] dimensions the task metadata would supply).
+fn planned_alarm_names(config: &tally_agent::config::Config) -> Vec<String> {
+    planned_alarms(config).into_iter().map(|a| a.name).collect()
+}
+
+/// The template's agent configuration (its environment alone), with the parameters' defaults.
+fn template_agent_config(tpl: &Value) -> tally_agent::config::Config {
+    let containers = tpl["Resources"]["TaskDefinition"]["Properties"]["ContainerDefinitions"]
+        .as_array()
+        .expect("containers");
+    let agent = containers
+        .iter()
+        .find(|c| c["Name"] == "tally-agent")
+        .expect("agent container");
+    let env: Vec<(String, String)> = agent["Environment"]
+        .as_array()
+        .expect("environment")
+        .iter()
+        .map(|e| {
+            (
+                e["Name"].as_str().unwrap().to_owned(),
+                with_defaults(tpl, &e["Value"]),
+            )
+        })
+        .collect();
+    tally_agent::config::Config::load(None, env, &[]).expect("the template's agent config")
+}
+
+/// What the task metadata gives the template's agent for its [ecs] dimensions.
+fn template_ecs_values(tpl: &Value) -> Vec<(String, String)> {
+    vec![
+        ("ClusterName".to_owned(), "prod".to_owned()),
+        (
+            "TaskDefinitionFamily".to_owned(),
+            with_defaults(
+                tpl,
+                &tpl["Resources"]["TaskDefinition"]["Properties"]["Family"],
+            ),
+        ),
+    ]
+}
+
+fn planned_alarms(
+    config: &tally_agent::config::Config,
+) -> Vec<tally_agent::alarms::desired::AlarmDefinition> {
+    use tally_agent::alarms::desired::desired_alarms;
+    use tally_agent::alarms::Target;
+    let extra: Vec<(String, String)> = config
+        .ecs
+        .dimensions
+        .iter()
+        .map(|d| (d.name().to_owned(), "from-task-metadata".to_owned()))
+        .collect();
+    let catalog = tally_agent::catalog::Catalog::from_config_with(config, &extra);
+    let target = Target {
+        namespace: &config.namespace,
+        service: &config.service,
+        environment: &config.environment,
+        period_secs: config.period_secs,
+        catalog: &catalog,
+    };
+    desired_alarms(&config.alarms_config(), &target).expect("the alarms are valid")
+}
+
+#[test]
+fn the_services_deployment_alarms_are_the_alarms_the_agent_plans_for_the_same_config() {
+    use tally_agent::config::Config;
+    let tpl = template();
+    let deployment = &tpl["Resources"]["Service"]["Properties"]["DeploymentConfiguration"];
+    assert_eq!(deployment["Alarms"]["Enable"], true, "deployment alarms on");
+    assert_eq!(deployment["Alarms"]["Rollback"], true, "rollback on alarm");
+    assert_eq!(deployment["DeploymentCircuitBreaker"]["Enable"], true);
+    assert_eq!(deployment["DeploymentCircuitBreaker"]["Rollback"], true);
+    assert_eq!(
+        tpl["Resources"]["Service"]["Properties"]["DeploymentController"]["Type"], "ECS",
+        "deployment alarms work with the rolling-update controller only"
+    );
+    let mut in_template: Vec<String> = deployment["Alarms"]["AlarmNames"]
+        .as_array()
+        .expect("AlarmNames")
+        .iter()
+        .map(|v| with_defaults(&tpl, v))
+        .collect();
+    in_template.sort();
+
+    // The template's agent, configured by its environment alone.
+    let from_env = template_agent_config(&tpl);
+    assert!(
+        from_env.alarm_management.apply_on_start,
+        "the agent creates the alarms the deployment watches"
+    );
+    assert_eq!(planned_alarm_names(&from_env), in_template, "template.yaml");
+
+    // examples/ecs/agent.toml, with the same variables (service, environment, prefix).
+    let file = root().join("examples/ecs/agent.toml");
+    let env = vec![
+        ("TALLY_SERVICE".to_owned(), from_env.service.clone()),
+        ("TALLY_ENVIRONMENT".to_owned(), from_env.environment.clone()),
+        (
+            "TALLY_ALARM_MANAGEMENT__NAME_PREFIX".to_owned(),
+            from_env.alarm_management.name_prefix.clone(),
+        ),
+    ];
+    let from_file = Config::load(Some(&file), env, &[]).expect("examples/ecs/agent.toml");
+    assert!(from_file.alarm_management.apply_on_start, "agent.toml");
+    assert_eq!(planned_alarm_names(&from_file), in_template, "agent.toml");
+
+    // They are the service-level error-rate and p99 alarms: every dimension is one the agent
+    // sets itself, none a route's.
+    let alarms = from_file.alarms_config().alarms;
+    let templates: Vec<String> = alarms.iter().map(|a| format!("{:?}", a.template)).collect();
+    assert_eq!(templates, ["ErrorRate", "Latency"]);
+    assert!(alarms.iter().all(|a| a.dimensions.is_empty()));
+}
+
+#[test]
+fn target_tracking_scales_on_requests_per_task_from_metrics_the_agent_publishes() {
+    let tpl = template();
+    let target = &tpl["Resources"]["ScalableTarget"]["Properties"];
+    assert_eq!(target["ServiceNamespace"], "ecs");
+    assert_eq!(target["ScalableDimension"], "ecs:service:DesiredCount");
+    assert_eq!(
+        target["ResourceId"]["Fn::Sub"], "service/${ClusterName}/${Service.Name}",
+        "scales the service this template creates"
+    );
+    let min: u64 = with_defaults(&tpl, &target["MinCapacity"]).parse().unwrap();
+    let max: u64 = with_defaults(&tpl, &target["MaxCapacity"]).parse().unwrap();
+    assert!(1 <= min && min <= max, "capacity {min}..{max}");
+
+    let policy = &tpl["Resources"]["RequestsPerTaskScaling"]["Properties"];
+    assert_eq!(policy["PolicyType"], "TargetTrackingScaling");
+    assert_eq!(policy["ScalingTargetId"]["Ref"], "ScalableTarget");
+    let tt = &policy["TargetTrackingScalingPolicyConfiguration"];
+    let out = tt["ScaleOutCooldown"].as_u64().expect("ScaleOutCooldown");
+    let scale_in = tt["ScaleInCooldown"].as_u64().expect("ScaleInCooldown");
+    assert!(
+        out > 0 && scale_in >= out,
+        "in ({scale_in} s) no faster than out ({out} s)"
+    );
+    let target_value: f64 = with_defaults(&tpl, &tt["TargetValue"]).parse().unwrap();
+    assert!(target_value > 0.0);
+
+    // Every metric the math reads is one the template's agent publishes, with exactly these
+    // dimensions and values (a typo would make the policy track nothing).
+    let config = template_agent_config(&tpl);
+    assert!(
+        config.self_metrics.cloudwatch,
+        "the task count comes from the agents' own metrics"
+    );
+    let catalog =
+        tally_agent::catalog::Catalog::from_config_with(&config, &template_ecs_values(&tpl));
+    let queries = tt["CustomizedMetricSpecification"]["Metrics"]
+        .as_array()
+        .expect("metric math queries");
+    let mut ids = Vec::new();
+    for q in queries {
+        let id = q["Id"].as_str().expect("Id");
+        if let Some(stat) = q.get("MetricStat") {
+            let m = &stat["Metric"];
+            let name = m["MetricName"].as_str().unwrap();
+            assert_eq!(
+                with_defaults(&tpl, &m["Namespace"]),
+                config.namespace,
+                "{id}"
+            );
+            let dims: Vec<(String, String)> = m["Dimensions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| {
+                    (
+                        d["Name"].as_str().unwrap().to_owned(),
+                        with_defaults(&tpl, &d["Value"]),
+                    )
+                })
+                .collect();
+            assert!(
+                catalog.publishes(name, &dims),
+                "{id}: the agent never publishes {name} with {dims:?}"
+            );
+            assert_eq!(q["ReturnData"], false, "{id}");
+            ids.push(id.to_owned());
+        }
+    }
+    assert_eq!(ids, ["requests", "tasks"]);
+    let returned: Vec<&Value> = queries.iter().filter(|q| q["ReturnData"] == true).collect();
+    assert_eq!(returned.len(), 1, "exactly one query is the tracked metric");
+    let expr = returned[0]["Expression"].as_str().expect("an expression");
+    for id in &ids {
+        assert!(expr.contains(id.as_str()), "{expr} uses {id}");
+    }
+    assert_eq!(
+        queries
+            .iter()
+            .find(|q| q["Id"] == "tasks")
+            .map(|q| &q["MetricStat"]["Stat"]),
+        Some(&Value::from("SampleCount")),
+        "one AgentActiveSeries datum per agent per minute counts the tasks"
+    );
+}

@@ -55,7 +55,24 @@ impl Shop {
 
 /// The router, with the tally layer outermost and a catch-panic layer inside it.
 pub fn router(tally: &tally::Tally) -> Router {
-    Router::new()
+    router_with_faults(tally, None)
+}
+
+/// A fault to inject: every `every`-th request whose path starts with `path_prefix` answers
+/// 500 instead of being served, as a bad deployment would (the canary gate's test runs one
+/// shop with `--fail-path /orders/ --fail-every 10`: 10% 500s on one route).
+#[derive(Debug, Clone)]
+pub struct Fault {
+    /// Requests whose path starts with this are counted.
+    pub path_prefix: String,
+    /// Every this many of them fails (1: all of them).
+    pub every: u64,
+}
+
+/// [`router`] with an optional [`Fault`], injected inside the tally layer so that the
+/// failures are measured like any other 500.
+pub fn router_with_faults(tally: &tally::Tally, fault: Option<Fault>) -> Router {
+    let routes = Router::new()
         .route("/", get(|| async { "tally example shop\n" }))
         .route("/health", get(|| async { "ok\n" }))
         .route("/orders/{id}", get(order))
@@ -65,8 +82,28 @@ pub fn router(tally: &tally::Tally) -> Router {
         .route("/stream", get(stream))
         .route("/panic", get(panics))
         .with_state(Shop::new(tally))
-        .layer(CatchPanicLayer::new())
-        .layer(TallyLayer::new(tally))
+        .layer(CatchPanicLayer::new());
+    let routes = match fault {
+        Some(f) => {
+            let seen = Arc::new(AtomicU64::new(0));
+            routes.layer(axum::middleware::from_fn(
+                move |req: axum::extract::Request, next: axum::middleware::Next| {
+                    let hit = req.uri().path().starts_with(&f.path_prefix)
+                        && (seen.fetch_add(1, Ordering::Relaxed) + 1)
+                            .is_multiple_of(f.every.max(1));
+                    async move {
+                        if hit {
+                            (StatusCode::INTERNAL_SERVER_ERROR, "injected fault\n").into_response()
+                        } else {
+                            next.run(req).await
+                        }
+                    }
+                },
+            ))
+        }
+        None => routes,
+    };
+    routes.layer(TallyLayer::new(tally))
 }
 
 /// An order, as `GET /orders/{id}` returns it.

@@ -28,6 +28,10 @@ pub struct CostEstimate {
     pub custom_metrics: u64,
     /// Of those, the agent's own metrics (`[self_metrics] cloudwatch = true`; else 0).
     pub self_metrics: u64,
+    /// Of those, the per-revision series (`[canary] publish_revision`; else 0).
+    pub revision_metrics: u64,
+    /// What the per-revision series add to the monthly metric price.
+    pub revision_usd_per_month: f64,
     /// Datums per period (distributions need one per 150 distinct values).
     pub datums_per_period: u64,
     /// PutMetricData requests per period (`publish.max_datums_per_request` datums each).
@@ -83,6 +87,8 @@ pub fn estimate(
     CostEstimate {
         custom_metrics,
         self_metrics,
+        revision_metrics: 0,
+        revision_usd_per_month: 0.0,
         datums_per_period,
         requests_per_period: requests,
         period_secs,
@@ -90,6 +96,18 @@ pub fn estimate(
         requests_usd_per_month: r,
         total_usd_per_month: m + r,
         note: "estimate from the last closed period (plus the agent's own metrics when [self_metrics] cloudwatch = true) at us-east-1 list prices; excludes alarms, dashboards, retries and the 1 MB request split",
+    }
+}
+
+impl CostEstimate {
+    /// The same estimate with `n` of its metrics counted as the per-revision series: their
+    /// share of the metric price is what dropping them would save.
+    pub fn with_revision_metrics(mut self, n: u64) -> Self {
+        let n = n.min(self.custom_metrics);
+        self.revision_metrics = n;
+        self.revision_usd_per_month =
+            metrics_cost(self.custom_metrics) - metrics_cost(self.custom_metrics - n);
+        self
     }
 }
 
@@ -135,5 +153,16 @@ mod tests {
         // Values above CloudWatch's limit (and 0) are held to it.
         assert_eq!(estimate(100, 2500, 0, 60, 5000).requests_per_period, 3);
         assert_eq!(estimate(100, 2500, 0, 60, 0).requests_per_period, 3);
+    }
+
+    #[test]
+    fn the_per_revision_series_show_what_they_add() {
+        let e = estimate(100, 100, 0, 60, 1000).with_revision_metrics(8);
+        assert_eq!(e.revision_metrics, 8);
+        assert!((e.revision_usd_per_month - 2.40).abs() < 1e-9);
+        assert!(
+            (e.metrics_usd_per_month - 30.0).abs() < 1e-9,
+            "already in the total"
+        );
     }
 }

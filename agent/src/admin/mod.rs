@@ -83,6 +83,12 @@ pub fn route(state: &AdminState, path: &str) -> Response<Full<Bytes>> {
                 state.self_metrics,
                 state.period_secs,
                 state.max_datums_per_request,
+            )
+            .with_revision_metrics(
+                state
+                    .stats
+                    .gauge_value(crate::aggregate::revision::LAST_PERIOD_METRICS, &[])
+                    .max(0) as u64,
             );
             respond(
                 StatusCode::OK,

@@ -93,6 +93,11 @@ pub fn finish(
     // Samples of series that could not join their published key (not published at all, unlike
     // a rollup conflict below, whose samples are published in the base series).
     let unpublished: u64 = conflicts.iter().map(|c| c.1).sum();
+    // Per revision: from the base series only, before rollups join them.
+    let by_revision = settings
+        .revision
+        .as_ref()
+        .map(|r| super::revision::rollup(r, &base, strings));
 
     // Rollups: each base series contributes at most once to each rolled-up key.
     let mut all = base;
@@ -130,6 +135,11 @@ pub fn finish(
         }
         // Base series first: where a rolled-up key equals a base key, the base one is kept.
         all.append(&mut rolled);
+        merge_equal_keys(&mut all, &mut conflicts);
+    }
+
+    if let Some(mut rev) = by_revision.filter(|r| !r.is_empty()) {
+        all.append(&mut rev);
         merge_equal_keys(&mut all, &mut conflicts);
     }
 

@@ -26,6 +26,7 @@
 
 pub mod close;
 pub mod period;
+pub mod revision;
 pub mod rules;
 pub mod series;
 pub mod sparse;
@@ -71,6 +72,8 @@ pub struct Settings {
     /// Fixed dimensions added to every metric besides ServiceName and Environment (the
     /// `[ecs]` task-metadata dimensions), sorted by name.
     pub extra_dimensions: Vec<(String, String)>,
+    /// The per-revision rollup (`[canary] publish_revision`), when on and its value known.
+    pub revision: Option<revision::RevisionRollup>,
 }
 
 impl Settings {
@@ -87,6 +90,7 @@ impl Settings {
             rollups: c.aggregate.rollups.clone(),
             derived: c.aggregate.derived.clone(),
             extra_dimensions: Vec::new(),
+            revision: c.canary.rollup(),
         }
     }
 }
@@ -746,6 +750,16 @@ impl Closer {
         self.stats
             .last_period_datums
             .set(close::estimate_datums(&data) as i64);
+        if let Some(r) = &self.settings.revision {
+            self.stats
+                .stats
+                .gauge(
+                    revision::LAST_PERIOD_METRICS,
+                    "Of the last closed period's metrics, those of the per-revision rollup ([canary] publish_revision).",
+                    &[],
+                )
+                .set(revision::count(&r.dimension, &data.metrics) as i64);
+        }
         ClosedPeriod { data, samples }
     }
 }

@@ -44,6 +44,7 @@ fn settings() -> Settings {
         rollups: vec![],
         derived: vec![DerivedConfig::error_rate()],
         extra_dimensions: vec![],
+        revision: None,
     }
 }
 
@@ -716,6 +717,94 @@ fn ecs_dimensions_are_added_to_every_metric_and_a_label_that_collides_is_refused
         stats.counter_value(DROPPED_SAMPLES, &[("reason", "reserved_dimension")]),
         4,
         "the colliding series is refused and counted"
+    );
+}
+
+#[test]
+fn the_revision_rollup_adds_one_service_level_series_per_metric_with_the_revision_only() {
+    let stats = Stats::new();
+    let mut s = settings();
+    s.extra_dimensions = vec![("ClusterName".into(), "prod-cluster".into())];
+    s.rollups = vec![RollupConfig {
+        drop: vec!["Route".into(), "Method".into(), "StatusClass".into()],
+        metrics: vec![],
+    }];
+    s.revision = Some(revision::RevisionRollup {
+        dimension: "TaskDefinitionRevision".into(),
+        value: "42".into(),
+        keep: vec![],
+        metrics: vec![
+            "RequestCount".into(),
+            "ErrorCount".into(),
+            "ResponseTime".into(),
+        ],
+    });
+    let mut a = Aggregator::new(s, &stats, at(T0));
+    a.merge_owned(
+        batch(
+            1,
+            1,
+            T0,
+            vec![
+                http("RequestCount", "/a", "2xx", SeriesValue::Counter(90)),
+                http("RequestCount", "/a", "5xx", SeriesValue::Counter(10)),
+                http("RequestCount", "/b", "2xx", SeriesValue::Counter(100)),
+                http("ErrorCount", "/a", "5xx", SeriesValue::Counter(10)),
+                http("ResponseTime", "/a", "2xx", hist(&[1_000_000, 2_000_000])),
+                http("ResponseTime", "/b", "2xx", hist(&[3_000_000])),
+                http("ClientErrorCount", "/b", "4xx", SeriesValue::Counter(5)),
+            ],
+        ),
+        at(T0),
+    )
+    .unwrap();
+    let closed = a.closer().close(a.take_all().remove(0));
+    let p = &closed.data;
+    let rev = [("TaskDefinitionRevision", "42")];
+    let per_rev: Vec<(&str, &AggregateValue)> = p
+        .metrics
+        .iter()
+        .filter(|(k, _)| {
+            k.dimensions
+                .iter()
+                .any(|(d, _)| &**d == "TaskDefinitionRevision")
+        })
+        .map(|(k, v)| {
+            assert_eq!(
+                k.dimensions.len(),
+                3,
+                "ServiceName, Environment and the revision only, no ECS or label dimension: {k:?}"
+            );
+            (&*k.name, v)
+        })
+        .collect();
+    let names: Vec<&str> = per_rev.iter().map(|(n, _)| *n).collect();
+    assert_eq!(
+        names,
+        ["ErrorCount", "ErrorRate", "RequestCount", "ResponseTime"],
+        "the configured metrics and the derived ErrorRate; ClientErrorCount is not rolled up"
+    );
+    let value = |name| find(p, name, &with_g(&rev));
+    assert!(matches!(value("RequestCount"), Some(AggregateValue::Counter(c)) if *c == 200.0));
+    assert!(matches!(value("ErrorCount"), Some(AggregateValue::Counter(c)) if *c == 10.0));
+    assert!(matches!(value("ErrorRate"), Some(AggregateValue::Derived(r)) if *r == 5.0));
+    match value("ResponseTime") {
+        Some(AggregateValue::Distribution { histogram, .. }) => {
+            assert_eq!(histogram.len(), 3, "every route's samples, once")
+        }
+        other => panic!("{other:?}"),
+    }
+    // The service-level rollup (with the ECS dimension) is unchanged beside it.
+    let service = find(
+        p,
+        "RequestCount",
+        &with_g(&[("ClusterName", "prod-cluster")]),
+    );
+    assert!(matches!(service, Some(AggregateValue::Counter(c)) if *c == 200.0));
+    assert_eq!(
+        stats.gauge_value(revision::LAST_PERIOD_METRICS, &[]),
+        4,
+        "what /cost reports"
     );
 }
 

@@ -5,6 +5,7 @@ use std::io::Write;
 
 use aws_sdk_cloudwatch::Client;
 
+use super::export::{export, ExportFormat};
 use super::{apply, plan, AlarmsConfig, AlarmsError, DashboardConfig, Target};
 
 /// `tally-agent alarms <command>`.
@@ -24,6 +25,30 @@ pub enum AlarmsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write the alarms and dashboard `plan` shows as infrastructure code (a CloudFormation
+    /// template or Terraform `.tf.json`) instead of creating them. Reads nothing from
+    /// CloudWatch.
+    Export {
+        /// `cloudformation` (a JSON template) or `terraform` (`.tf.json`).
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        /// Write to this file instead of standard output.
+        #[arg(long, short = 'o')]
+        output: Option<std::path::PathBuf>,
+        /// The value of an `[ecs]` dimension (`ClusterName=prod`), for exporting outside the
+        /// ECS task, where the task metadata that supplies it cannot be read. Repeatable.
+        #[arg(long = "ecs-value", value_name = "NAME=VALUE", value_parser = parse_pair)]
+        ecs_values: Vec<(String, String)>,
+    },
+}
+
+fn parse_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() && !v.trim().is_empty() => {
+            Ok((k.trim().to_owned(), v.trim().to_owned()))
+        }
+        _ => Err(format!("{s:?} is not NAME=VALUE (e.g. ClusterName=prod)")),
+    }
 }
 
 /// Runs `command`, writing its output to `out`.
@@ -80,8 +105,40 @@ pub async fn run(
                 }
             }
         }
+        AlarmsCommand::Export { format, .. } => {
+            write_export(*format, alarms, dashboard, target, out).map_err(|e| match e {
+                ExportError::Config(c) => RunError::Alarms(c.into()),
+                ExportError::Output(o) => RunError::Output(o),
+            })?;
+        }
     }
     Ok(())
+}
+
+/// `alarms export`: writes the document for `format` to `out` (pretty JSON, one trailing
+/// newline). Needs no CloudWatch client.
+pub fn write_export(
+    format: ExportFormat,
+    alarms: &AlarmsConfig,
+    dashboard: &DashboardConfig,
+    target: &Target<'_>,
+    out: &mut dyn Write,
+) -> Result<(), ExportError> {
+    let doc = export(alarms, dashboard, target, format)?;
+    serde_json::to_writer_pretty(&mut *out, &doc).map_err(std::io::Error::from)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// Errors of [`write_export`].
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// The configuration is invalid; nothing was written.
+    #[error(transparent)]
+    Config(#[from] super::AlarmConfigError),
+    /// Writing the output failed.
+    #[error("writing the output failed: {0}")]
+    Output(#[from] std::io::Error),
 }
 
 /// Errors of [`run`].

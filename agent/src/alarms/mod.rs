@@ -23,7 +23,8 @@
 //! normal form ([`AlarmDefinition`]) so that a second `apply` makes no write call and one
 //! changed field makes exactly one PutMetricAlarm.
 //!
-//! `tally-agent alarms plan|apply` call [`plan()`] and [`apply()`] (see [`cli`]);
+//! `tally-agent alarms plan|apply` call [`plan()`] and [`apply()`] (see [`cli`]); `alarms export`
+//! writes the same alarms and dashboard as a CloudFormation or Terraform document ([`export`]);
 //! `tally-agent validate` calls [`validate::validate`].
 
 pub mod apply;
@@ -31,6 +32,7 @@ pub mod cli;
 pub mod config;
 pub mod dashboard;
 pub mod desired;
+pub mod export;
 pub mod plan;
 pub mod templates;
 pub mod validate;

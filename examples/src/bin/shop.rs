@@ -16,6 +16,13 @@ struct Args {
     /// The tally agent (`host:port` or `unix:///path`).
     #[arg(long, env = "TALLY_AGENT_ADDR", default_value = tally::conventions::DEFAULT_AGENT_ADDR)]
     agent: String,
+    /// Inject a fault: requests whose path starts with this answer 500 every
+    /// `--fail-every`-th time (for trying the canary gate).
+    #[arg(long, requires = "fail_every")]
+    fail_path: Option<String>,
+    /// With `--fail-path`: every this many matching requests fails (10: 10% 500s).
+    #[arg(long, requires = "fail_path", value_parser = clap::value_parser!(u64).range(1..))]
+    fail_every: Option<u64>,
 }
 
 #[tokio::main]
@@ -35,11 +42,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             )
         })?;
     tracing::info!("shop listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, tally_examples::shop::router(&tally))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    let fault = args
+        .fail_path
+        .zip(args.fail_every)
+        .map(|(path_prefix, every)| tally_examples::shop::Fault { path_prefix, every });
+    axum::serve(
+        listener,
+        tally_examples::shop::router_with_faults(&tally, fault),
+    )
+    .with_graceful_shutdown(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
     tokio::task::spawn_blocking(move || tally.shutdown()).await?;
     Ok(())
 }
