@@ -62,8 +62,7 @@ impl Catalog {
     /// Like [`Catalog::from_config`], with the fixed dimensions the agent adds to every metric
     /// besides ServiceName and Environment (the `[ecs]` task-metadata dimensions it resolved).
     pub fn from_config_with(config: &crate::config::Config, extra: &[(String, String)]) -> Catalog {
-        use crate::config::parse_unit;
-        use crate::model::cloudwatch_unit;
+        use crate::cloudwatch::{cloudwatch_unit, parse_unit};
         use tally::conventions as c;
         use tally::wire::Unit;
 

@@ -27,6 +27,7 @@ use thiserror::Error;
 
 use crate::alarms::config::{AlarmDefaults, AlarmManagement};
 use crate::alarms::{AlarmSpec, AlarmsConfig, DashboardConfig};
+use crate::cloudwatch::{parse_unit, DERIVED_UNITS};
 use crate::durability::DurabilityConfig;
 use crate::ecs::EcsConfig;
 use crate::publish::PublishConfig;
@@ -741,7 +742,7 @@ impl Config {
     /// Checks every value; the error lists each problem with the key to fix.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errs = Vec::new();
-        if let Err(e) = crate::aggregate::rules::check_namespace(&self.namespace) {
+        if let Err(e) = crate::cloudwatch::rules::check_namespace(&self.namespace) {
             errs.push(format!("namespace: {e}"));
         }
         for (key, v) in [
@@ -749,7 +750,7 @@ impl Config {
             ("environment", &self.environment),
         ] {
             if !v.is_empty() {
-                if let Err(e) = crate::aggregate::rules::check_dimension_value(v) {
+                if let Err(e) = crate::cloudwatch::rules::check_dimension_value(v) {
                     errs.push(format!("{key}: {e}"));
                 }
             }
@@ -873,7 +874,7 @@ impl Config {
         }
         let mut names = std::collections::BTreeSet::new();
         for (n, d) in self.aggregate.derived.iter().enumerate() {
-            if let Err(e) = crate::aggregate::rules::check_metric_name(&d.name) {
+            if let Err(e) = crate::cloudwatch::rules::check_metric_name(&d.name) {
                 errs.push(format!("aggregate.derived[{n}].name: {e}"));
             }
             if !names.insert(d.name.clone()) {
@@ -896,7 +897,7 @@ impl Config {
             }
         }
         for (n, m) in self.aggregate.metrics.iter().enumerate() {
-            if let Err(e) = crate::aggregate::rules::check_metric_name(&m.name) {
+            if let Err(e) = crate::cloudwatch::rules::check_metric_name(&m.name) {
                 errs.push(format!("aggregate.metrics[{n}].name: {e}"));
             }
             if parse_unit(&m.unit).is_none() {
@@ -906,7 +907,7 @@ impl Config {
                 ));
             }
             for l in &m.labels {
-                if let Err(e) = crate::aggregate::rules::check_dimension_name(l) {
+                if let Err(e) = crate::cloudwatch::rules::check_dimension_name(l) {
                     errs.push(format!("aggregate.metrics[{n}].labels: {e}"));
                 }
             }
@@ -965,34 +966,6 @@ impl Config {
             .unwrap_or_else(|| 2_000.min(u64::from(self.period_secs) * 500));
         std::time::Duration::from_millis(ms)
     }
-}
-
-/// Units a derived metric may be published in: the CloudWatch units tally's own [`Unit`]
-/// has (a derived metric is published with its unit as [`parse_unit`] reads it, so a
-/// CloudWatch unit outside this list, `Count/Second` say, would go out as `None`).
-pub const DERIVED_UNITS: &[&str] = &[
-    "None",
-    "Count",
-    "Microseconds",
-    "Milliseconds",
-    "Seconds",
-    "Bytes",
-    "Percent",
-];
-
-/// Parses a recorded-unit name as used in `[[aggregate.metrics]]`.
-pub fn parse_unit(s: &str) -> Option<Unit> {
-    Some(match s {
-        "None" => Unit::None,
-        "Count" => Unit::Count,
-        "Nanoseconds" => Unit::Nanoseconds,
-        "Microseconds" => Unit::Microseconds,
-        "Milliseconds" => Unit::Milliseconds,
-        "Seconds" => Unit::Seconds,
-        "Bytes" => Unit::Bytes,
-        "Percent" => Unit::Percent,
-        _ => return None,
-    })
 }
 
 #[cfg(test)]

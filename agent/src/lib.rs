@@ -42,6 +42,7 @@ pub mod admin;
 pub mod aggregate;
 pub mod alarms;
 pub mod catalog;
+pub mod cloudwatch;
 pub mod config;
 pub mod durability;
 pub mod ecs;

@@ -70,8 +70,9 @@ use tally::wire::Unit;
 use crate::aggregate::period::{align, unix_secs};
 use crate::aggregate::{ClosedPeriod, DROPPED_SAMPLES, UNKNOWN};
 use crate::catalog::CatalogMetric;
+use crate::cloudwatch::cloudwatch_unit;
 use crate::config::Config;
-use crate::model::{cloudwatch_unit, AggregateValue, Dimensions, MetricKey, PeriodData, Text};
+use crate::model::{AggregateValue, Dimensions, MetricKey, PeriodData, Text};
 use crate::stats::Stats;
 
 /// The dimension (name, value) that marks the agent's own metrics.

@@ -13,22 +13,20 @@
 //! gauges keep
 //! last/min/max, and histograms from every process add bucket by bucket, so percentiles of the
 //! merged histogram are exactly those of all samples together; a histogram keeps only its
-//! non-zero buckets ([`sparse`]), about 16 bytes each instead of 8 bytes for every bucket of
+//! non-zero buckets ([`crate::model::sparse`]), about 16 bytes each instead of 8 bytes for every bucket of
 //! its range. A period closes `aggregate.grace_ms` after its end; closing converts
 //! durations to the publish time unit, adds the configured rollups and derived metrics
 //! ([`close`]) and yields one [`PeriodData`] for the sink.
 //!
 //! Bounds: at most `aggregate.max_series` series per period (further series' samples are
 //! dropped and counted, reason `max_series`), and every new series is checked against
-//! CloudWatch's naming rules ([`rules`]) before it is admitted. Nothing is dropped silently:
+//! CloudWatch's naming rules ([`crate::cloudwatch::rules`]) before it is admitted. Nothing is dropped silently:
 //! each refusal increments `tally_agent_dropped_samples_total{reason=...}` and logs a
 //! rate-limited explanation.
 
 pub mod close;
 pub mod period;
-pub mod rules;
 pub mod series;
-pub mod sparse;
 
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
@@ -39,13 +37,14 @@ use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 use tally::conventions::{ENVIRONMENT, SERVICE_NAME};
 use tally::wire::{BatchView, Descriptor, HistogramView, ParseMemo, ValueView};
 
+use crate::cloudwatch::rules;
 use crate::config::{Config, DerivedConfig, RollupConfig, TimeUnit};
+use crate::model::sparse::{Bucket, SparseHistogram};
 use crate::model::{AggregateValue, Interner, MetricKey, PeriodData, Text};
 use crate::stats::{Counter, Gauge, Stats};
 use crate::util::RateLimitedLog;
 use period::Stamp;
 use series::Agg;
-use sparse::{Bucket, SparseHistogram};
 
 /// What the aggregator needs from the configuration.
 #[derive(Debug, Clone)]
@@ -867,7 +866,7 @@ fn to_agg(name: &str, value: ValueView<'_>, buckets: &mut Vec<Bucket>) -> Result
             })
             .map_err(|c| {
                 (
-                    c.reason(),
+                    series::MergeConflict::from(c).reason(),
                     format!("histogram of series {name:?} could not be built: dropped"),
                 )
             })
@@ -1006,7 +1005,9 @@ fn merge_value(
             if *scale != h.scale() {
                 return Err(conflict(series::MergeConflict::ScaleMismatch));
             }
-            histogram.add_view(h, buckets).map_err(conflict)
+            histogram
+                .add_view(h, buckets)
+                .map_err(|e| conflict(e.into()))
         }
         // Occurrences with and without values meet in one event (a process that only
         // emitted, another that emitted values): both kept.
@@ -1023,10 +1024,13 @@ fn merge_value(
                     if *scale != h.scale() {
                         return Err(conflict(series::MergeConflict::ScaleMismatch));
                     }
-                    histogram.add_view(h, buckets).map_err(conflict)?;
+                    histogram
+                        .add_view(h, buckets)
+                        .map_err(|e| conflict(e.into()))?;
                 }
                 (None, Some(h)) => {
-                    let histogram = SparseHistogram::from_view(h, buckets).map_err(conflict)?;
+                    let histogram =
+                        SparseHistogram::from_view(h, buckets).map_err(|e| conflict(e.into()))?;
                     *values = Some((h.scale(), Box::new(histogram)));
                 }
             }

@@ -8,7 +8,7 @@ use tally::wire::{
 
 use super::*;
 use crate::config::{DerivedConfig, RollupConfig};
-use crate::model::{AggregateValue, MetricKey};
+use crate::model::{AggregateValue, MetricKey, SparseHistogram};
 
 const T0: u64 = 1_700_000_080; // 40 s into a minute (1_700_000_040 is a minute boundary)
 

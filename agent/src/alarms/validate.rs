@@ -228,7 +228,7 @@ pub fn resolve_dimensions(
     // A value CloudWatch would refuse makes PutMetricAlarm fail part way through an apply,
     // after the alarms before it were written: refused here with the rest of the problems.
     for (k, v) in requested {
-        if let Err(e) = crate::aggregate::rules::check_dimension_value(v) {
+        if let Err(e) = crate::cloudwatch::rules::check_dimension_value(v) {
             return Err(format!(
                 "alarm {alarm:?}: dimension {k} = {v:?}: {e}; give the value exactly as the \
                  agent publishes it"
