@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::admin::{self, AdminState};
-use crate::aggregate::{Aggregator, ClosedPeriod, Settings, DROPPED_SAMPLES};
+use crate::aggregate::{Aggregator, ClosedPeriod, Settings};
 use crate::config::Config;
 use crate::durability::{Wal, WalError};
 use crate::ingest::listen::{ListenError, Listeners};
@@ -30,7 +30,7 @@ use crate::ingest::Intake;
 use crate::model::PeriodData;
 use crate::self_metrics::SelfMetrics;
 use crate::sinks::Sink;
-use crate::stats::{Gauge, Stats};
+use crate::stats::{Gauge, Stats, DROPPED_SAMPLES};
 
 /// Why the agent could not run.
 #[derive(Debug, Error)]
@@ -116,12 +116,7 @@ pub async fn run(
     let mut settings = Settings::from_config(&config);
     settings.extra_dimensions = extra_dimensions;
     settings.extra_dimensions.sort();
-    let own = SelfMetrics::new(
-        &config,
-        &settings.extra_dimensions,
-        &stats,
-        SystemTime::now(),
-    );
+    let own = SelfMetrics::new(&config.self_metrics, &settings, &stats, SystemTime::now());
     // Periods a previous run left in the write-ahead log open again, so their batches are
     // published with their own timestamps.
     let oldest = wal
@@ -182,7 +177,7 @@ pub async fn run(
                 stats: stats.clone(),
                 ready: ready.clone(),
                 period_secs: config.period_secs,
-                self_metrics: crate::self_metrics::published_count(&config),
+                self_metrics: crate::self_metrics::published_count(&config.self_metrics),
             },
             stop_rx.clone(),
         ))

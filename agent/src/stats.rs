@@ -9,6 +9,10 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+/// Name of the dropped-samples counter (labelled by `reason`): every component that fails to
+/// deliver a sample counts it here, so one series answers "was anything lost, and why".
+pub const DROPPED_SAMPLES: &str = "tally_agent_dropped_samples_total";
+
 /// A monotonic counter handle. Cloning shares the value.
 #[derive(Debug, Clone, Default)]
 pub struct Counter(Arc<AtomicU64>);

@@ -25,6 +25,7 @@
 //! rate-limited explanation.
 
 pub mod close;
+mod config;
 pub mod period;
 pub mod series;
 
@@ -38,11 +39,13 @@ use tally::conventions::{ENVIRONMENT, SERVICE_NAME};
 use tally::wire::{BatchView, Descriptor, HistogramView, ParseMemo, ValueView};
 
 use crate::cloudwatch::rules;
-use crate::config::{Config, DerivedConfig, RollupConfig, TimeUnit};
 use crate::model::sparse::{Bucket, SparseHistogram};
 use crate::model::{AggregateValue, Interner, MetricKey, PeriodData, Text};
-use crate::stats::{Counter, Gauge, Stats};
+use crate::stats::{Counter, Gauge, Stats, DROPPED_SAMPLES};
 use crate::util::RateLimitedLog;
+pub use config::{
+    AggregateConfig, DeclaredMetric, DerivedConfig, RollupConfig, TimeUnit, MAX_SERIES_LIMIT,
+};
 use period::Stamp;
 use series::Agg;
 
@@ -70,24 +73,6 @@ pub struct Settings {
     /// Fixed dimensions added to every metric besides ServiceName and Environment (the
     /// `[ecs]` task-metadata dimensions), sorted by name.
     pub extra_dimensions: Vec<(String, String)>,
-}
-
-impl Settings {
-    /// The settings a configuration implies.
-    pub fn from_config(c: &Config) -> Self {
-        Settings {
-            namespace: c.namespace.clone(),
-            service: c.service.clone(),
-            environment: c.environment.clone(),
-            period_secs: c.period_secs,
-            time_unit: c.time_unit,
-            max_series: c.aggregate.max_series,
-            grace: c.grace(),
-            rollups: c.aggregate.rollups.clone(),
-            derived: c.aggregate.derived.clone(),
-            extra_dimensions: Vec::new(),
-        }
-    }
 }
 
 /// Value of the global dimensions when neither the config nor the SDK names them.
@@ -384,9 +369,6 @@ impl AggStats {
         }
     }
 }
-
-/// Name of the dropped-samples counter (labelled by `reason`).
-pub const DROPPED_SAMPLES: &str = "tally_agent_dropped_samples_total";
 
 /// Merges batches into wall-clock periods. Not thread-safe by itself: the ingest path holds it
 /// behind one lock together with the sequence tracker, so "already merged" and "merged now"

@@ -12,9 +12,12 @@
 //! `DecodeError::reason()`: a bad header closes the connection (the stream cannot be
 //! re-synchronised), a bad payload is answered `Rejected` and the connection goes on.
 
+mod config;
 pub mod listen;
 pub mod sequence;
 pub mod session;
+
+pub use config::IngestConfig;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -22,9 +25,9 @@ use std::time::{Instant, SystemTime};
 use parking_lot::Mutex;
 use tally::wire::{AckStatus, BatchView};
 
-use crate::aggregate::{Aggregator, ClosedPeriod, DROPPED_SAMPLES};
+use crate::aggregate::{Aggregator, ClosedPeriod};
 use crate::durability::{Full, Wal};
-use crate::stats::{Counter, Stats};
+use crate::stats::{Counter, Stats, DROPPED_SAMPLES};
 use sequence::{Sequences, Verdict};
 
 struct Core {

@@ -190,6 +190,16 @@ impl PublishConfig {
         Ok(())
     }
 
+    /// What is wrong with this section, for the configuration's list of problems: the same
+    /// check as [`PublishConfig::validate`], which the client builder asks for its typed error.
+    pub fn problems(&self) -> Vec<String> {
+        self.validate()
+            .err()
+            .map(|e| e.to_string())
+            .into_iter()
+            .collect()
+    }
+
     /// `backoff_base_ms` as a duration.
     pub fn backoff_base(&self) -> Duration {
         Duration::from_millis(self.backoff_base_ms)

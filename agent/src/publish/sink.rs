@@ -915,7 +915,7 @@ mod tests {
         assert!(running.send(counters(1, 5.0)).await.is_err());
         assert_eq!(
             stats.counter_value(
-                crate::aggregate::DROPPED_SAMPLES,
+                crate::stats::DROPPED_SAMPLES,
                 &[("reason", "cloudwatch_shutdown_deadline")]
             ),
             5

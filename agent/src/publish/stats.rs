@@ -156,7 +156,7 @@ impl PublishStats {
         });
         let agent_dropped = std::array::from_fn(|i| {
             stats.counter(
-                crate::aggregate::DROPPED_SAMPLES,
+                crate::stats::DROPPED_SAMPLES,
                 "Samples not published, by reason.",
                 &[("reason", DropReason::ALL[i].agent_reason())],
             )
