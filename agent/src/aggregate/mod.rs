@@ -41,7 +41,7 @@ use tally::wire::{BatchView, Descriptor, HistogramView, ParseMemo, ValueView};
 use crate::cloudwatch::rules;
 use crate::model::sparse::{Bucket, SparseHistogram};
 use crate::model::{AggregateValue, Interner, MetricKey, PeriodData, Text};
-use crate::stats::{Counter, Gauge, Stats, DROPPED_SAMPLES};
+use crate::stats::{Counter, DropCounters, Gauge, Stats};
 use crate::util::RateLimitedLog;
 pub use config::{
     AggregateConfig, DeclaredMetric, DerivedConfig, RollupConfig, TimeUnit, MAX_SERIES_LIMIT,
@@ -291,9 +291,31 @@ impl OpenPeriod {
     }
 }
 
+/// Every reason the aggregator drops samples for (`tally_agent_dropped_samples_total{reason}`),
+/// registered once when it starts.
+const DROP_REASONS: &[&str] = &[
+    "max_series",
+    "kind_mismatch",
+    "scale_mismatch",
+    "histogram_merge",
+    "non_finite_value",
+    "invalid_utf8",
+    "duplicate_label",
+    "invalid_identity",
+    "event_without_value",
+    "empty_name",
+    "name_too_long",
+    "non_ascii_dimension",
+    "control_character",
+    "leading_colon",
+    "reserved_namespace",
+    "reserved_dimension",
+    "too_many_dimensions",
+];
+
 #[derive(Clone)]
 struct AggStats {
-    stats: Stats,
+    drops: DropCounters,
     samples: Counter,
     followed: Counter,
     late_samples: Counter,
@@ -308,7 +330,7 @@ struct AggStats {
 impl AggStats {
     fn new(stats: &Stats) -> Self {
         AggStats {
-            stats: stats.clone(),
+            drops: stats.drop_counters(DROP_REASONS),
             samples: stats.counter(
                 "tally_agent_samples_total",
                 "Samples merged into a period.",
@@ -358,15 +380,7 @@ impl AggStats {
     }
 
     fn drop(&self, reason: &str, n: u64) {
-        if n > 0 {
-            self.stats
-                .counter(
-                    DROPPED_SAMPLES,
-                    "Samples not published, by reason.",
-                    &[("reason", reason)],
-                )
-                .add(n);
-        }
+        self.drops.add(reason, n);
     }
 }
 
@@ -401,21 +415,6 @@ impl Aggregator {
     pub fn new(settings: Settings, stats: &Stats, now: SystemTime) -> Self {
         let closed_before = period::align(period::unix_secs(now), settings.period_secs);
         let stats = AggStats::new(stats);
-        // Register the common drop reasons at zero so dashboards see them before they happen.
-        for r in [
-            "max_series",
-            "kind_mismatch",
-            "scale_mismatch",
-            "non_finite_value",
-            "invalid_utf8",
-        ] {
-            stats.drop(r, 0);
-            stats.stats.counter(
-                DROPPED_SAMPLES,
-                "Samples not published, by reason.",
-                &[("reason", r)],
-            );
-        }
         Aggregator {
             settings: Arc::new(settings),
             periods: BTreeMap::new(),
