@@ -40,6 +40,7 @@ pub use crate::aggregate::{
 };
 pub use crate::ingest::IngestConfig;
 pub use crate::sinks::{SinkConfig, SinkKind};
+pub use crate::statsd::StatsdConfig;
 
 /// Top-level keys that environment variables may override (`TALLY_<KEY>...`).
 pub const TOP_LEVEL_KEYS: &[&str] = &[
@@ -61,6 +62,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "ecs",
     "durability",
     "self_metrics",
+    "statsd",
 ];
 
 /// Prefix of configuration environment variables.
@@ -109,6 +111,8 @@ pub struct Config {
     /// `[self_metrics]`: the agent's own metrics in CloudWatch (off by default: they are
     /// billed as custom metrics).
     pub self_metrics: SelfMetricsConfig,
+    /// `[statsd]`: the StatsD / DogStatsD receiver (off by default).
+    pub statsd: StatsdConfig,
 }
 
 impl Default for Config {
@@ -132,6 +136,7 @@ impl Default for Config {
             dashboard: DashboardConfig::default(),
             durability: DurabilityConfig::default(),
             self_metrics: SelfMetricsConfig::default(),
+            statsd: StatsdConfig::default(),
         }
     }
 }
@@ -527,6 +532,7 @@ impl Config {
         errs.extend(self.publish.problems());
         errs.extend(self.alarm_management.problems());
         errs.extend(self.durability.problems());
+        errs.extend(self.statsd.problems());
         if self.self_metrics.cloudwatch {
             let declared = self.aggregate.metrics.iter().map(|m| ("metrics", &m.name));
             let derived = self.aggregate.derived.iter().map(|d| ("derived", &d.name));

@@ -53,4 +53,5 @@ pub mod runtime;
 pub mod self_metrics;
 pub mod sinks;
 pub mod stats;
+pub mod statsd;
 pub mod util;
