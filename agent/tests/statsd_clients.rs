@@ -427,3 +427,61 @@ fn a_burst_of_bad_packets_among_good_ones_is_counted_and_the_good_samples_stay_e
     assert!(err.contains("lat:abc|ms"), "the bad line is quoted");
     assert_eq!(field(&out, "good", "sum"), sent_good as f64);
 }
+
+#[test]
+fn packets_the_kernel_drops_for_a_full_receive_buffer_are_counted_so_none_is_lost_silently() {
+    start_of_a_quiet_minute();
+    let port = free_udp_port();
+    let udp = format!("statsd.udp_addr=127.0.0.1:{port}");
+    // The smallest buffer, so a burst overflows it.
+    let agent = Agent::start(&statsd_args(
+        &udp,
+        &["--set", "statsd.receive_buffer_bytes=4096"],
+    ));
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let to = format!("127.0.0.1:{port}");
+    let line = format!("burst:1|c|#route:/a,pad:{}", "p".repeat(900));
+    let sent = 20_000u64;
+    for _ in 0..sent {
+        s.send_to(line.as_bytes(), &to).unwrap();
+    }
+    let received = "tally_agent_statsd_packets_total{listener=\"udp\",outcome=\"received\"}";
+    let dropped = "tally_agent_statsd_packets_total{listener=\"udp\",outcome=\"kernel_dropped\"}";
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let (mut r, mut d) = (0, 0);
+    while std::time::Instant::now() < deadline {
+        let m = agent.admin_get("/metrics");
+        (r, d) = (prom(&m, received), prom(&m, dropped));
+        if r + d >= sent {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(r + d, sent, "read {r} + counted as dropped {d} = sent");
+    assert!(d > 0, "a 4 KiB buffer overflows under this burst");
+    let m = agent.admin_get("/metrics");
+    assert_eq!(
+        prom(
+            &m,
+            "tally_agent_dropped_samples_total{reason=\"udp_receive_buffer\"}"
+        ),
+        d
+    );
+    let (ok, out, err) = agent.terminate();
+    assert!(ok, "{err}");
+    assert!(err.contains("the kernel dropped"), "the drops are logged");
+    assert_eq!(
+        field_of(&out, "burst"),
+        r as f64,
+        "every packet read is published"
+    );
+}
+
+fn field_of(stdout: &str, metric: &str) -> f64 {
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["metric"] == metric)
+        .map(|v| v["sum"].as_f64().unwrap())
+        .sum()
+}

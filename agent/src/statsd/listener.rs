@@ -381,6 +381,13 @@ fn read_loop(sock: Sock, mut receiver: Receiver, cfg: &StatsdConfig, stop: &Atom
         let got = recv(fd, &mut buf, libc::MSG_TRUNC);
         on_packet(&mut receiver, got, &buf, &mut drops_seen);
         if last_flush.elapsed() >= interval {
+            // Drops after the last packet read carry no SO_RXQ_OVFL message: the socket's
+            // line in /proc/net/udp says them.
+            if is_udp {
+                if let Some(d) = proc_udp_drops(fd) {
+                    receiver.kernel_drops(d, &mut drops_seen);
+                }
+            }
             receiver.tick(SystemTime::now());
             last_flush = Instant::now();
         }

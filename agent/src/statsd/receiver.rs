@@ -31,6 +31,28 @@ pub const VALUE_SCALE: f64 = 1e6;
 /// the same name and tags from a Rust process and a StatsD client are one series.
 const NANOS_PER_MS: f64 = 1e6;
 const SIGFIG: u8 = 3;
+/// Samples a series keeps as a list before they are folded into its histogram.
+const SPARSE_SAMPLES: usize = 1024;
+/// Histogram series in one batch, so that the dense histograms a flush builds stay few at a
+/// time (each about 150 KiB for millisecond timers).
+const HISTOGRAMS_PER_BATCH: usize = 128;
+
+/// Records `values` into `hist` (created sized for the largest of them).
+fn fold(hist: &mut Option<Histogram<u64>>, values: &mut Vec<(u64, u64)>, stats: &StatsdStats) {
+    if values.is_empty() {
+        return;
+    }
+    let h = hist.get_or_insert_with(|| {
+        let max = values.iter().map(|v| v.0).max().unwrap_or(1).max(2);
+        Histogram::new_with_max(max, SIGFIG).expect("3 significant digits are valid")
+    });
+    for &(v, n) in values.iter() {
+        if h.record_n(v, n).is_err() {
+            stats.drops.add("statsd_value_out_of_range", n);
+        }
+    }
+    values.clear();
+}
 
 struct Slot {
     kind: Kind,
@@ -41,8 +63,11 @@ struct Slot {
     /// Counter: scaled count not yet handed over (carries the fraction between flushes).
     count: f64,
     /// Timer / histogram / distribution: sample weight not yet given (the fraction of
-    /// `1 / rate`), the interval's histogram.
+    /// `1 / rate`), the interval's samples as (stored value, count) and, once there are
+    /// many, the histogram they were folded into (a dense HDR histogram of nanoseconds
+    /// takes about 150 KiB, so it is built only for series that need it).
     weight: f64,
+    values: Vec<(u64, u64)>,
     hist: Option<Histogram<u64>>,
     /// Gauge.
     level: f64,
@@ -337,6 +362,7 @@ impl Receiver {
             dirty: false,
             count: 0.0,
             weight: 0.0,
+            values: Vec::new(),
             hist: None,
             level: 0.0,
             has_level: false,
@@ -420,20 +446,17 @@ impl Receiver {
                 } else {
                     VALUE_SCALE
                 };
-                let h = slot.hist.get_or_insert_with(|| {
-                    Histogram::new(SIGFIG).expect("3 significant digits are valid")
-                });
                 for v in m.values() {
                     slot.weight += 1.0 / m.rate;
                     // The sample weight with its fraction carried: unbiased over many lines.
                     let n = (slot.weight + 1e-9).floor();
                     slot.weight -= n;
                     if n >= 1.0 {
-                        let stored = (v * factor).round() as u64;
-                        if h.record_n(stored, n as u64).is_err() {
-                            self.stats.drops.add("statsd_value_out_of_range", n as u64);
-                        }
+                        slot.values.push(((v * factor).round() as u64, n as u64));
                     }
+                }
+                if slot.values.len() >= SPARSE_SAMPLES {
+                    fold(&mut slot.hist, &mut slot.values, &self.stats);
                 }
             }
             Kind::Set => {
@@ -460,9 +483,21 @@ impl Receiver {
             return;
         }
         let end_ms = self.pending_end_ms;
-        let mut by_identity: Vec<Vec<Series>> =
-            self.identities.iter().map(|_| Vec::new()).collect();
-        for i in std::mem::take(&mut self.dirty) {
+        let per_batch = (self.limits.max_series_per_batch / 2).max(1);
+        let mut dirty = std::mem::take(&mut self.dirty);
+        // One identity after the other; each batch is handed over as soon as it is full, so
+        // the dense histograms a flush builds exist a batch at a time.
+        dirty.sort_by_key(|&i| self.slots[i].identity);
+        let mut chunk: Vec<Series> = Vec::new();
+        let mut chunk_id = usize::MAX;
+        let mut histograms = 0;
+        for &i in &dirty {
+            let id = self.slots[i].identity;
+            if id != chunk_id && !chunk.is_empty() {
+                self.hand_over(chunk_id, std::mem::take(&mut chunk), end_ms);
+                histograms = 0;
+            }
+            chunk_id = id;
             let slot = &mut self.slots[i];
             slot.dirty = false;
             let (unit, value) = match slot.kind {
@@ -491,6 +526,7 @@ impl Receiver {
                     (Unit::None, v)
                 }
                 Kind::Timer | Kind::Histogram | Kind::Distribution => {
+                    fold(&mut slot.hist, &mut slot.values, &self.stats);
                     let Some(h) = slot.hist.take().filter(|h| !h.is_empty()) else {
                         continue;
                     };
@@ -520,21 +556,25 @@ impl Receiver {
                     (Unit::Count, SeriesValue::Counter(n))
                 }
             };
-            by_identity[slot.identity].push(Series {
+            if matches!(value, SeriesValue::Histogram { .. }) {
+                histograms += 1;
+            }
+            chunk.push(Series {
                 name: slot.name.clone(),
                 unit,
                 labels: slot.labels.clone(),
                 value,
             });
-        }
-        let per_batch = (self.limits.max_series_per_batch / 2).max(1);
-        for (id, mut series) in by_identity.into_iter().enumerate() {
-            while !series.is_empty() {
-                let rest = series.split_off(series.len().min(per_batch));
-                let chunk = std::mem::replace(&mut series, rest);
-                self.hand_over(id, chunk, end_ms);
+            if chunk.len() >= per_batch || histograms >= HISTOGRAMS_PER_BATCH {
+                self.hand_over(chunk_id, std::mem::take(&mut chunk), end_ms);
+                histograms = 0;
             }
         }
+        if !chunk.is_empty() {
+            self.hand_over(chunk_id, chunk, end_ms);
+        }
+        dirty.clear();
+        self.dirty = dirty;
     }
 
     fn hand_over(&mut self, id: usize, series: Vec<Series>, end_ms: u64) {
