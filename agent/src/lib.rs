@@ -21,6 +21,9 @@
 //!   are aligned to the wall clock; histograms merge exactly; rollups and derived metrics
 //!   (`ErrorRate`) are computed when a period closes; CloudWatch's naming rules and the
 //!   series bound are enforced with counted, explained refusals.
+//! - [`statsd`]: StatsD / DogStatsD over UDP and a Unix datagram socket, for the task's
+//!   non-Rust containers: parsed lines become SDK-shaped batches merged through the same
+//!   [`ingest::Intake`].
 //! - [`sinks`]: the [`sinks::Sink`] trait and the stdout sink.
 //! - [`durability`]: the optional write-ahead log (`[durability] dir`): a batch is appended
 //!   before it is acknowledged, its period's segment deleted once published, and what a
