@@ -149,7 +149,7 @@ fn unix_ms(t: SystemTime) -> u64 {
 /// The longest part of a bad line quoted in a log message.
 const QUOTE_LEN: usize = 120;
 
-/// `line` cut to [`QUOTE_LEN`] bytes at a character boundary.
+/// `line` cut to 120 bytes at a character boundary.
 pub fn quote(line: &str) -> &str {
     if line.len() <= QUOTE_LEN {
         return line;
