@@ -410,3 +410,51 @@ fn read_loop(sock: Sock, mut receiver: Receiver, cfg: &StatsdConfig, stop: &Atom
         let _ = std::fs::remove_file(path);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    fn bound(
+        group: &str,
+    ) -> (
+        tempfile::TempDir,
+        PathBuf,
+        Result<StatsdListeners, StatsdError>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dsd.socket");
+        let cfg = StatsdConfig {
+            enabled: true,
+            udp_addr: String::new(),
+            unix_socket: path.display().to_string(),
+            unix_socket_group: group.into(),
+            ..StatsdConfig::default()
+        };
+        let l = StatsdListeners::bind(&cfg);
+        (dir, path, l)
+    }
+
+    #[test]
+    fn the_unix_socket_is_owner_only_or_shared_with_the_configured_group() {
+        let (_d, path, l) = bound("");
+        l.unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        // SAFETY: getgid(2) has no preconditions.
+        let gid = unsafe { libc::getgid() };
+        let (_d, path, l) = bound(&gid.to_string());
+        l.unwrap();
+        let m = std::fs::metadata(&path).unwrap();
+        assert_eq!(m.mode() & 0o777, 0o660);
+        assert_eq!(m.gid(), gid);
+    }
+
+    #[test]
+    fn an_unknown_group_is_refused_naming_the_key() {
+        let (_d, _p, l) = bound("no-such-group-tally");
+        let e = l.unwrap_err().to_string();
+        assert!(e.contains("statsd.unix_socket_group"), "{e}");
+    }
+}
