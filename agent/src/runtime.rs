@@ -205,7 +205,7 @@ pub async fn run(
     ));
 
     // StatsD clients feed the same intake as SDK connections (after the replay above).
-    let statsd = statsd.map(|s| s.start(&intake, &stats, config.period_secs));
+    let statsd = statsd.map(|s| s.start(&intake, &stats, config.period_secs, &config.namespace));
     ready.store(true, Ordering::Relaxed);
     tracing::info!(
         ingest = ?running.ingest_addr,

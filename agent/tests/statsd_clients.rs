@@ -12,6 +12,9 @@
 //!   and p50/p99 within 1 % of the exact percentiles of what was sent (LocalStack does not
 //!   compute extended statistics, so percentiles are read from the agent's own output of
 //!   the histogram it publishes as Values/Counts).
+//! - EMF: `aws-embedded-metrics` from npm and from PyPI in Agent mode over TCP, plus raw UDP
+//!   records: exact counts and sums, one series fed by both clients, the namespace and the
+//!   dimension sets clamped to the configuration and counted.
 //! - A burst of malformed, truncated, oversized and non-UTF-8 packets among good ones: the
 //!   agent stays up, good samples are exact and every bad one is counted by reason.
 
@@ -35,7 +38,9 @@ fn clients_dir() -> PathBuf {
 fn require_clients() {
     let d = clients_dir();
     assert!(
-        d.join("node_modules/hot-shots").is_dir() && d.join(".venv/bin/python").is_file(),
+        d.join("node_modules/hot-shots").is_dir()
+            && d.join("node_modules/aws-embedded-metrics").is_dir()
+            && d.join(".venv/bin/python").is_file(),
         "the StatsD test clients are not installed: run scripts/statsd-clients.sh (scripts/test.sh does)"
     );
 }
@@ -50,9 +55,19 @@ fn free_udp_port() -> u16 {
 
 /// Runs a client script; returns the JSON it printed.
 fn run_client(program: &str, script: &str, args: &[&str]) -> serde_json::Value {
+    run_client_with(program, script, args, &[])
+}
+
+fn run_client_with(
+    program: &str,
+    script: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> serde_json::Value {
     let out = Command::new(program)
         .arg(clients_dir().join(script))
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(clients_dir())
         .output()
         .unwrap_or_else(|e| panic!("{program} {script} could not start: {e}"));
@@ -484,4 +499,105 @@ fn field_of(stdout: &str, metric: &str) -> f64 {
         .filter(|v| v["metric"] == metric)
         .map(|v| v["sum"].as_f64().unwrap())
         .sum()
+}
+
+#[test]
+fn aws_embedded_metrics_from_npm_and_pypi_merge_with_exact_counts_and_sums_clamped_to_the_config() {
+    require_clients();
+    start_of_a_quiet_minute();
+    let port = free_udp_port();
+    let emf = common::free_port();
+    let udp = format!("statsd.udp_addr=127.0.0.1:{port}");
+    let emf_arg = format!("statsd.emf_addr=127.0.0.1:{emf}");
+    let agent = Agent::start(&statsd_args(
+        &udp,
+        &[
+            "--set",
+            &emf_arg,
+            "--set",
+            "statsd.emf_max_record_bytes=4096",
+        ],
+    ));
+    let endpoint = format!("tcp://127.0.0.1:{emf}");
+    let env = [("AWS_EMF_AGENT_ENDPOINT", endpoint.as_str())];
+    let node = run_client_with("node", "emf.js", &[], &env)["records"]
+        .as_u64()
+        .unwrap();
+    let py = clients_dir().join(".venv/bin/python");
+    let python = run_client_with(py.to_str().unwrap(), "emf.py", &[], &env)["records"]
+        .as_u64()
+        .unwrap();
+    // Over UDP: one good record, one that is not JSON, one over the size bound.
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let to = format!("127.0.0.1:{emf}");
+    let good = r#"{"_aws":{"Timestamp":1,"CloudWatchMetrics":[{"Namespace":"Tally","Dimensions":[["route","ServiceName","Environment"]],"Metrics":[{"Name":"emf_orders","Unit":"Count"}]}]},"route":"/a","ServiceName":"shop","Environment":"test","emf_orders":[3,4]}"#;
+    s.send_to(good.as_bytes(), &to).unwrap();
+    s.send_to(b"{not json", &to).unwrap();
+    s.send_to(&vec![b' '; 5000], &to).unwrap();
+    let accepted = wait_for_metric(
+        &agent,
+        "tally_agent_emf_records_total{outcome=\"accepted\"}",
+        node + python + 1,
+        Duration::from_secs(60),
+    );
+    assert_eq!(accepted, node + python + 1);
+    let m = wait_metrics(
+        &agent,
+        "tally_agent_emf_records_total{outcome=\"emf_oversized_record\"}",
+        1,
+    );
+    assert_eq!(
+        prom(
+            &m,
+            "tally_agent_emf_records_total{outcome=\"emf_not_json\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        prom(&m, "tally_agent_emf_clamped_total{what=\"namespace\"}"),
+        1
+    );
+    assert_eq!(
+        prom(&m, "tally_agent_emf_clamped_total{what=\"dimension_set\"}"),
+        1
+    );
+    assert_eq!(
+        prom(
+            &m,
+            "tally_agent_dropped_samples_total{reason=\"emf_malformed_record\"}"
+        ),
+        2
+    );
+    let (ok, out, err) = agent.terminate();
+    assert!(ok, "{err}");
+    // 200 x 2 (Node) + 5 (another namespace, clamped) + 150 x 3 (Python) + 3 + 4 (UDP).
+    assert_eq!(field(&out, "emf_orders", "sum"), 862.0);
+    assert_eq!(field(&out, "emf_latency", "count"), 200.0);
+    assert_eq!(field(&out, "py_emf_latency", "count"), 150.0);
+    assert_eq!(field(&out, "emf_size", "count"), 200.0);
+    close(
+        "emf_latency",
+        "sum",
+        field(&out, "emf_latency", "sum"),
+        20_100.0,
+    );
+    close(
+        "py_emf_latency",
+        "sum",
+        field(&out, "py_emf_latency", "sum"),
+        22_650.0,
+    );
+    close("emf_size", "sum", field(&out, "emf_size", "sum"), 201_000.0);
+    let p99 = field(&out, "emf_latency", "p99");
+    assert!((p99 - 198.0).abs() <= 1.98, "p99 {p99}, exact 198");
+    assert!(
+        !out.contains("requestId") && !out.contains("\"extra\""),
+        "properties are not published, and the second dimension set is left out"
+    );
+}
+
+/// `/metrics` once `series` is at least `want` (at most 60 s).
+fn wait_metrics(agent: &Agent, series: &str, want: u64) -> String {
+    wait_for_metric(agent, series, want, Duration::from_secs(60));
+    agent.admin_get("/metrics")
 }

@@ -50,6 +50,17 @@ pub struct StatsdConfig {
     /// Milliseconds between two hand-overs of what was received to the aggregator (a batch
     /// per hand-over, exactly like an SDK's flush). Default 1000.
     pub flush_interval_ms: u64,
+    /// Embedded Metric Format address, TCP and UDP (`aws-embedded-metrics` clients'
+    /// `AWS_EMF_AGENT_ENDPOINT`, `127.0.0.1:25888` in the shipped ECS files). Default empty
+    /// (off). Needs `enabled`.
+    pub emf_addr: String,
+    /// Dimension sets of one EMF directive that are published; the others are counted and
+    /// left out. Default 1.
+    pub emf_max_dimension_sets: usize,
+    /// Longest EMF record (a TCP line or a UDP datagram) in bytes. Default 262144.
+    pub emf_max_record_bytes: usize,
+    /// Most simultaneous EMF TCP connections; more are refused and counted. Default 64.
+    pub emf_max_connections: usize,
 }
 
 impl Default for StatsdConfig {
@@ -69,6 +80,10 @@ impl Default for StatsdConfig {
             max_series: 100_000,
             max_set_members: 100_000,
             flush_interval_ms: 1000,
+            emf_addr: String::new(),
+            emf_max_dimension_sets: 1,
+            emf_max_record_bytes: 256 * 1024,
+            emf_max_connections: 64,
         }
     }
 }
@@ -80,8 +95,8 @@ impl StatsdConfig {
         if !self.enabled {
             return errs;
         }
-        if self.udp_addr.is_empty() && self.unix_socket.is_empty() {
-            errs.push("statsd.udp_addr and statsd.unix_socket are both empty: set at least one, or statsd.enabled = false".into());
+        if self.udp_addr.is_empty() && self.unix_socket.is_empty() && self.emf_addr.is_empty() {
+            errs.push("statsd.udp_addr, statsd.unix_socket and statsd.emf_addr are all empty: set at least one, or statsd.enabled = false".into());
         }
         if !self.udp_addr.is_empty() {
             match self.udp_addr.parse::<SocketAddr>() {
@@ -96,7 +111,34 @@ impl StatsdConfig {
                 Ok(_) => {}
             }
         }
+        if !self.emf_addr.is_empty() {
+            match self.emf_addr.parse::<SocketAddr>() {
+                Err(_) => errs.push(format!(
+                    "statsd.emf_addr = {:?} is not an IP:port address (example: 127.0.0.1:25888)",
+                    self.emf_addr
+                )),
+                Ok(a) if !a.ip().is_loopback() && !self.allow_non_loopback => errs.push(format!(
+                    "statsd.emf_addr = {a} is not a loopback address: set statsd.allow_non_loopback = true only if the network is trusted"
+                )),
+                Ok(_) => {}
+            }
+        }
         for (key, v, min) in [
+            (
+                "statsd.emf_max_dimension_sets",
+                self.emf_max_dimension_sets as u64,
+                1,
+            ),
+            (
+                "statsd.emf_max_record_bytes",
+                self.emf_max_record_bytes as u64,
+                256,
+            ),
+            (
+                "statsd.emf_max_connections",
+                self.emf_max_connections as u64,
+                1,
+            ),
             (
                 "statsd.receive_buffer_bytes",
                 self.receive_buffer_bytes as u64,

@@ -1,7 +1,7 @@
 //! The sockets: UDP (and optionally a Unix datagram socket), each read by its own thread
 //! into its own [`Receiver`], with the kernel's drop counter watched.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
@@ -61,6 +61,7 @@ impl Sock {
 /// The bound StatsD sockets, not yet read.
 pub struct StatsdListeners {
     socks: Vec<(Sock, &'static str)>,
+    emf: Option<(TcpListener, UdpSocket)>,
     cfg: StatsdConfig,
 }
 
@@ -223,8 +224,23 @@ impl StatsdListeners {
                 );
             }
         }
+        let emf = if cfg.emf_addr.is_empty() {
+            None
+        } else {
+            let bind_err = |source| StatsdError::Bind {
+                what: format!("{} (statsd.emf_addr)", cfg.emf_addr),
+                source,
+            };
+            let tcp = TcpListener::bind(&cfg.emf_addr).map_err(bind_err)?;
+            let udp = UdpSocket::bind(&cfg.emf_addr).map_err(bind_err)?;
+            tcp.set_nonblocking(true).map_err(bind_err)?;
+            udp.set_read_timeout(Some(Duration::from_millis(50)))
+                .map_err(bind_err)?;
+            Some((tcp, udp))
+        };
         Ok(StatsdListeners {
             socks,
+            emf,
             cfg: cfg.clone(),
         })
     }
@@ -237,10 +253,38 @@ impl StatsdListeners {
         })
     }
 
-    /// Starts one reading thread per socket, each merging into `intake`.
-    pub fn start(self, intake: &Intake, stats: &Stats, period_secs: u32) -> Running {
+    /// The bound EMF TCP address, if any.
+    pub fn emf_addr(&self) -> Option<SocketAddr> {
+        self.emf.as_ref().and_then(|(t, _)| t.local_addr().ok())
+    }
+
+    /// Starts one reading thread per socket, each merging into `intake`; EMF records are
+    /// clamped to `namespace`.
+    pub fn start(
+        self,
+        intake: &Intake,
+        stats: &Stats,
+        period_secs: u32,
+        namespace: &str,
+    ) -> Running {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
+        if let Some((tcp, udp)) = self.emf {
+            let receiver = Receiver::new(
+                self.cfg.clone(),
+                intake.clone(),
+                StatsdStats::new(stats, "emf"),
+                period_secs,
+                u64::MAX,
+            )
+            .for_emf(namespace);
+            let refused = stats.counter(
+                "tally_agent_emf_connections_refused_total",
+                "EMF TCP connections refused past statsd.emf_max_connections.",
+                &[],
+            );
+            threads.extend(emf::start(tcp, udp, receiver, &self.cfg, &stop, refused));
+        }
         for (n, (sock, name)) in self.socks.into_iter().enumerate() {
             let receiver = Receiver::new(
                 self.cfg.clone(),
@@ -408,6 +452,154 @@ fn read_loop(sock: Sock, mut receiver: Receiver, cfg: &StatsdConfig, stop: &Atom
     receiver.flush(true);
     if let Sock::Unix(_, path) = &sock {
         let _ = std::fs::remove_file(path);
+    }
+}
+
+/// The EMF listeners: TCP connections (one thread each, a line a record) and UDP datagrams
+/// go through a bounded channel to one thread that owns the EMF receiver.
+mod emf {
+    use std::io::{BufRead, BufReader, ErrorKind, Read};
+    use std::net::{TcpListener, TcpStream, UdpSocket};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender};
+    use std::sync::Arc;
+    use std::thread::JoinHandle;
+    use std::time::{Duration, Instant, SystemTime};
+
+    use super::super::{Receiver, StatsdConfig};
+    use crate::stats::Counter;
+
+    pub(super) fn start(
+        tcp: TcpListener,
+        udp: UdpSocket,
+        mut receiver: Receiver,
+        cfg: &StatsdConfig,
+        stop: &Arc<AtomicBool>,
+        refused: Counter,
+    ) -> Vec<JoinHandle<()>> {
+        // Back-pressure, not loss: a full channel makes connections wait.
+        let (tx, rx) = sync_channel::<Msg>(4096);
+        let interval = Duration::from_millis(cfg.flush_interval_ms);
+        let process = std::thread::Builder::new()
+            .name("emf".into())
+            .spawn(move || {
+                let mut last = Instant::now();
+                loop {
+                    match rx.recv_timeout(Duration::from_millis(50)) {
+                        Ok(Msg::Data(bytes)) => receiver.emf_packet(&bytes, SystemTime::now()),
+                        Ok(Msg::Oversized) => receiver.emf_oversized(),
+                        Err(RecvTimeoutError::Timeout) => {}
+                        // Every reader has ended (after the stop): hand everything over.
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                    if last.elapsed() >= interval {
+                        receiver.tick(SystemTime::now());
+                        last = Instant::now();
+                    }
+                }
+                receiver.flush(true);
+            })
+            .expect("a thread can be spawned at start");
+        let max = cfg.emf_max_record_bytes;
+        let max_conns = cfg.emf_max_connections;
+        let (stop_u, tx_u) = (stop.clone(), tx.clone());
+        let udp_thread = std::thread::Builder::new()
+            .name("emf-udp".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; max + 1];
+                loop {
+                    let stopping = stop_u.load(Ordering::Relaxed);
+                    if stopping {
+                        let _ = udp.set_nonblocking(true);
+                    }
+                    match udp.recv(&mut buf) {
+                        Ok(0) => {}
+                        Ok(n) if n <= max => {
+                            let _ = tx_u.send(Msg::Data(buf[..n].to_vec()));
+                        }
+                        // Larger than a record may be: counted as a refused record.
+                        Ok(_) => {
+                            let _ = tx_u.send(Msg::Oversized);
+                        }
+                        Err(_) if stopping => break,
+                        Err(_) => {}
+                    }
+                }
+            })
+            .expect("a thread can be spawned at start");
+        let stop_a = stop.clone();
+        let accept = std::thread::Builder::new()
+            .name("emf-tcp".into())
+            .spawn(move || {
+                let open = Arc::new(AtomicUsize::new(0));
+                while !stop_a.load(Ordering::Relaxed) {
+                    match tcp.accept() {
+                        Ok((s, _)) => {
+                            if open.load(Ordering::Relaxed) >= max_conns {
+                                refused.inc();
+                                continue;
+                            }
+                            open.fetch_add(1, Ordering::Relaxed);
+                            let (tx, stop, open) = (tx.clone(), stop_a.clone(), open.clone());
+                            let _ = std::thread::Builder::new().name("emf-conn".into()).spawn(
+                                move || {
+                                    connection(s, &tx, &stop, max);
+                                    open.fetch_sub(1, Ordering::Relaxed);
+                                },
+                            );
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                    }
+                }
+            })
+            .expect("a thread can be spawned at start");
+        vec![process, udp_thread, accept]
+    }
+
+    /// What the readers hand to the EMF thread.
+    enum Msg {
+        /// One or more records.
+        Data(Vec<u8>),
+        /// A record longer than `statsd.emf_max_record_bytes` (dropped).
+        Oversized,
+    }
+
+    /// Reads newline-separated records until the client closes, or the agent stops and the
+    /// connection has nothing more to read.
+    fn connection(s: TcpStream, tx: &SyncSender<Msg>, stop: &AtomicBool, max: usize) {
+        let _ = s.set_nonblocking(false);
+        let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
+        let mut r = BufReader::new(s.take(u64::MAX));
+        let mut line = Vec::new();
+        loop {
+            match r.read_until(b'\n', &mut line) {
+                Ok(0) => break,
+                Ok(_) => {
+                    if line.ends_with(b"\n") {
+                        let _ = tx.send(Msg::Data(std::mem::take(&mut line)));
+                    }
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+            if line.len() > max {
+                // A record longer than allowed: counted as refused, the connection closed
+                // (the rest of the line cannot be told from the next record).
+                let _ = tx.send(Msg::Oversized);
+                return;
+            }
+        }
+        if !line.is_empty() {
+            let _ = tx.send(Msg::Data(line));
+        }
     }
 }
 

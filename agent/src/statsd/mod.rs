@@ -28,6 +28,7 @@
 //!   derived metrics, alarms and the write-ahead log treat StatsD data as SDK data.
 
 mod config;
+pub mod emf;
 pub mod listener;
 pub mod parse;
 pub mod receiver;
@@ -46,6 +47,7 @@ pub const DROP_REASONS: &[&str] = &[
     "udp_receive_buffer",
     "statsd_too_many_series",
     "statsd_set_too_large",
+    "emf_malformed_record",
 ];
 
 /// One listener's counters, registered once.
@@ -62,6 +64,10 @@ pub struct StatsdStats {
     malformed: Vec<Counter>,
     ignored_tags: Counter,
     label_overflows: Counter,
+    emf_records: Counter,
+    emf_bad: Vec<Counter>,
+    emf_foreign_namespaces: Counter,
+    emf_dropped_sets: Counter,
 }
 
 impl StatsdStats {
@@ -109,6 +115,37 @@ impl StatsdStats {
                 "tally_agent_statsd_label_overflows_total",
                 "StatsD tag values (and service/env pairs) folded into __other__ past their limit (recorded, not lost).",
                 &[("listener", listener)],
+            ),
+            emf_records: stats.counter(
+                "tally_agent_emf_records_total",
+                "EMF records read, by outcome (accepted, or the reason they were refused).",
+                &[("outcome", "accepted")],
+            ),
+            emf_bad: [
+                emf::EmfError::NotJson,
+                emf::EmfError::NotEmf,
+                emf::EmfError::MissingDimension,
+                emf::EmfError::BadValue,
+                emf::EmfError::Oversized,
+            ]
+            .iter()
+            .map(|e| {
+                stats.counter(
+                    "tally_agent_emf_records_total",
+                    "EMF records read, by outcome (accepted, or the reason they were refused).",
+                    &[("outcome", e.reason())],
+                )
+            })
+            .collect(),
+            emf_foreign_namespaces: stats.counter(
+                "tally_agent_emf_clamped_total",
+                "EMF directives clamped to the agent's configuration: another namespace (published in the agent's), dimension sets past statsd.emf_max_dimension_sets (left out).",
+                &[("what", "namespace")],
+            ),
+            emf_dropped_sets: stats.counter(
+                "tally_agent_emf_clamped_total",
+                "EMF directives clamped to the agent's configuration: another namespace (published in the agent's), dimension sets past statsd.emf_max_dimension_sets (left out).",
+                &[("what", "dimension_set")],
             ),
         }
     }

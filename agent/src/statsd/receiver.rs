@@ -130,6 +130,8 @@ pub struct Receiver {
     instance_base: u64,
     encoded: Vec<u8>,
     log: crate::util::RateLimitedLog,
+    /// The agent's namespace, which EMF records are clamped to.
+    namespace: String,
 }
 
 impl std::fmt::Debug for Receiver {
@@ -198,6 +200,93 @@ impl Receiver {
                 .wrapping_add(source.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
             encoded: Vec::new(),
             log: crate::util::RateLimitedLog::new(Duration::from_secs(10)),
+            namespace: String::new(),
+        }
+    }
+
+    /// Reads EMF records (see [`Receiver::emf_packet`]) for an agent publishing in
+    /// `namespace`.
+    pub fn for_emf(mut self, namespace: &str) -> Self {
+        self.namespace = namespace.to_owned();
+        self
+    }
+
+    /// Merges EMF records (one a line) received at `now`.
+    pub fn emf_packet(&mut self, bytes: &[u8], now: SystemTime) {
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            self.stats.emf_bad[0].inc();
+            self.stats.drops.add("emf_malformed_record", 1);
+            return;
+        };
+        self.roll(now);
+        for line in text.split('\n') {
+            let line = line.trim();
+            if !line.is_empty() {
+                self.emf_record(line);
+            }
+        }
+    }
+
+    /// Counts an EMF record longer than `statsd.emf_max_record_bytes` (dropped).
+    pub fn emf_oversized(&mut self) {
+        self.stats.emf_bad[super::emf::EmfError::Oversized as usize].inc();
+        self.stats.drops.add("emf_malformed_record", 1);
+        self.log.warn(
+            "emf_oversized_record",
+            format_args!(
+                "an EMF record longer than statsd.emf_max_record_bytes = {} was dropped",
+                self.cfg.emf_max_record_bytes
+            ),
+        );
+    }
+
+    fn emf_record(&mut self, line: &str) {
+        let max_sets = self.cfg.emf_max_dimension_sets;
+        let record = match super::emf::parse_record(line, &self.namespace, max_sets) {
+            Ok(r) => r,
+            Err(e) => {
+                let i = e as usize;
+                self.stats.emf_bad[i].inc();
+                self.stats.drops.add("emf_malformed_record", 1);
+                self.log.warn(
+                    e.reason(),
+                    format_args!(
+                        "EMF record refused ({}): {:?}{}",
+                        e.reason(),
+                        quote(line),
+                        if line.len() > QUOTE_LEN { "..." } else { "" }
+                    ),
+                );
+                return;
+            }
+        };
+        self.stats.emf_records.inc();
+        self.stats
+            .emf_foreign_namespaces
+            .add(record.foreign_namespaces);
+        self.stats
+            .emf_dropped_sets
+            .add(record.dropped_dimension_sets);
+        let mut rest = String::new();
+        for m in &record.metrics {
+            let Some((first, more)) = m.values.split_first() else {
+                continue;
+            };
+            rest.clear();
+            for v in more {
+                use std::fmt::Write as _;
+                let _ = write!(rest, "{v}:");
+            }
+            self.metric(&Metric {
+                name: &m.name,
+                kind: m.kind,
+                first: *first,
+                rest: &rest,
+                delta: false,
+                member: "",
+                rate: 1.0,
+                tags: &m.tags,
+            });
         }
     }
 
