@@ -29,7 +29,7 @@ GEN="$CARGO_TARGET_DIR/release/examples/statsd_loadgen"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 metric() { curl -s "http://$ADMIN/metrics" | awk -v m="$1" 'index($0, m) == 1 {s += $NF} END {print s + 0}'; }
 echo "rmem_max=$(cat /proc/sys/net/core/rmem_max) lines_per_packet=$LINES seconds=$SECS"
-printf "%-10s %-12s %-12s %-14s %-10s %s\n" rate/s sent read kernel_drops uncounted rss
+printf "%-10s %-12s %-10s %-12s %-14s %-10s %s\n" rate/s sent sent_ms read kernel_drops uncounted rss
 for RATE in $RATES; do
   PORT=$(free_port); ADMIN="127.0.0.1:$(free_port)"
   "$BIN" run --sink stdout --set ingest.tcp_addr="127.0.0.1:$(free_port)" --set admin.addr="$ADMIN" \
@@ -40,6 +40,7 @@ for RATE in $RATES; do
   for _ in $(seq 100); do curl -sf "http://$ADMIN/health" >/dev/null && break; sleep 0.1; done
   OUT=$("$GEN" "127.0.0.1:$PORT" "$RATE" "$SECS" "$LINES")
   SENT=$(echo "$OUT" | sed -n 's/.*sent_packets=\([0-9]*\).*/\1/p')
+  MS=$(echo "$OUT" | sed -n "s/.*elapsed_ms=\([0-9]*\).*/\1/p")
   # Wait (at most 30 s) until every packet is read or counted as dropped.
   for _ in $(seq 300); do
     READ=$(metric 'tally_agent_statsd_packets_total{listener="udp",outcome="received"}')
@@ -48,7 +49,7 @@ for RATE in $RATES; do
     sleep 0.1
   done
   RSS=$(awk '/^VmHWM/{printf "%.1f MiB peak", $2/1024}' "/proc/$AGENT/status")
-  printf "%-10s %-12s %-12s %-14s %-10s %s\n" "$RATE" "$SENT" "$READ" "$DROP" $((SENT - READ - DROP)) "$RSS"
+  printf "%-10s %-12s %-10s %-12s %-14s %-10s %s\n" "$RATE" "$SENT" "$MS" "$READ" "$DROP" $((SENT - READ - DROP)) "$RSS"
   kill -TERM $AGENT; wait $AGENT || true
   trap - EXIT
 done
