@@ -200,6 +200,33 @@ mod tests {
     }
 
     #[test]
+    fn every_key_can_be_set_by_environment_variable_and_by_flag() {
+        let cfg = crate::config::Config::load(
+            None,
+            [
+                (
+                    "TALLY_STATSD__UDP_ADDR".to_owned(),
+                    "127.0.0.1:9125".to_owned(),
+                ),
+                (
+                    "TALLY_STATSD__LABEL_LIMITS__ROUTE".to_owned(),
+                    "20".to_owned(),
+                ),
+            ],
+            &[
+                "statsd.enabled=true".to_owned(),
+                "statsd.strip_prefix=shop.".to_owned(),
+            ],
+        )
+        .unwrap();
+        assert!(cfg.statsd.enabled);
+        assert_eq!(cfg.statsd.udp_addr, "127.0.0.1:9125");
+        assert_eq!(cfg.statsd.strip_prefix, "shop.");
+        assert_eq!(cfg.statsd.limit_of("route"), 20);
+        assert_eq!(cfg.statsd.limit_of("user"), 1000);
+    }
+
+    #[test]
     fn a_public_address_or_no_listener_is_refused_with_the_key_to_fix() {
         let c = StatsdConfig {
             enabled: true,

@@ -957,6 +957,71 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn sampled_counter_totals_equal_the_sum_of_value_over_rate_whatever_the_flushes(
+            lines in proptest::collection::vec((0u32..50, 0usize..4, proptest::bool::ANY), 1..200),
+        ) {
+            const RATES: [f64; 4] = [1.0, 0.5, 0.25, 0.1];
+            let (mut r, intake, _) = receiver(StatsdConfig::default());
+            let now = SystemTime::now();
+            let mut want = 0.0;
+            for (v, rate, flush) in &lines {
+                let rate = RATES[*rate];
+                want += f64::from(*v) / rate;
+                r.packet(format!("n:{v}|c|@{rate}").as_bytes(), now);
+                if *flush {
+                    r.flush(false);
+                }
+            }
+            r.flush(true);
+            let got: f64 = intake
+                .close_all()
+                .iter()
+                .flat_map(|p| p.data.metrics.iter())
+                .map(|(_, v)| match v {
+                    AggregateValue::Counter(c) => *c,
+                    other => panic!("{other:?}"),
+                })
+                .sum();
+            proptest::prop_assert_eq!(got, want.round());
+        }
+
+        #[test]
+        fn a_gauge_ends_at_the_level_its_sets_and_changes_lead_to(
+            ops in proptest::collection::vec((-1000i32..1000, proptest::bool::ANY), 1..100),
+        ) {
+            let (mut r, intake, _) = receiver(StatsdConfig::default());
+            let now = SystemTime::now();
+            let mut level = 0.0;
+            let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+            for (v, change) in &ops {
+                let line = if *change {
+                    level += f64::from(*v);
+                    format!("g:{v:+}|g")
+                } else {
+                    level = f64::from(v.unsigned_abs());
+                    format!("g:{}|g", v.unsigned_abs())
+                };
+                lo = lo.min(level);
+                hi = hi.max(level);
+                r.packet(line.as_bytes(), now);
+            }
+            r.flush(true);
+            let closed = intake.close_all();
+            let got: Vec<_> = closed.iter().flat_map(|p| p.data.metrics.iter()).collect();
+            proptest::prop_assert_eq!(got.len(), 1);
+            match &got[0].1 {
+                AggregateValue::Gauge { last, min, max, updates } => {
+                    proptest::prop_assert_eq!((*last, *min, *max, *updates), (level, lo, hi, ops.len() as u64));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn a_long_bad_line_is_quoted_truncated_at_a_character_boundary() {
         let line = "é".repeat(200);
