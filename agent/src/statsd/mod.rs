@@ -26,6 +26,9 @@
 //!   flush becomes one `tally::wire` batch per identity merged through
 //!   [`crate::ingest::Intake`], so aggregation has a single entry point: periods, rollups,
 //!   derived metrics, alarms and the write-ahead log treat StatsD data as SDK data.
+//! - [`emf`]: Embedded Metric Format records (`statsd.emf_addr`, TCP lines and UDP
+//!   datagrams, as `aws-embedded-metrics` sends them to the CloudWatch agent), clamped to the
+//!   agent's namespace and dimension-set limit, merged through a receiver of their own.
 
 mod config;
 pub mod emf;
