@@ -5,6 +5,9 @@
 //! derived metrics) is the only input, so alarms and dashboards provisioned from the catalogue
 //! watch exactly what is published. `tally-agent validate` checks every alarm against it.
 
+use crate::aggregate::{AggregateConfig, TimeUnit};
+use crate::self_metrics::{dimensions, SelfMetricsConfig, SELF_METRICS};
+
 /// One metric as it will appear in CloudWatch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CatalogMetric {
@@ -50,39 +53,54 @@ impl Catalog {
     }
 }
 
+/// What the catalogue is built from: the configuration's namespace, identity, publish unit,
+/// `[aggregate]` and `[self_metrics]` sections, and the `[ecs]` dimensions the agent resolved
+/// (`Catalog::from_config` fills it from a whole configuration).
+#[derive(Debug, Clone, Copy)]
+pub struct CatalogInputs<'a> {
+    /// CloudWatch namespace.
+    pub namespace: &'a str,
+    /// The configured `ServiceName` (empty: it varies with the SDK process).
+    pub service: &'a str,
+    /// The configured `Environment` (empty: it varies with the SDK process).
+    pub environment: &'a str,
+    /// The unit durations are published in.
+    pub time_unit: TimeUnit,
+    /// Standard, declared, rolled-up and derived metrics.
+    pub aggregate: &'a AggregateConfig,
+    /// Whether the agent's own metrics are published.
+    pub self_metrics: &'a SelfMetricsConfig,
+    /// Fixed dimensions the agent adds to every metric besides ServiceName and Environment.
+    pub extra: &'a [(String, String)],
+}
+
 impl Catalog {
-    /// Everything a configuration publishes: tally-tower's standard metrics (unless
+    /// Everything the agent publishes given `inputs`: tally-tower's standard metrics (unless
     /// `aggregate.standard_metrics = false`), the declared `[[aggregate.metrics]]`, each with
     /// its rollups, the derived metrics on every dimension set of their denominator, and the
     /// agent's own metrics with `Component=agent` when `[self_metrics] cloudwatch = true`.
-    pub fn from_config(config: &crate::config::Config) -> Catalog {
-        Self::from_config_with(config, &[])
-    }
-
-    /// Like [`Catalog::from_config`], with the fixed dimensions the agent adds to every metric
-    /// besides ServiceName and Environment (the `[ecs]` task-metadata dimensions it resolved).
-    pub fn from_config_with(config: &crate::config::Config, extra: &[(String, String)]) -> Catalog {
-        use crate::config::parse_unit;
-        use crate::model::cloudwatch_unit;
+    pub fn build(inputs: &CatalogInputs<'_>) -> Catalog {
+        use crate::cloudwatch::{cloudwatch_unit, parse_unit};
         use tally::conventions as c;
         use tally::wire::Unit;
 
+        let extra = inputs.extra;
         let fixed = |v: &str| (!v.is_empty()).then(|| v.to_owned());
         let mut globals = vec![
-            (c::SERVICE_NAME.to_owned(), fixed(&config.service)),
-            (c::ENVIRONMENT.to_owned(), fixed(&config.environment)),
+            (c::SERVICE_NAME.to_owned(), fixed(inputs.service)),
+            (c::ENVIRONMENT.to_owned(), fixed(inputs.environment)),
         ];
         globals.extend(extra.iter().map(|(k, v)| (k.clone(), Some(v.clone()))));
         let publish_unit = |u: Unit| {
             if u == Unit::Nanoseconds {
-                config.time_unit.unit()
+                inputs.time_unit.unit()
             } else {
                 u
             }
         };
         let http_labels = [c::ROUTE, c::METHOD, c::STATUS_CLASS].map(str::to_owned);
         let mut recorded: Vec<(String, Unit, Vec<String>)> = Vec::new();
-        if config.aggregate.standard_metrics {
+        if inputs.aggregate.standard_metrics {
             for name in [c::REQUEST_COUNT, c::ERROR_COUNT, c::CLIENT_ERROR_COUNT] {
                 recorded.push((name.into(), Unit::Count, http_labels.to_vec()));
             }
@@ -93,7 +111,7 @@ impl Catalog {
             ));
             recorded.push((c::IN_FLIGHT.into(), Unit::Count, Vec::new()));
         }
-        for m in &config.aggregate.metrics {
+        for m in &inputs.aggregate.metrics {
             let unit = parse_unit(&m.unit).unwrap_or(Unit::None);
             recorded.push((m.name.clone(), unit, m.labels.clone()));
         }
@@ -104,7 +122,7 @@ impl Catalog {
             base.extend(labels.iter().map(|l| (l.clone(), None)));
             base.sort();
             let mut sets = vec![base.clone()];
-            for r in &config.aggregate.rollups {
+            for r in &inputs.aggregate.rollups {
                 if !r.metrics.is_empty() && !r.metrics.contains(&name) {
                     continue;
                 }
@@ -140,7 +158,7 @@ impl Catalog {
             }
         }
         let mut derived = Vec::new();
-        for d in &config.aggregate.derived {
+        for d in &inputs.aggregate.derived {
             let Some(den) = metrics.iter().find(|m| m.name == d.denominator) else {
                 continue;
             };
@@ -160,12 +178,39 @@ impl Catalog {
             });
         }
         metrics.extend(derived);
-        metrics.extend(crate::self_metrics::catalog_metrics(config, extra));
+        if inputs.self_metrics.cloudwatch {
+            metrics.extend(self_metric_entries(
+                inputs.service,
+                inputs.environment,
+                extra,
+            ));
+        }
         Catalog {
-            namespace: config.namespace.clone(),
+            namespace: inputs.namespace.to_owned(),
             metrics,
         }
     }
+}
+
+/// The catalogue entries of the agent's own metrics (`[self_metrics] cloudwatch = true`):
+/// one fully fixed dimension set each, as [`crate::self_metrics::SelfMetrics`] publishes them.
+pub fn self_metric_entries(
+    service: &str,
+    environment: &str,
+    extra: &[(String, String)],
+) -> Vec<CatalogMetric> {
+    let set: Vec<(String, Option<String>)> = dimensions(service, environment, extra)
+        .into_iter()
+        .map(|(k, v)| (k, Some(v)))
+        .collect();
+    SELF_METRICS
+        .iter()
+        .map(|m| CatalogMetric {
+            name: m.name.to_owned(),
+            unit: crate::cloudwatch::cloudwatch_unit(m.unit).to_owned(),
+            dimension_sets: vec![set.clone()],
+        })
+        .collect()
 }
 
 #[cfg(test)]

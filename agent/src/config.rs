@@ -18,20 +18,29 @@
 //! Unknown keys are errors (a typo never silently keeps a default), and [`Config::validate`]
 //! checks values, naming the key to fix in every message.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use tally::wire::{Limits, Unit};
 use thiserror::Error;
 
 use crate::alarms::config::{AlarmDefaults, AlarmManagement};
 use crate::alarms::{AlarmSpec, AlarmsConfig, DashboardConfig};
+use crate::catalog::{Catalog, CatalogInputs};
+use crate::cloudwatch::rules;
 use crate::durability::DurabilityConfig;
 use crate::ecs::EcsConfig;
 use crate::publish::PublishConfig;
 use crate::self_metrics::SelfMetricsConfig;
-use crate::sinks::stdout::StdoutFormat;
+
+// Each section's type and its check live with the module it configures; they are named here
+// too, where the whole file is put together.
+pub use crate::admin::AdminConfig;
+pub use crate::aggregate::{
+    AggregateConfig, DeclaredMetric, DerivedConfig, RollupConfig, TimeUnit,
+};
+pub use crate::ingest::IngestConfig;
+pub use crate::sinks::{SinkConfig, SinkKind};
+pub use crate::statsd::StatsdConfig;
 
 /// Top-level keys that environment variables may override (`TALLY_<KEY>...`).
 pub const TOP_LEVEL_KEYS: &[&str] = &[
@@ -54,6 +63,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "durability",
     "self_metrics",
     "canary",
+    "statsd",
 ];
 
 /// Prefix of configuration environment variables.
@@ -104,6 +114,8 @@ pub struct Config {
     pub self_metrics: SelfMetricsConfig,
     /// `[canary]`: per-revision series and the canary gate's limits (`tally-agent canary`).
     pub canary: crate::canary::CanaryConfig,
+    /// `[statsd]`: the StatsD / DogStatsD receiver (off by default).
+    pub statsd: StatsdConfig,
 }
 
 impl Default for Config {
@@ -128,278 +140,7 @@ impl Default for Config {
             durability: DurabilityConfig::default(),
             self_metrics: SelfMetricsConfig::default(),
             canary: crate::canary::CanaryConfig::default(),
-        }
-    }
-}
-
-/// Time unit durations are published in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub enum TimeUnit {
-    /// Seconds.
-    Seconds,
-    /// Milliseconds.
-    Milliseconds,
-    /// Microseconds.
-    Microseconds,
-}
-
-impl TimeUnit {
-    /// The wire unit this publishes as.
-    pub fn unit(self) -> Unit {
-        match self {
-            TimeUnit::Seconds => Unit::Seconds,
-            TimeUnit::Milliseconds => Unit::Milliseconds,
-            TimeUnit::Microseconds => Unit::Microseconds,
-        }
-    }
-
-    /// Nanoseconds in one of this unit (the scale factor from ns).
-    pub fn nanos(self) -> f64 {
-        match self {
-            TimeUnit::Seconds => 1e9,
-            TimeUnit::Milliseconds => 1e6,
-            TimeUnit::Microseconds => 1e3,
-        }
-    }
-}
-
-/// `[ingest]`: the listeners SDKs send batches to.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct IngestConfig {
-    /// TCP listen address. Default `127.0.0.1:9911`; empty disables TCP.
-    pub tcp_addr: String,
-    /// Unix socket path. Default empty (off).
-    pub unix_socket: String,
-    /// Group (name or numeric gid) given to the Unix socket; its mode becomes 0660 instead of
-    /// 0600. Default empty (owner only).
-    pub unix_socket_group: String,
-    /// Allow a TCP address that is not loopback. Default `false`.
-    pub allow_non_loopback: bool,
-    /// Most simultaneous SDK connections; more wait in the accept queue. Default 1024.
-    pub max_connections: usize,
-    /// Bytes of frame payload all connections together may hold while decoding; a connection
-    /// waits (back-pressure) when the budget is used up. Default 64 MiB. A quarter of it
-    /// bounds the connections' parse memos together (see docs/configuration.md).
-    pub max_buffered_bytes: usize,
-    /// Largest frame payload in bytes. Default 16 MiB.
-    pub max_frame_bytes: usize,
-    /// Most series one batch may carry. Default 100000.
-    pub max_series_per_batch: usize,
-    /// Largest inflated histogram in bytes. Default 1 MiB.
-    pub max_histogram_bytes: usize,
-    /// Most histogram counters one batch may allocate. Default 4194304.
-    pub max_histogram_counts_per_batch: u64,
-    /// Seconds a connection may stay silent before the agent closes it. Default 300.
-    pub idle_timeout_secs: u64,
-    /// Seconds a frame may take to arrive completely once its header is in; a slower or
-    /// stalled sender is disconnected (`reason="truncated"`) and its buffered bytes released,
-    /// so it cannot hold the shared byte budget. Default 10.
-    pub frame_timeout_secs: u64,
-}
-
-impl Default for IngestConfig {
-    fn default() -> Self {
-        let l = Limits::default();
-        IngestConfig {
-            tcp_addr: tally::conventions::DEFAULT_AGENT_ADDR.into(),
-            unix_socket: String::new(),
-            unix_socket_group: String::new(),
-            allow_non_loopback: false,
-            max_connections: 1024,
-            max_buffered_bytes: 64 * 1024 * 1024,
-            max_frame_bytes: l.max_frame_len,
-            max_series_per_batch: l.max_series_per_batch,
-            max_histogram_bytes: l.max_histogram_bytes,
-            max_histogram_counts_per_batch: l.max_histogram_counts_per_batch,
-            idle_timeout_secs: 300,
-            frame_timeout_secs: 10,
-        }
-    }
-}
-
-impl IngestConfig {
-    /// The decoder limits this section sets.
-    pub fn limits(&self) -> Limits {
-        Limits {
-            max_frame_len: self.max_frame_bytes,
-            max_series_per_batch: self.max_series_per_batch,
-            max_histogram_bytes: self.max_histogram_bytes,
-            max_histogram_counts_per_batch: self.max_histogram_counts_per_batch,
-            ..Limits::default()
-        }
-    }
-}
-
-/// `[admin]`: the loopback HTTP endpoint (`/health`, `/metrics`, `/cost`).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct AdminConfig {
-    /// Listen address. Default `127.0.0.1:9912`; empty disables the endpoint.
-    pub addr: String,
-    /// Allow a non-loopback address. Default `false`.
-    pub allow_non_loopback: bool,
-}
-
-impl Default for AdminConfig {
-    fn default() -> Self {
-        AdminConfig {
-            addr: tally::conventions::DEFAULT_ADMIN_ADDR.into(),
-            allow_non_loopback: false,
-        }
-    }
-}
-
-/// `[aggregate]`: bounds, rollups, derived and declared metrics.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct AggregateConfig {
-    /// Most distinct series in one period (before rollups); samples of further series are
-    /// dropped and counted (`reason="max_series"`). Default 100000.
-    pub max_series: usize,
-    /// Milliseconds a period stays open after its end for batches still in flight.
-    /// Default: 2000, or half the period when that is shorter (500 for 1-second periods).
-    pub grace_ms: Option<u64>,
-    /// Most SDK processes whose sequence numbers are tracked. Default 10000.
-    pub max_processes: usize,
-    /// Seconds after which a silent process is forgotten. Default 3600.
-    pub process_ttl_secs: u64,
-    /// Include tally-tower's standard metrics in the catalogue. Default `true`.
-    pub standard_metrics: bool,
-    /// Extra dimension sets published by dropping dimensions. Default none.
-    pub rollups: Vec<RollupConfig>,
-    /// Metrics computed from others each period. Default: `ErrorRate`.
-    pub derived: Vec<DerivedConfig>,
-    /// Business metrics the service records, declared so alarms and dashboards can use them.
-    pub metrics: Vec<DeclaredMetric>,
-}
-
-impl Default for AggregateConfig {
-    fn default() -> Self {
-        AggregateConfig {
-            max_series: 100_000,
-            grace_ms: None,
-            max_processes: 10_000,
-            process_ttl_secs: 3_600,
-            standard_metrics: true,
-            rollups: Vec::new(),
-            derived: vec![DerivedConfig::error_rate()],
-            metrics: Vec::new(),
-        }
-    }
-}
-
-/// `[[aggregate.rollups]]`: also publish each matching series without some dimensions.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RollupConfig {
-    /// Dimensions to drop (`["Route"]`).
-    pub drop: Vec<String>,
-    /// Metrics the rollup applies to; empty (default): every metric carrying one of `drop`.
-    #[serde(default)]
-    pub metrics: Vec<String>,
-}
-
-/// `[[aggregate.derived]]`: `multiplier * numerator / denominator` per period and dimension set.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct DerivedConfig {
-    /// Published name (`ErrorRate`).
-    pub name: String,
-    /// Numerator metric (`ErrorCount`); missing in a dimension set counts as 0.
-    pub numerator: String,
-    /// Denominator metric (`RequestCount`); no value is published where it is 0 or missing.
-    pub denominator: String,
-    /// Factor applied to the ratio. Default 100.
-    #[serde(default = "hundred")]
-    pub multiplier: f64,
-    /// Published unit. Default `Percent`.
-    #[serde(default = "percent")]
-    pub unit: String,
-    /// Dimension sets containing any of these are skipped. Default `["StatusClass"]`
-    /// (an error rate per status class is always 0 or 100).
-    #[serde(default = "status_class")]
-    pub exclude_dimensions: Vec<String>,
-}
-
-fn hundred() -> f64 {
-    100.0
-}
-fn percent() -> String {
-    "Percent".into()
-}
-fn status_class() -> Vec<String> {
-    vec![tally::conventions::STATUS_CLASS.into()]
-}
-
-impl DerivedConfig {
-    /// The standard `ErrorRate = 100 * ErrorCount / RequestCount`.
-    pub fn error_rate() -> Self {
-        use tally::conventions as c;
-        DerivedConfig {
-            name: c::ERROR_RATE.into(),
-            numerator: c::ERROR_COUNT.into(),
-            denominator: c::REQUEST_COUNT.into(),
-            multiplier: 100.0,
-            unit: percent(),
-            exclude_dimensions: status_class(),
-        }
-    }
-}
-
-/// `[[aggregate.metrics]]`: a metric the service records, for the catalogue.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct DeclaredMetric {
-    /// Metric name.
-    pub name: String,
-    /// Unit as recorded: `Count` (default), `None`, `Nanoseconds` (published in `time_unit`),
-    /// `Microseconds`, `Milliseconds`, `Seconds`, `Bytes`, `Percent`.
-    #[serde(default = "count_unit")]
-    pub unit: String,
-    /// Label names the service attaches.
-    #[serde(default)]
-    pub labels: Vec<String>,
-}
-
-fn count_unit() -> String {
-    "Count".into()
-}
-
-/// Which sink receives closed periods.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum SinkKind {
-    /// CloudWatch when AWS credentials or an endpoint are configured, else stdout (default).
-    #[default]
-    Auto,
-    /// Print periods locally.
-    Stdout,
-    /// Publish to CloudWatch.
-    Cloudwatch,
-}
-
-/// `[sink]`: where closed periods go.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct SinkConfig {
-    /// `auto` (default), `stdout` or `cloudwatch`.
-    pub kind: SinkKind,
-    /// Stdout format: `table` (default) or `json`.
-    pub stdout_format: StdoutFormat,
-    /// Closed periods waiting for the sink; more are dropped and counted. Default 16.
-    pub queue_periods: usize,
-    /// Seconds from SIGTERM until the agent exits, publishing included. Default 20.
-    pub shutdown_deadline_secs: u64,
-}
-
-impl Default for SinkConfig {
-    fn default() -> Self {
-        SinkConfig {
-            kind: SinkKind::Auto,
-            stdout_format: StdoutFormat::Table,
-            queue_periods: 16,
-            shutdown_deadline_secs: 20,
+            statsd: StatsdConfig::default(),
         }
     }
 }
@@ -420,6 +161,19 @@ impl Default for LogConfig {
             level: "info".into(),
             format: LogFormat::Text,
         }
+    }
+}
+
+impl LogConfig {
+    /// What is wrong with this section, one message per problem, each naming its key.
+    pub fn problems(&self) -> Vec<String> {
+        if tracing_subscriber::EnvFilter::try_new(&self.level).is_err() {
+            return vec![format!(
+                "log.level = {:?} is not a valid filter (examples: info, debug, tally_agent=debug)",
+                self.level
+            )];
+        }
+        Vec::new()
     }
 }
 
@@ -743,10 +497,12 @@ impl Config {
         out
     }
 
-    /// Checks every value; the error lists each problem with the key to fix.
+    /// Checks every value; the error lists each problem with the key to fix. Each section
+    /// checks itself (`problems()` in the module it configures); what involves more than one
+    /// section or a top-level key is checked here.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errs = Vec::new();
-        if let Err(e) = crate::aggregate::rules::check_namespace(&self.namespace) {
+        if let Err(e) = rules::check_namespace(&self.namespace) {
             errs.push(format!("namespace: {e}"));
         }
         for (key, v) in [
@@ -754,7 +510,7 @@ impl Config {
             ("environment", &self.environment),
         ] {
             if !v.is_empty() {
-                if let Err(e) = crate::aggregate::rules::check_dimension_value(v) {
+                if let Err(e) = rules::check_dimension_value(v) {
                     errs.push(format!("{key}: {e}"));
                 }
             }
@@ -765,93 +521,9 @@ impl Config {
                 self.period_secs
             ));
         }
-        let i = &self.ingest;
-        if i.tcp_addr.is_empty() && i.unix_socket.is_empty() {
-            errs.push("ingest.tcp_addr and ingest.unix_socket are both empty: set at least one so SDKs can connect".into());
-        }
-        if !i.tcp_addr.is_empty() {
-            match i.tcp_addr.parse::<SocketAddr>() {
-                Err(_) => errs.push(format!(
-                    "ingest.tcp_addr = {:?} is not an IP:port address (example: 127.0.0.1:9911)",
-                    i.tcp_addr
-                )),
-                Ok(a) if !a.ip().is_loopback() && !i.allow_non_loopback => errs.push(format!(
-                    "ingest.tcp_addr = {a} is not a loopback address: SDKs in the same task reach 127.0.0.1; \
-                     set ingest.allow_non_loopback = true only if the network is trusted"
-                )),
-                Ok(_) => {}
-            }
-        }
-        if !self.admin.addr.is_empty() {
-            match self.admin.addr.parse::<SocketAddr>() {
-                Err(_) => errs.push(format!(
-                    "admin.addr = {:?} is not an IP:port address (example: 127.0.0.1:9912)",
-                    self.admin.addr
-                )),
-                Ok(a) if !a.ip().is_loopback() && !self.admin.allow_non_loopback => {
-                    errs.push(format!(
-                        "admin.addr = {a} is not a loopback address; set admin.allow_non_loopback = true to allow it"
-                    ))
-                }
-                Ok(_) => {}
-            }
-        }
-        for (key, v, min) in [
-            ("ingest.max_connections", i.max_connections as u64, 1),
-            ("ingest.max_frame_bytes", i.max_frame_bytes as u64, 64),
-            (
-                "ingest.max_series_per_batch",
-                i.max_series_per_batch as u64,
-                1,
-            ),
-            (
-                "ingest.max_histogram_bytes",
-                i.max_histogram_bytes as u64,
-                64,
-            ),
-            (
-                "ingest.max_histogram_counts_per_batch",
-                i.max_histogram_counts_per_batch,
-                1,
-            ),
-            ("ingest.idle_timeout_secs", i.idle_timeout_secs, 1),
-            ("ingest.frame_timeout_secs", i.frame_timeout_secs, 1),
-            ("aggregate.max_series", self.aggregate.max_series as u64, 1),
-            (
-                "aggregate.max_processes",
-                self.aggregate.max_processes as u64,
-                1,
-            ),
-            (
-                "aggregate.process_ttl_secs",
-                self.aggregate.process_ttl_secs,
-                1,
-            ),
-            ("sink.queue_periods", self.sink.queue_periods as u64, 1),
-            (
-                "sink.shutdown_deadline_secs",
-                self.sink.shutdown_deadline_secs,
-                1,
-            ),
-        ] {
-            if v < min {
-                errs.push(format!("{key} = {v} is too small: use at least {min}"));
-            }
-        }
-        // A period numbers its series with u32 positions (see `aggregate::Group`).
-        const MAX_SERIES_LIMIT: usize = u32::MAX as usize - 1;
-        if self.aggregate.max_series > MAX_SERIES_LIMIT {
-            errs.push(format!(
-                "aggregate.max_series = {} is too large: use at most {MAX_SERIES_LIMIT} (and size the container's memory for it: about 150 bytes a counter series)",
-                self.aggregate.max_series
-            ));
-        }
-        if i.max_buffered_bytes < i.max_frame_bytes {
-            errs.push(format!(
-                "ingest.max_buffered_bytes = {} is below ingest.max_frame_bytes = {}: a largest frame could never be read; raise it",
-                i.max_buffered_bytes, i.max_frame_bytes
-            ));
-        }
+        errs.extend(self.ingest.problems());
+        errs.extend(self.admin.problems());
+        errs.extend(self.aggregate.problems());
         if let Some(g) = self.aggregate.grace_ms {
             if g >= u64::from(self.period_secs) * 1000 {
                 errs.push(format!(
@@ -860,76 +532,13 @@ impl Config {
                 ));
             }
         }
-        if self.sink.shutdown_deadline_secs > 120 {
-            errs.push(format!(
-                "sink.shutdown_deadline_secs = {} exceeds ECS's longest stopTimeout (120 s): the agent would be killed first",
-                self.sink.shutdown_deadline_secs
-            ));
-        }
-        for (n, r) in self.aggregate.rollups.iter().enumerate() {
-            if r.drop.is_empty() {
-                errs.push(format!("aggregate.rollups[{n}].drop is empty: list the dimensions to drop, e.g. [\"Route\"]"));
-            }
-            for d in &r.drop {
-                if d == tally::conventions::SERVICE_NAME || d == tally::conventions::ENVIRONMENT {
-                    errs.push(format!("aggregate.rollups[{n}].drop names {d}, a global dimension every metric keeps"));
-                }
-            }
-        }
-        let mut names = std::collections::BTreeSet::new();
-        for (n, d) in self.aggregate.derived.iter().enumerate() {
-            if let Err(e) = crate::aggregate::rules::check_metric_name(&d.name) {
-                errs.push(format!("aggregate.derived[{n}].name: {e}"));
-            }
-            if !names.insert(d.name.clone()) {
-                errs.push(format!(
-                    "aggregate.derived[{n}].name {:?} is declared twice",
-                    d.name
-                ));
-            }
-            if !d.multiplier.is_finite() {
-                errs.push(format!(
-                    "aggregate.derived[{n}].multiplier must be a finite number"
-                ));
-            }
-            if !DERIVED_UNITS.contains(&d.unit.as_str()) {
-                errs.push(format!(
-                    "aggregate.derived[{n}].unit = {:?} is not a unit tally publishes derived metrics in: use one of {}",
-                    d.unit,
-                    DERIVED_UNITS.join(", ")
-                ));
-            }
-        }
-        for (n, m) in self.aggregate.metrics.iter().enumerate() {
-            if let Err(e) = crate::aggregate::rules::check_metric_name(&m.name) {
-                errs.push(format!("aggregate.metrics[{n}].name: {e}"));
-            }
-            if parse_unit(&m.unit).is_none() {
-                errs.push(format!(
-                    "aggregate.metrics[{n}].unit = {:?} is unknown: use Count, None, Nanoseconds, Microseconds, Milliseconds, Seconds, Bytes or Percent",
-                    m.unit
-                ));
-            }
-            for l in &m.labels {
-                if let Err(e) = crate::aggregate::rules::check_dimension_name(l) {
-                    errs.push(format!("aggregate.metrics[{n}].labels: {e}"));
-                }
-            }
-        }
-        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            errs.push(format!(
-                "log.level = {:?} is not a valid filter (examples: info, debug, tally_agent=debug)",
-                self.log.level
-            ));
-        }
-        if let Err(e) = self.publish.validate() {
-            errs.push(e.to_string());
-        }
-        errs.extend(crate::alarms::validate::check_management(
-            &self.alarm_management,
-        ));
+        errs.extend(self.sink.problems());
+        errs.extend(self.log.problems());
+        errs.extend(self.publish.problems());
+        errs.extend(self.alarm_management.problems());
         errs.extend(self.durability.problems());
         errs.extend(self.canary.problems());
+        errs.extend(self.statsd.problems());
         if self.self_metrics.cloudwatch {
             let declared = self.aggregate.metrics.iter().map(|m| ("metrics", &m.name));
             let derived = self.aggregate.derived.iter().map(|d| ("derived", &d.name));
@@ -973,37 +582,55 @@ impl Config {
     }
 }
 
-/// Units a derived metric may be published in: the CloudWatch units tally's own [`Unit`]
-/// has (a derived metric is published with its unit as [`parse_unit`] reads it, so a
-/// CloudWatch unit outside this list, `Count/Second` say, would go out as `None`).
-pub const DERIVED_UNITS: &[&str] = &[
-    "None",
-    "Count",
-    "Microseconds",
-    "Milliseconds",
-    "Seconds",
-    "Bytes",
-    "Percent",
-];
+// What each module needs from the whole file, built here so that no module imports the
+// configuration it is a section of.
+impl crate::aggregate::Settings {
+    /// The settings a configuration implies.
+    pub fn from_config(c: &Config) -> Self {
+        crate::aggregate::Settings {
+            namespace: c.namespace.clone(),
+            service: c.service.clone(),
+            environment: c.environment.clone(),
+            period_secs: c.period_secs,
+            time_unit: c.time_unit,
+            max_series: c.aggregate.max_series,
+            grace: c.grace(),
+            rollups: c.aggregate.rollups.clone(),
+            derived: c.aggregate.derived.clone(),
+            extra_dimensions: Vec::new(),
+            revision: c.canary.rollup(),
+        }
+    }
+}
 
-/// Parses a recorded-unit name as used in `[[aggregate.metrics]]`.
-pub fn parse_unit(s: &str) -> Option<Unit> {
-    Some(match s {
-        "None" => Unit::None,
-        "Count" => Unit::Count,
-        "Nanoseconds" => Unit::Nanoseconds,
-        "Microseconds" => Unit::Microseconds,
-        "Milliseconds" => Unit::Milliseconds,
-        "Seconds" => Unit::Seconds,
-        "Bytes" => Unit::Bytes,
-        "Percent" => Unit::Percent,
-        _ => return None,
-    })
+impl Catalog {
+    /// Everything a configuration publishes: tally-tower's standard metrics (unless
+    /// `aggregate.standard_metrics = false`), the declared `[[aggregate.metrics]]`, each with
+    /// its rollups, the derived metrics on every dimension set of their denominator, and the
+    /// agent's own metrics with `Component=agent` when `[self_metrics] cloudwatch = true`.
+    pub fn from_config(config: &Config) -> Catalog {
+        Self::from_config_with(config, &[])
+    }
+
+    /// Like [`Catalog::from_config`], with the fixed dimensions the agent adds to every metric
+    /// besides ServiceName and Environment (the `[ecs]` task-metadata dimensions it resolved).
+    pub fn from_config_with(config: &Config, extra: &[(String, String)]) -> Catalog {
+        Catalog::build(&CatalogInputs {
+            namespace: &config.namespace,
+            service: &config.service,
+            environment: &config.environment,
+            time_unit: config.time_unit,
+            aggregate: &config.aggregate,
+            self_metrics: &config.self_metrics,
+            extra,
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sinks::stdout::StdoutFormat;
 
     fn load(toml: &str, env: &[(&str, &str)], flags: &[&str]) -> Result<Config, ConfigError> {
         let tree = Config::from_toml_str(toml, Path::new("test.toml"))?;

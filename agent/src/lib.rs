@@ -21,6 +21,9 @@
 //!   are aligned to the wall clock; histograms merge exactly; rollups and derived metrics
 //!   (`ErrorRate`) are computed when a period closes; CloudWatch's naming rules and the
 //!   series bound are enforced with counted, explained refusals.
+//! - [`statsd`]: StatsD / DogStatsD over UDP and a Unix datagram socket, for the task's
+//!   non-Rust containers: parsed lines become SDK-shaped batches merged through the same
+//!   [`ingest::Intake`].
 //! - [`sinks`]: the [`sinks::Sink`] trait and the stdout sink.
 //! - [`durability`]: the optional write-ahead log (`[durability] dir`): a batch is appended
 //!   before it is acknowledged, its period's segment deleted once published, and what a
@@ -45,6 +48,7 @@ pub mod aggregate;
 pub mod alarms;
 pub mod canary;
 pub mod catalog;
+pub mod cloudwatch;
 pub mod config;
 pub mod durability;
 pub mod ecs;
@@ -55,4 +59,5 @@ pub mod runtime;
 pub mod self_metrics;
 pub mod sinks;
 pub mod stats;
+pub mod statsd;
 pub mod util;

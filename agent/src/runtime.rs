@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::admin::{self, AdminState};
-use crate::aggregate::{Aggregator, ClosedPeriod, Settings, DROPPED_SAMPLES};
+use crate::aggregate::{Aggregator, ClosedPeriod, Settings};
 use crate::config::Config;
 use crate::durability::{Wal, WalError};
 use crate::ingest::listen::{ListenError, Listeners};
@@ -30,7 +30,7 @@ use crate::ingest::Intake;
 use crate::model::PeriodData;
 use crate::self_metrics::SelfMetrics;
 use crate::sinks::Sink;
-use crate::stats::{Gauge, Stats};
+use crate::stats::{Gauge, Stats, DROPPED_SAMPLES};
 
 /// Why the agent could not run.
 #[derive(Debug, Error)]
@@ -42,6 +42,9 @@ pub enum RunError {
     /// The write-ahead log (`[durability]`) could not be opened or replayed.
     #[error(transparent)]
     Durability(#[from] WalError),
+    /// The StatsD listeners (`[statsd]`) could not start.
+    #[error(transparent)]
+    Statsd(#[from] crate::statsd::StatsdError),
     /// The admin endpoint could not start.
     #[error("cannot listen on admin.addr {addr}: {source} (change admin.addr, or set it to \"\" to disable the endpoint)")]
     Admin {
@@ -79,6 +82,8 @@ pub struct Running {
     pub ingest_addr: Option<SocketAddr>,
     /// Admin endpoint address.
     pub admin_addr: Option<SocketAddr>,
+    /// UDP address StatsD clients send to, when `[statsd]` is enabled.
+    pub statsd_addr: Option<SocketAddr>,
 }
 
 /// Runs the agent until `shutdown` completes, then drains within the configured deadline.
@@ -93,6 +98,11 @@ pub async fn run(
     on_ready: impl FnOnce(&Running),
 ) -> Result<RunSummary, RunError> {
     let listeners = Listeners::bind(&config.ingest).await?;
+    let statsd = if config.statsd.enabled {
+        Some(crate::statsd::StatsdListeners::bind(&config.statsd)?)
+    } else {
+        None
+    };
     let admin_listener = if config.admin.addr.is_empty() {
         None
     } else {
@@ -108,6 +118,7 @@ pub async fn run(
     let running = Running {
         ingest_addr: listeners.tcp_addr(),
         admin_addr: admin_listener.as_ref().and_then(|l| l.local_addr().ok()),
+        statsd_addr: statsd.as_ref().and_then(|s| s.udp_addr()),
     };
 
     let wal = if config.durability.enabled() {
@@ -118,12 +129,7 @@ pub async fn run(
     let mut settings = Settings::from_config(&config);
     settings.extra_dimensions = extra_dimensions;
     settings.extra_dimensions.sort();
-    let own = SelfMetrics::new(
-        &config,
-        &settings.extra_dimensions,
-        &stats,
-        SystemTime::now(),
-    );
+    let own = SelfMetrics::new(&config.self_metrics, &settings, &stats, SystemTime::now());
     // Periods a previous run left in the write-ahead log open again, so their batches are
     // published with their own timestamps.
     let oldest = wal
@@ -184,7 +190,7 @@ pub async fn run(
                 stats: stats.clone(),
                 ready: ready.clone(),
                 period_secs: config.period_secs,
-                self_metrics: crate::self_metrics::published_count(&config),
+                self_metrics: crate::self_metrics::published_count(&config.self_metrics),
                 max_datums_per_request: config.publish.max_datums_per_request as u64,
             },
             stop_rx.clone(),
@@ -201,11 +207,14 @@ pub async fn run(
         stop_rx.clone(),
     ));
 
+    // StatsD clients feed the same intake as SDK connections (after the replay above).
+    let statsd = statsd.map(|s| s.start(&intake, &stats, config.period_secs, &config.namespace));
     ready.store(true, Ordering::Relaxed);
     tracing::info!(
         ingest = ?running.ingest_addr,
         unix_socket = %config.ingest.unix_socket,
         admin = ?running.admin_addr,
+        statsd = ?running.statsd_addr,
         namespace = %config.namespace,
         period_secs = config.period_secs,
         write_ahead_log = %config.durability.dir,
@@ -232,6 +241,10 @@ pub async fn run(
     let drain = (deadline - Instant::now()) / 4;
     if tokio::time::timeout(drain, serve_task).await.is_err() {
         tracing::warn!("some connections did not finish their frame in time; their batches stay with the SDK, unacknowledged");
+    }
+    if let Some(s) = statsd {
+        // Reads what the kernel still holds and hands it over before the periods close.
+        let _ = tokio::task::spawn_blocking(move || s.stop()).await;
     }
     let own = ticker.await.ok().flatten();
     let mut last = intake.close_all();

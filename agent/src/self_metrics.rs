@@ -68,11 +68,9 @@ use tally::conventions::{ENVIRONMENT, SERVICE_NAME};
 use tally::wire::Unit;
 
 use crate::aggregate::period::{align, unix_secs};
-use crate::aggregate::{ClosedPeriod, DROPPED_SAMPLES, UNKNOWN};
-use crate::catalog::CatalogMetric;
-use crate::config::Config;
-use crate::model::{cloudwatch_unit, AggregateValue, Dimensions, MetricKey, PeriodData, Text};
-use crate::stats::Stats;
+use crate::aggregate::{ClosedPeriod, Settings, UNKNOWN};
+use crate::model::{AggregateValue, Dimensions, MetricKey, PeriodData, Text};
+use crate::stats::{Stats, DROPPED_SAMPLES};
 
 /// The dimension (name, value) that marks the agent's own metrics.
 pub const COMPONENT_DIMENSION: (&str, &str) = ("Component", "agent");
@@ -164,13 +162,18 @@ pub fn is_self_metric_name(name: &str) -> bool {
     SELF_METRICS.iter().any(|m| m.name == name)
 }
 
-/// The dimensions every self-metric carries under `config`, with the `[ecs]` dimensions
-/// `extra` the agent adds to every metric, sorted by name.
-pub fn dimensions(config: &Config, extra: &[(String, String)]) -> Vec<(String, String)> {
+/// The dimensions every self-metric carries for this `service` and `environment` (the
+/// configured ones; `unknown` when unset), with the `[ecs]` dimensions `extra` the agent adds
+/// to every metric, sorted by name.
+pub fn dimensions(
+    service: &str,
+    environment: &str,
+    extra: &[(String, String)],
+) -> Vec<(String, String)> {
     let or_unknown = |v: &str| if v.is_empty() { UNKNOWN } else { v }.to_owned();
     let mut d = vec![
-        (SERVICE_NAME.to_owned(), or_unknown(&config.service)),
-        (ENVIRONMENT.to_owned(), or_unknown(&config.environment)),
+        (SERVICE_NAME.to_owned(), or_unknown(service)),
+        (ENVIRONMENT.to_owned(), or_unknown(environment)),
         (
             COMPONENT_DIMENSION.0.to_owned(),
             COMPONENT_DIMENSION.1.to_owned(),
@@ -181,29 +184,9 @@ pub fn dimensions(config: &Config, extra: &[(String, String)]) -> Vec<(String, S
     d
 }
 
-/// The catalogue entries of the self-metrics (none unless `[self_metrics] cloudwatch`):
-/// one fully fixed dimension set each.
-pub fn catalog_metrics(config: &Config, extra: &[(String, String)]) -> Vec<CatalogMetric> {
-    if !config.self_metrics.cloudwatch {
-        return Vec::new();
-    }
-    let set: Vec<(String, Option<String>)> = dimensions(config, extra)
-        .into_iter()
-        .map(|(k, v)| (k, Some(v)))
-        .collect();
-    SELF_METRICS
-        .iter()
-        .map(|m| CatalogMetric {
-            name: m.name.to_owned(),
-            unit: cloudwatch_unit(m.unit).to_owned(),
-            dimension_sets: vec![set.clone()],
-        })
-        .collect()
-}
-
 /// Custom metrics the self-metrics add to the bill (0 when they are off).
-pub fn published_count(config: &Config) -> u64 {
-    if config.self_metrics.cloudwatch {
+pub fn published_count(config: &SelfMetricsConfig) -> u64 {
+    if config.cloudwatch {
         SELF_METRICS.len() as u64
     } else {
         0
@@ -226,38 +209,43 @@ pub struct SelfMetrics {
 }
 
 impl SelfMetrics {
-    /// The publisher for `config`, or `None` when `[self_metrics] cloudwatch` is off. `extra`
-    /// are the `[ecs]` dimensions; `now` is the start time (the first period described is the
-    /// one that closes next).
+    /// The publisher for `config`, or `None` when `[self_metrics] cloudwatch` is off.
+    /// `settings` are the aggregator's (namespace, identity, period, grace and the `[ecs]`
+    /// dimensions); `now` is the start time (the first period described is the one that
+    /// closes next).
     pub fn new(
-        config: &Config,
-        extra: &[(String, String)],
+        config: &SelfMetricsConfig,
+        settings: &Settings,
         stats: &Stats,
         now: SystemTime,
     ) -> Option<Self> {
-        if !config.self_metrics.cloudwatch {
+        if !config.cloudwatch {
             return None;
         }
-        if config.service.is_empty() || config.environment.is_empty() {
+        if settings.service.is_empty() || settings.environment.is_empty() {
             tracing::warn!(
                 "self_metrics.cloudwatch is on but `service` or `environment` is unset: the agent's \
                  own metrics are published with ServiceName/Environment = \"unknown\"; set both \
                  (TALLY_SERVICE, TALLY_ENVIRONMENT) so they sit beside the service's metrics"
             );
         }
-        let p = u64::from(config.period_secs);
+        let p = u64::from(settings.period_secs);
         Some(SelfMetrics {
             stats: stats.clone(),
-            dimensions: dimensions(config, extra)
-                .into_iter()
-                .map(|(n, v)| (Text::from(n), Text::from(v)))
-                .collect(),
-            namespace: config.namespace.clone(),
-            period_secs: config.period_secs,
-            grace: config.grace(),
+            dimensions: dimensions(
+                &settings.service,
+                &settings.environment,
+                &settings.extra_dimensions,
+            )
+            .into_iter()
+            .map(|(n, v)| (Text::from(n), Text::from(v)))
+            .collect(),
+            namespace: settings.namespace.clone(),
+            period_secs: settings.period_secs,
+            grace: settings.grace,
             last: [0; SELF_METRICS.len()],
             // The first period described is the one the agent starts in.
-            described: align(unix_secs(now), config.period_secs).saturating_sub(p),
+            described: align(unix_secs(now), settings.period_secs).saturating_sub(p),
         })
     }
 
@@ -377,6 +365,8 @@ impl SelfMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::{Catalog, CatalogMetric};
+    use crate::config::Config;
 
     /// A period start (a multiple of 60).
     const T0: u64 = 1_700_000_040;
@@ -394,6 +384,28 @@ mod tests {
         };
         c.self_metrics.cloudwatch = true;
         c
+    }
+
+    /// The self-metrics publisher of `c` with the `[ecs]` dimensions `extra`, as the runtime
+    /// builds it.
+    fn own(
+        c: &Config,
+        extra: &[(String, String)],
+        stats: &Stats,
+        now: SystemTime,
+    ) -> Option<SelfMetrics> {
+        let mut settings = Settings::from_config(c);
+        settings.extra_dimensions = extra.to_vec();
+        SelfMetrics::new(&c.self_metrics, &settings, stats, now)
+    }
+
+    /// The self-metrics' entries in the catalogue of `c`.
+    fn catalog_metrics(c: &Config, extra: &[(String, String)]) -> Vec<CatalogMetric> {
+        Catalog::from_config_with(c, extra)
+            .metrics
+            .into_iter()
+            .filter(|m| is_self_metric_name(&m.name))
+            .collect()
     }
 
     fn extra() -> Vec<(String, String)> {
@@ -457,7 +469,7 @@ mod tests {
     fn the_first_publish_carries_everything_since_start_and_later_ones_only_the_increase() {
         let stats = Stats::new();
         dropped(&stats, "max_series", 5);
-        let mut s = SelfMetrics::new(&config("shop"), &[], &stats, at(T0, 0)).unwrap();
+        let mut s = own(&config("shop"), &[], &stats, at(T0, 0)).unwrap();
         let d = index("AgentDroppedSamples");
         assert_eq!(s.take(0)[d], 5.0, "counted before the first publish");
         dropped(&stats, "max_series", 2);
@@ -471,7 +483,7 @@ mod tests {
         let stats = Stats::new();
         calls(&stats, "ok", 10);
         calls(&stats, "throttled", 2);
-        let mut s = SelfMetrics::new(&config("shop"), &[], &stats, at(T0, 0)).unwrap();
+        let mut s = own(&config("shop"), &[], &stats, at(T0, 0)).unwrap();
         let e = index("AgentPublishErrors");
         assert_eq!(s.take(0)[e], 2.0);
         calls(&stats, "ok", 7);
@@ -489,7 +501,7 @@ mod tests {
         b("accepted").add(9);
         b("duplicate").add(4);
         stats.gauge("tally_publish_queue_bytes", "q", &[]).set(4096);
-        let mut s = SelfMetrics::new(&config("shop"), &[], &stats, at(T0, 0)).unwrap();
+        let mut s = own(&config("shop"), &[], &stats, at(T0, 0)).unwrap();
         let v = s.take(17);
         assert_eq!(v[index("AgentBatchesAccepted")], 9.0);
         assert_eq!(v[index("AgentPendingBytes")], 4096.0);
@@ -507,7 +519,7 @@ mod tests {
     fn self_metrics_join_the_period_they_describe_with_the_agents_dimensions() {
         let stats = Stats::new();
         dropped(&stats, "max_series", 7);
-        let mut s = SelfMetrics::new(&config("shop"), &extra(), &stats, at(T0 + 30, 0)).unwrap();
+        let mut s = own(&config("shop"), &extra(), &stats, at(T0 + 30, 0)).unwrap();
         // The period [T0, T0+60) closes at T0+62 (2 s grace); nothing is due before.
         assert_eq!(s.next_due_at(at(T0 + 30, 0)), at(T0 + 62, 0));
         let mut early = vec![];
@@ -559,7 +571,7 @@ mod tests {
     #[test]
     fn a_quiet_period_publishes_nothing_and_a_busy_one_without_user_data_gets_its_own() {
         let stats = Stats::new();
-        let mut s = SelfMetrics::new(&config("shop"), &[], &stats, at(T0, 0)).unwrap();
+        let mut s = own(&config("shop"), &[], &stats, at(T0, 0)).unwrap();
         let mut closed = vec![];
         s.on_tick(at(T0 + 62, 0), &mut closed);
         assert!(
@@ -587,7 +599,7 @@ mod tests {
     #[test]
     fn at_shutdown_the_rest_goes_with_the_period_closed_early() {
         let stats = Stats::new();
-        let mut s = SelfMetrics::new(&config("shop"), &[], &stats, at(T0 + 5, 0)).unwrap();
+        let mut s = own(&config("shop"), &[], &stats, at(T0 + 5, 0)).unwrap();
         dropped(&stats, "shutdown_deadline", 3);
         // Stopped 1 s into the next period, inside the previous one's grace: both closed now.
         let mut closed = vec![user_period(T0, &["A"]), user_period(T0 + 60, &["B"])];
@@ -611,7 +623,7 @@ mod tests {
         let mut c = config("shop");
         c.period_secs = 10;
         let stats = Stats::new();
-        let mut s = SelfMetrics::new(&c, &[], &stats, at(T0, 0)).unwrap();
+        let mut s = own(&c, &[], &stats, at(T0, 0)).unwrap();
         dropped(&stats, "max_series", 1);
         let mut closed = vec![];
         // 10 s periods get 2 s of grace too: [T0, T0+10) is due at T0+12.
@@ -624,10 +636,10 @@ mod tests {
     #[test]
     fn off_by_default_and_unknown_identity_when_service_is_unset() {
         let stats = Stats::new();
-        assert!(SelfMetrics::new(&Config::default(), &[], &stats, at(T0, 0)).is_none());
+        assert!(own(&Config::default(), &[], &stats, at(T0, 0)).is_none());
         assert!(catalog_metrics(&Config::default(), &[]).is_empty());
-        assert_eq!(published_count(&Config::default()), 0);
-        let d = dimensions(&config(""), &[]);
+        assert_eq!(published_count(&Config::default().self_metrics), 0);
+        let d = dimensions("", "", &[]);
         assert!(
             d.contains(&("ServiceName".into(), "unknown".into())),
             "{d:?}"
@@ -672,7 +684,10 @@ mod tests {
         let AlarmTarget::Metric { metric, .. } = &alarms[0].target else {
             panic!("{:?}", alarms[0].target);
         };
-        assert_eq!(metric.dimensions, dimensions(&c, &extra()));
+        assert_eq!(
+            metric.dimensions,
+            dimensions(&c.service, &c.environment, &extra())
+        );
         // Off: the same alarm names a metric that is never published.
         let mut off = c.clone();
         off.self_metrics.cloudwatch = false;
@@ -690,7 +705,7 @@ mod tests {
         let c = config("shop");
         let m = catalog_metrics(&c, &extra());
         assert_eq!(m.len(), SELF_METRICS.len());
-        assert_eq!(published_count(&c), 6);
+        assert_eq!(published_count(&c.self_metrics), 6);
         let pending = m.iter().find(|m| m.name == "AgentPendingBytes").unwrap();
         assert_eq!(pending.unit, "Bytes");
         assert_eq!(

@@ -9,6 +9,12 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+/// Name of the dropped-samples counter (labelled by `reason`): every component that fails to
+/// deliver a sample counts it here, so one series answers "was anything lost, and why".
+pub const DROPPED_SAMPLES: &str = "tally_agent_dropped_samples_total";
+/// Its help text.
+pub const DROPPED_SAMPLES_HELP: &str = "Samples not published, by reason.";
+
 /// A monotonic counter handle. Cloning shares the value.
 #[derive(Debug, Clone, Default)]
 pub struct Counter(Arc<AtomicU64>);
@@ -59,6 +65,32 @@ struct Inner {
     gauges: BTreeMap<Key, Gauge>,
 }
 
+/// One component's handles to `tally_agent_dropped_samples_total{reason}`, registered once
+/// for every reason it names up front: counting a drop is then a short scan and one atomic
+/// add, where registering the counter each time took the registry's lock and allocated the
+/// label. A reason not named up front is still counted (registered on the spot).
+#[derive(Debug, Clone)]
+pub struct DropCounters {
+    stats: Stats,
+    known: Arc<[(&'static str, Counter)]>,
+}
+
+impl DropCounters {
+    /// Counts `n` samples dropped for `reason` (nothing when `n` is 0).
+    pub fn add(&self, reason: &str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        match self.known.iter().find(|(r, _)| *r == reason) {
+            Some((_, c)) => c.add(n),
+            None => self
+                .stats
+                .counter(DROPPED_SAMPLES, DROPPED_SAMPLES_HELP, &[("reason", reason)])
+                .add(n),
+        }
+    }
+}
+
 /// The registry of self-metrics. Registration takes a lock; updates never do.
 #[derive(Debug, Clone, Default)]
 pub struct Stats(Arc<Mutex<Inner>>);
@@ -90,6 +122,24 @@ impl Stats {
         let mut g = self.0.lock();
         g.help.entry(name.to_owned()).or_insert(("gauge", help));
         g.gauges.entry(key(name, labels)).or_default().clone()
+    }
+
+    /// Handles to `tally_agent_dropped_samples_total{reason}` for `reasons`, registered now
+    /// (at zero, so dashboards see them before they happen).
+    pub fn drop_counters(&self, reasons: &[&'static str]) -> DropCounters {
+        let known = reasons
+            .iter()
+            .map(|&r| {
+                (
+                    r,
+                    self.counter(DROPPED_SAMPLES, DROPPED_SAMPLES_HELP, &[("reason", r)]),
+                )
+            })
+            .collect();
+        DropCounters {
+            stats: self.clone(),
+            known,
+        }
     }
 
     /// Current value of a counter, 0 when never registered (for tests and the admin endpoint).

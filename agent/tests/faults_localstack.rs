@@ -279,7 +279,7 @@ fn after_throttling_503s_and_resets_for_several_periods_the_agent_publishes_exac
         ),
         0
     );
-    let failed_attempts: u64 = tally_agent::publish::retry::ErrorKind::ALL
+    let failed_attempts: u64 = tally_agent::cloudwatch::ErrorKind::ALL
         .iter()
         .map(|k| outcome(&m, k.as_str()))
         .sum();

@@ -23,8 +23,8 @@ use common::fault_proxy::{start_proxy, CLOSE, FORWARD, REJECT_POISON, THROTTLE, 
 use hdrhistogram::Histogram;
 use http_body_util::Full;
 use tally::wire::Unit;
+use tally_agent::cloudwatch::ErrorKind;
 use tally_agent::model::{AggregateValue, MetricKey, PeriodData};
-use tally_agent::publish::retry::ErrorKind;
 use tally_agent::publish::{ClientOverrides, CloudWatchSink, DropReason, PublishConfig};
 use tally_agent::stats::Stats;
 

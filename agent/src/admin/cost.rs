@@ -16,7 +16,7 @@ pub const METRIC_TIERS: &[(u64, f64)] = &[
 /// Dollars per PutMetricData request.
 pub const PRICE_PER_REQUEST: f64 = 0.01 / 1000.0;
 /// Most datums one PutMetricData request takes (API model).
-pub const MAX_DATUMS_PER_REQUEST: u64 = 1000;
+pub const MAX_DATUMS_PER_REQUEST: u64 = crate::cloudwatch::MAX_DATUMS_PER_REQUEST as u64;
 /// Seconds in an average month (30.44 days).
 pub const MONTH_SECS: f64 = 30.44 * 86_400.0;
 

@@ -4,7 +4,10 @@
 //! connections and 503 once it is shutting down (or before its listeners are up); the
 //! `tally-agent health` subcommand asks it, for container health checks without curl.
 
+mod config;
 pub mod cost;
+
+pub use config::AdminConfig;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -7,9 +7,8 @@ use tally::wire::Unit;
 
 use super::series::Agg;
 use super::Settings;
-use crate::config::parse_unit;
+use crate::cloudwatch::{parse_unit, MAX_VALUES_PER_DATUM};
 use crate::model::{AggregateValue, Dimensions, Interner, MetricKey, PeriodData, Text};
-use crate::publish::config::CLOUDWATCH_MAX_VALUES_PER_DATUM;
 
 /// A series as published: its unit converted (nanoseconds to the publish time unit) and its
 /// value scaled to match. `dimensions` are every dimension it is published with, sorted.
@@ -300,7 +299,7 @@ pub fn merge_values(into: &mut AggregateValue, from: &AggregateValue) -> Result<
 pub fn estimate_datums(p: &PeriodData) -> u64 {
     p.metrics
         .iter()
-        .map(|(_, v)| v.datums(CLOUDWATCH_MAX_VALUES_PER_DATUM))
+        .map(|(_, v)| v.datums(MAX_VALUES_PER_DATUM))
         .sum()
 }
 

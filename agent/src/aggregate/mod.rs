@@ -13,23 +13,22 @@
 //! gauges keep
 //! last/min/max, and histograms from every process add bucket by bucket, so percentiles of the
 //! merged histogram are exactly those of all samples together; a histogram keeps only its
-//! non-zero buckets ([`sparse`]), about 16 bytes each instead of 8 bytes for every bucket of
+//! non-zero buckets ([`crate::model::sparse`]), about 16 bytes each instead of 8 bytes for every bucket of
 //! its range. A period closes `aggregate.grace_ms` after its end; closing converts
 //! durations to the publish time unit, adds the configured rollups and derived metrics
 //! ([`close`]) and yields one [`PeriodData`] for the sink.
 //!
 //! Bounds: at most `aggregate.max_series` series per period (further series' samples are
 //! dropped and counted, reason `max_series`), and every new series is checked against
-//! CloudWatch's naming rules ([`rules`]) before it is admitted. Nothing is dropped silently:
+//! CloudWatch's naming rules ([`crate::cloudwatch::rules`]) before it is admitted. Nothing is dropped silently:
 //! each refusal increments `tally_agent_dropped_samples_total{reason=...}` and logs a
 //! rate-limited explanation.
 
 pub mod close;
+mod config;
 pub mod period;
 pub mod revision;
-pub mod rules;
 pub mod series;
-pub mod sparse;
 
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
@@ -40,13 +39,16 @@ use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 use tally::conventions::{ENVIRONMENT, SERVICE_NAME};
 use tally::wire::{BatchView, Descriptor, HistogramView, ParseMemo, ValueView};
 
-use crate::config::{Config, DerivedConfig, RollupConfig, TimeUnit};
+use crate::cloudwatch::rules;
+use crate::model::sparse::{Bucket, SparseHistogram};
 use crate::model::{AggregateValue, Interner, MetricKey, PeriodData, Text};
-use crate::stats::{Counter, Gauge, Stats};
+use crate::stats::{Counter, DropCounters, Gauge, Stats};
 use crate::util::RateLimitedLog;
+pub use config::{
+    AggregateConfig, DeclaredMetric, DerivedConfig, RollupConfig, TimeUnit, MAX_SERIES_LIMIT,
+};
 use period::Stamp;
 use series::Agg;
-use sparse::{Bucket, SparseHistogram};
 
 /// What the aggregator needs from the configuration.
 #[derive(Debug, Clone)]
@@ -74,25 +76,6 @@ pub struct Settings {
     pub extra_dimensions: Vec<(String, String)>,
     /// The per-revision rollup (`[canary] publish_revision`), when on and its value known.
     pub revision: Option<revision::RevisionRollup>,
-}
-
-impl Settings {
-    /// The settings a configuration implies.
-    pub fn from_config(c: &Config) -> Self {
-        Settings {
-            namespace: c.namespace.clone(),
-            service: c.service.clone(),
-            environment: c.environment.clone(),
-            period_secs: c.period_secs,
-            time_unit: c.time_unit,
-            max_series: c.aggregate.max_series,
-            grace: c.grace(),
-            rollups: c.aggregate.rollups.clone(),
-            derived: c.aggregate.derived.clone(),
-            extra_dimensions: Vec::new(),
-            revision: c.canary.rollup(),
-        }
-    }
 }
 
 /// Value of the global dimensions when neither the config nor the SDK names them.
@@ -311,9 +294,31 @@ impl OpenPeriod {
     }
 }
 
+/// Every reason the aggregator drops samples for (`tally_agent_dropped_samples_total{reason}`),
+/// registered once when it starts.
+const DROP_REASONS: &[&str] = &[
+    "max_series",
+    "kind_mismatch",
+    "scale_mismatch",
+    "histogram_merge",
+    "non_finite_value",
+    "invalid_utf8",
+    "duplicate_label",
+    "invalid_identity",
+    "event_without_value",
+    "empty_name",
+    "name_too_long",
+    "non_ascii_dimension",
+    "control_character",
+    "leading_colon",
+    "reserved_namespace",
+    "reserved_dimension",
+    "too_many_dimensions",
+];
+
 #[derive(Clone)]
 struct AggStats {
-    stats: Stats,
+    drops: DropCounters,
     samples: Counter,
     followed: Counter,
     late_samples: Counter,
@@ -323,12 +328,13 @@ struct AggStats {
     periods_closed: Counter,
     last_period_metrics: Gauge,
     last_period_datums: Gauge,
+    revision_metrics: Gauge,
 }
 
 impl AggStats {
     fn new(stats: &Stats) -> Self {
         AggStats {
-            stats: stats.clone(),
+            drops: stats.drop_counters(DROP_REASONS),
             samples: stats.counter(
                 "tally_agent_samples_total",
                 "Samples merged into a period.",
@@ -374,24 +380,18 @@ impl AggStats {
                 "Estimated PutMetricData datums of the last closed period (150 values a datum).",
                 &[],
             ),
+            revision_metrics: stats.gauge(
+                revision::LAST_PERIOD_METRICS,
+                "Of the last closed period's metrics, those of the per-revision rollup ([canary] publish_revision).",
+                &[],
+            ),
         }
     }
 
     fn drop(&self, reason: &str, n: u64) {
-        if n > 0 {
-            self.stats
-                .counter(
-                    DROPPED_SAMPLES,
-                    "Samples not published, by reason.",
-                    &[("reason", reason)],
-                )
-                .add(n);
-        }
+        self.drops.add(reason, n);
     }
 }
-
-/// Name of the dropped-samples counter (labelled by `reason`).
-pub const DROPPED_SAMPLES: &str = "tally_agent_dropped_samples_total";
 
 /// Merges batches into wall-clock periods. Not thread-safe by itself: the ingest path holds it
 /// behind one lock together with the sequence tracker, so "already merged" and "merged now"
@@ -424,21 +424,6 @@ impl Aggregator {
     pub fn new(settings: Settings, stats: &Stats, now: SystemTime) -> Self {
         let closed_before = period::align(period::unix_secs(now), settings.period_secs);
         let stats = AggStats::new(stats);
-        // Register the common drop reasons at zero so dashboards see them before they happen.
-        for r in [
-            "max_series",
-            "kind_mismatch",
-            "scale_mismatch",
-            "non_finite_value",
-            "invalid_utf8",
-        ] {
-            stats.drop(r, 0);
-            stats.stats.counter(
-                DROPPED_SAMPLES,
-                "Samples not published, by reason.",
-                &[("reason", r)],
-            );
-        }
         Aggregator {
             settings: Arc::new(settings),
             periods: BTreeMap::new(),
@@ -752,12 +737,7 @@ impl Closer {
             .set(close::estimate_datums(&data) as i64);
         if let Some(r) = &self.settings.revision {
             self.stats
-                .stats
-                .gauge(
-                    revision::LAST_PERIOD_METRICS,
-                    "Of the last closed period's metrics, those of the per-revision rollup ([canary] publish_revision).",
-                    &[],
-                )
+                .revision_metrics
                 .set(revision::count(&r.dimension, &data.metrics) as i64);
         }
         ClosedPeriod { data, samples }
@@ -881,7 +861,7 @@ fn to_agg(name: &str, value: ValueView<'_>, buckets: &mut Vec<Bucket>) -> Result
             })
             .map_err(|c| {
                 (
-                    c.reason(),
+                    series::MergeConflict::from(c).reason(),
                     format!("histogram of series {name:?} could not be built: dropped"),
                 )
             })
@@ -1020,7 +1000,9 @@ fn merge_value(
             if *scale != h.scale() {
                 return Err(conflict(series::MergeConflict::ScaleMismatch));
             }
-            histogram.add_view(h, buckets).map_err(conflict)
+            histogram
+                .add_view(h, buckets)
+                .map_err(|e| conflict(e.into()))
         }
         // Occurrences with and without values meet in one event (a process that only
         // emitted, another that emitted values): both kept.
@@ -1037,10 +1019,13 @@ fn merge_value(
                     if *scale != h.scale() {
                         return Err(conflict(series::MergeConflict::ScaleMismatch));
                     }
-                    histogram.add_view(h, buckets).map_err(conflict)?;
+                    histogram
+                        .add_view(h, buckets)
+                        .map_err(|e| conflict(e.into()))?;
                 }
                 (None, Some(h)) => {
-                    let histogram = SparseHistogram::from_view(h, buckets).map_err(conflict)?;
+                    let histogram =
+                        SparseHistogram::from_view(h, buckets).map_err(|e| conflict(e.into()))?;
                     *values = Some((h.scale(), Box::new(histogram)));
                 }
             }

@@ -2,11 +2,12 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// CloudWatch accepts datums up to two weeks old (API model); keep an hour of margin so a
-/// period still waiting in the publisher's queue is not refused.
-pub const MAX_PAST: Duration = Duration::from_secs(14 * 24 * 3600 - 3600);
-/// CloudWatch accepts datums up to two hours in the future; keep five minutes of margin.
-pub const MAX_FUTURE: Duration = Duration::from_secs(2 * 3600 - 300);
+use crate::cloudwatch::{ACCEPTED_PAST, MAX_FUTURE};
+
+/// The oldest batch end time a period takes: CloudWatch's window ([`ACCEPTED_PAST`]) minus an
+/// hour, so a period still waiting in the publisher's queue is not refused (the publisher's own
+/// bound, `publish::datum::MAX_AGE`, keeps only ten minutes: it checks just before sending).
+pub const MAX_PAST: Duration = ACCEPTED_PAST.saturating_sub(Duration::from_secs(3600));
 
 /// Unix seconds of `t` (0 before the epoch).
 pub fn unix_secs(t: SystemTime) -> u64 {

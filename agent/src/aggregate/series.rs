@@ -1,7 +1,7 @@
 //! In-period values. An open period keys its series by descriptor bytes (see `aggregate`);
 //! their published keys are built when the period closes.
 
-use super::sparse::SparseHistogram;
+use crate::model::sparse::{HistogramRefused, SparseHistogram};
 
 /// A series' value within an open period.
 #[derive(Debug, Clone)]
@@ -48,6 +48,12 @@ pub enum MergeConflict {
     ScaleMismatch,
     /// HdrHistogram refuses the histogram's layout, or its counts could not be read.
     Histogram,
+}
+
+impl From<HistogramRefused> for MergeConflict {
+    fn from(_: HistogramRefused) -> Self {
+        MergeConflict::Histogram
+    }
 }
 
 impl MergeConflict {

@@ -8,7 +8,8 @@ use tally::wire::{
 
 use super::*;
 use crate::config::{DerivedConfig, RollupConfig};
-use crate::model::{AggregateValue, MetricKey};
+use crate::model::{AggregateValue, MetricKey, SparseHistogram};
+use crate::stats::DROPPED_SAMPLES;
 
 const T0: u64 = 1_700_000_080; // 40 s into a minute (1_700_000_040 is a minute boundary)
 
@@ -1290,4 +1291,57 @@ fn a_wall_clock_stepped_back_an_hour_does_not_hold_the_next_hour_of_data_back() 
         .unwrap();
     let out = a.close_due(at(T0 + 250));
     assert_eq!(out.iter().map(|p| p.samples).sum::<u64>(), 9);
+}
+
+#[test]
+fn every_reason_the_aggregator_drops_for_is_registered_when_it_starts() {
+    use crate::cloudwatch::rules::RuleError;
+    let rule_errors = [
+        RuleError::Empty { what: "name" },
+        RuleError::TooLong {
+            what: "name",
+            len: 256,
+            max: 255,
+        },
+        RuleError::NonAscii {
+            what: "value",
+            value: String::new(),
+        },
+        RuleError::Control {
+            what: "value",
+            value: String::new(),
+        },
+        RuleError::LeadingColon {
+            what: "name",
+            value: String::new(),
+        },
+        RuleError::ReservedNamespace(String::new()),
+        RuleError::ReservedDimension(String::new()),
+        RuleError::TooManyDimensions(31),
+    ];
+    let conflicts = [
+        series::MergeConflict::KindMismatch,
+        series::MergeConflict::ScaleMismatch,
+        series::MergeConflict::Histogram,
+    ];
+    let reasons = rule_errors
+        .iter()
+        .map(RuleError::reason)
+        .chain(conflicts.iter().map(|c| c.reason()));
+    for reason in reasons {
+        assert!(DROP_REASONS.contains(&reason), "{reason} is not registered");
+    }
+    let stats = Stats::new();
+    let _aggregator = Aggregator::new(
+        Settings::from_config(&crate::config::Config::default()),
+        &stats,
+        SystemTime::now(),
+    );
+    let metrics = stats.render_prometheus();
+    for reason in DROP_REASONS {
+        assert!(
+            metrics.contains(&format!("{DROPPED_SAMPLES}{{reason=\"{reason}\"}} 0")),
+            "{reason} missing from /metrics:\n{metrics}"
+        );
+    }
 }

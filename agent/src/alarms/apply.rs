@@ -14,8 +14,8 @@ use tokio::time::Instant;
 use super::config::AlarmManagement;
 use super::plan::{AlarmAction, Plan};
 use super::AlarmsError;
-use crate::publish::client::classify_sdk_error;
-use crate::publish::retry::ErrorKind;
+use crate::cloudwatch::classify_sdk_error;
+use crate::cloudwatch::ErrorKind;
 
 /// Tag alarms tally creates carry with `[alarm_management] tag_alarms = true`.
 pub const MANAGED_TAG: &str = "tally:managed-by";

@@ -125,6 +125,42 @@ impl Default for AlarmManagement {
 }
 
 impl AlarmManagement {
+    /// What is wrong with this section, one message per problem, each naming its key.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.name_prefix.is_empty() {
+            p.push(
+                "[alarm_management] name_prefix is empty: every alarm in the account would count \
+                 as managed (and be deleted with prune = true); set a prefix such as \"tally-\""
+                    .to_owned(),
+            );
+        }
+        for (key, tps) in [
+            ("put_alarm_tps", self.put_alarm_tps),
+            ("delete_alarms_tps", self.delete_alarms_tps),
+        ] {
+            if !(tps.is_finite() && tps > 0.0 && tps <= 100.0) {
+                p.push(format!(
+                    "[alarm_management] {key} = {tps}: set a rate above 0 and at most 100 calls per \
+                     second (CloudWatch's default quota is 3)"
+                ));
+            }
+        }
+        if self.max_attempts == 0 || self.max_attempts > 20 {
+            p.push(format!(
+                "[alarm_management] max_attempts = {}: set 1 to 20",
+                self.max_attempts
+            ));
+        }
+        if self.backoff_base_ms > 60_000 {
+            p.push(format!(
+                "[alarm_management] backoff_base_ms = {}: set at most 60000",
+                self.backoff_base_ms
+            ));
+        }
+        p
+    }
+
     /// The prefix with `{service}` and `{environment}` replaced.
     pub fn resolved_prefix(&self, service: &str, environment: &str) -> String {
         self.name_prefix

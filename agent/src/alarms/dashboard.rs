@@ -385,13 +385,6 @@ mod tests {
             dimension_sets: sets,
         };
         // The agent's own metrics exactly as a configuration with them on catalogues them.
-        let mut own = crate::config::Config {
-            namespace: "ECS/WebApp".into(),
-            service: "web".into(),
-            environment: "prod".into(),
-            ..crate::config::Config::default()
-        };
-        own.self_metrics.cloudwatch = true;
         let mut metrics = vec![
             m(
                 "RequestCount",
@@ -402,7 +395,7 @@ mod tests {
             m("ResponseTime", "Milliseconds", vec![full.clone()]),
             m("OrdersPlaced", "Count", vec![service.clone()]),
         ];
-        metrics.extend(crate::self_metrics::catalog_metrics(&own, &[]));
+        metrics.extend(crate::catalog::self_metric_entries("web", "prod", &[]));
         Catalog {
             namespace: "ECS/WebApp".into(),
             metrics,

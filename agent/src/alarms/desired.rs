@@ -17,7 +17,7 @@ use crate::catalog::Catalog;
 
 use super::config::StatisticSpec;
 use super::templates::{shape, Watch};
-use super::validate::{check_management, check_shape, resolve_dimensions, AlarmConfigError};
+use super::validate::{check_shape, resolve_dimensions, AlarmConfigError};
 use super::AlarmsConfig;
 
 /// Where the agent publishes: the values the publisher itself uses.
@@ -132,7 +132,7 @@ pub fn desired_alarms(
     config: &AlarmsConfig,
     target: &Target<'_>,
 ) -> Result<Vec<AlarmDefinition>, AlarmConfigError> {
-    let mut problems = check_management(&config.alarm_management);
+    let mut problems = config.alarm_management.problems();
     if target.namespace != target.catalog.namespace {
         problems.push(format!(
             "the alarms' namespace {:?} differs from the catalogue's {:?}: build both from the \

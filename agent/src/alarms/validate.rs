@@ -10,7 +10,7 @@ use std::fmt;
 
 use crate::catalog::Catalog;
 
-use super::config::{AlarmManagement, DashboardConfig};
+use super::config::DashboardConfig;
 use super::desired::{desired_alarms, Target};
 use super::templates::Shape;
 use super::AlarmsConfig;
@@ -48,42 +48,6 @@ pub fn validate(
     } else {
         Err(AlarmConfigError { problems })
     }
-}
-
-/// `[alarm_management]` rules.
-pub fn check_management(m: &AlarmManagement) -> Vec<String> {
-    let mut p = Vec::new();
-    if m.name_prefix.is_empty() {
-        p.push(
-            "[alarm_management] name_prefix is empty: every alarm in the account would count \
-             as managed (and be deleted with prune = true); set a prefix such as \"tally-\""
-                .to_owned(),
-        );
-    }
-    for (key, tps) in [
-        ("put_alarm_tps", m.put_alarm_tps),
-        ("delete_alarms_tps", m.delete_alarms_tps),
-    ] {
-        if !(tps.is_finite() && tps > 0.0 && tps <= 100.0) {
-            p.push(format!(
-                "[alarm_management] {key} = {tps}: set a rate above 0 and at most 100 calls per \
-                 second (CloudWatch's default quota is 3)"
-            ));
-        }
-    }
-    if m.max_attempts == 0 || m.max_attempts > 20 {
-        p.push(format!(
-            "[alarm_management] max_attempts = {}: set 1 to 20",
-            m.max_attempts
-        ));
-    }
-    if m.backoff_base_ms > 60_000 {
-        p.push(format!(
-            "[alarm_management] backoff_base_ms = {}: set at most 60000",
-            m.backoff_base_ms
-        ));
-    }
-    p
 }
 
 fn check_dashboard(d: &DashboardConfig, target: &Target<'_>) -> Vec<String> {
@@ -228,7 +192,7 @@ pub fn resolve_dimensions(
     // A value CloudWatch would refuse makes PutMetricAlarm fail part way through an apply,
     // after the alarms before it were written: refused here with the rest of the problems.
     for (k, v) in requested {
-        if let Err(e) = crate::aggregate::rules::check_dimension_value(v) {
+        if let Err(e) = crate::cloudwatch::rules::check_dimension_value(v) {
             return Err(format!(
                 "alarm {alarm:?}: dimension {k} = {v:?}: {e}; give the value exactly as the \
                  agent publishes it"
@@ -297,6 +261,7 @@ pub fn resolve_dimensions(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alarms::config::AlarmManagement;
     use crate::catalog::CatalogMetric;
 
     fn catalog() -> Catalog {
@@ -420,7 +385,7 @@ mod tests {
             name_prefix: String::new(),
             ..AlarmManagement::default()
         };
-        assert!(check_management(&m)[0].contains("name_prefix is empty"));
-        assert!(check_management(&AlarmManagement::default()).is_empty());
+        assert!(m.problems()[0].contains("name_prefix is empty"));
+        assert!(AlarmManagement::default().problems().is_empty());
     }
 }

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use tally::conventions::{ENVIRONMENT, ERROR_COUNT, REQUEST_COUNT, RESPONSE_TIME, SERVICE_NAME};
 
 use crate::aggregate::revision::RevisionRollup;
-use crate::aggregate::rules;
+use crate::cloudwatch::rules;
 
 /// The default dimension: the ECS task definition revision, from the task metadata.
 pub const DEFAULT_DIMENSION: &str = "TaskDefinitionRevision";

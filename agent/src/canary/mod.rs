@@ -109,7 +109,7 @@ pub async fn resolve_revision(config: &mut Config) {
             .and_then(|m| {
                 m.revision
                     .map(|r| r.trim().to_owned())
-                    .filter(|r| crate::aggregate::rules::check_dimension_value(r).is_ok())
+                    .filter(|r| crate::cloudwatch::rules::check_dimension_value(r).is_ok())
                     .ok_or_else(|| "the task metadata has no usable Revision".to_owned())
             })
     };

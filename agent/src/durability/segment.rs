@@ -87,7 +87,5 @@ pub fn read_record<'a>(data: &'a [u8], pos: &mut usize) -> RecordRead<'a> {
 
 /// (`instance_id`, `sequence`) of a batch payload, read without decoding the rest.
 pub fn batch_key(payload: &[u8]) -> Option<(u64, u64)> {
-    let id = u64::from_le_bytes(payload.get(..8)?.try_into().ok()?);
-    let seq = crate::ingest::session::peek_sequence(payload)?;
-    Some((id, seq))
+    tally::wire::peek_batch_key(payload)
 }

@@ -10,7 +10,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{watch, Semaphore};
 
 use super::session::{self, SessionContext};
-use crate::config::IngestConfig;
+use super::IngestConfig;
 use crate::stats::{Gauge, Stats};
 
 /// Why a listener could not start.

@@ -12,9 +12,12 @@
 //! `DecodeError::reason()`: a bad header closes the connection (the stream cannot be
 //! re-synchronised), a bad payload is answered `Rejected` and the connection goes on.
 
+mod config;
 pub mod listen;
 pub mod sequence;
 pub mod session;
+
+pub use config::IngestConfig;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -22,9 +25,9 @@ use std::time::{Instant, SystemTime};
 use parking_lot::Mutex;
 use tally::wire::{AckStatus, BatchView};
 
-use crate::aggregate::{Aggregator, ClosedPeriod, DROPPED_SAMPLES};
+use crate::aggregate::{Aggregator, ClosedPeriod};
 use crate::durability::{Full, Wal};
-use crate::stats::{Counter, Stats};
+use crate::stats::{Counter, DropCounters, Stats};
 use sequence::{Sequences, Verdict};
 
 struct Core {
@@ -36,7 +39,8 @@ struct Core {
 }
 
 struct IntakeStats {
-    stats: Stats,
+    drops: DropCounters,
+    undecodable_replay: Counter,
     accepted: Counter,
     duplicate: Counter,
     rejected: Counter,
@@ -93,7 +97,12 @@ impl Intake {
             )
         };
         let s = IntakeStats {
-            stats: stats.clone(),
+            drops: stats.drop_counters(&["stale_sequence"]),
+            undecodable_replay: stats.counter(
+                "tally_agent_wal_undecodable_batches_total",
+                "Logged batches that no longer decode at replay (lost; were the [ingest] limits lowered?).",
+                &[],
+            ),
             accepted: b("accepted"),
             duplicate: b("duplicate"),
             rejected: b("rejected"),
@@ -262,14 +271,7 @@ impl Intake {
     /// Counts logged batches that could not be decoded at replay (their samples are unknown).
     pub fn count_undecodable_replay(&self, batches: u64) {
         self.stats.rejected.add(batches);
-        self.stats
-            .stats
-            .counter(
-                "tally_agent_wal_undecodable_batches_total",
-                "Logged batches that no longer decode at replay (lost; were the [ingest] limits lowered?).",
-                &[],
-            )
-            .add(batches);
+        self.stats.undecodable_replay.add(batches);
     }
 
     /// Counts a rejected batch whose payload could not be decoded.
@@ -278,14 +280,7 @@ impl Intake {
     }
 
     fn count_drop(&self, reason: &str, n: u64) {
-        self.stats
-            .stats
-            .counter(
-                DROPPED_SAMPLES,
-                "Samples not published, by reason.",
-                &[("reason", reason)],
-            )
-            .add(n);
+        self.stats.drops.add(reason, n);
     }
 
     /// Closes the periods that are due and forgets silent processes. The lock that sessions

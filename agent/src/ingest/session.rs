@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tally::wire::{
-    encode_ack, Ack, AckStatus, BatchView, DecodeError, FrameHeader, FrameKind, Limits, ParseMemo,
-    HEADER_LEN, VERSION,
+    encode_ack, peek_batch_key, Ack, AckStatus, BatchView, DecodeError, FrameHeader, FrameKind,
+    Limits, ParseMemo, HEADER_LEN, VERSION,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{watch, Semaphore};
@@ -380,7 +380,10 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             Err(e) => {
                 ctx.decode_error(&peer, &e);
                 ctx.intake.count_rejected();
-                (peek_sequence(&buf).unwrap_or(0), AckStatus::Rejected)
+                (
+                    peek_batch_key(&buf).map_or(0, |(_, sequence)| sequence),
+                    AckStatus::Rejected,
+                )
             }
         };
         if buf.capacity() > KEEP_BUFFER {
@@ -482,33 +485,6 @@ async fn sync_segment(ctx: &SessionContext, file: Arc<std::fs::File>) -> bool {
     }
 }
 
-/// Reads the sequence number from the front of a payload that failed to decode further, so
-/// the `Rejected` ack names the batch it refers to.
-pub fn peek_sequence(p: &[u8]) -> Option<u64> {
-    fn varint(p: &[u8], pos: &mut usize) -> Option<u64> {
-        let mut v = 0u64;
-        for i in 0..10 {
-            let b = *p.get(*pos)?;
-            *pos += 1;
-            v |= u64::from(b & 0x7f).checked_shl(7 * i)?;
-            if b & 0x80 == 0 {
-                return Some(v);
-            }
-        }
-        None
-    }
-    let mut pos = 8; // instance id
-    if p.len() < pos {
-        return None;
-    }
-    varint(p, &mut pos)?; // pid
-    for _ in 0..3 {
-        let n = usize::try_from(varint(p, &mut pos)?).ok()?;
-        pos = pos.checked_add(n)?;
-    }
-    varint(p, &mut pos)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -606,7 +582,7 @@ mod tests {
         let mut out = Vec::new();
         encode_batch(&b, &mut out).unwrap();
         let payload = &out[HEADER_LEN..];
-        assert_eq!(peek_sequence(payload), Some(4242));
-        assert_eq!(peek_sequence(&payload[..5]), None);
+        assert_eq!(peek_batch_key(payload).map(|(_, s)| s), Some(4242));
+        assert_eq!(peek_batch_key(&payload[..5]), None);
     }
 }

@@ -20,13 +20,13 @@ use aws_sdk_cloudwatch::config::timeout::TimeoutConfig;
 use aws_sdk_cloudwatch::config::{
     ConfigBag, Intercept, Region, RuntimeComponents, SharedCredentialsProvider,
 };
-use aws_sdk_cloudwatch::error::{BoxError, ProvideErrorMetadata, SdkError};
+use aws_sdk_cloudwatch::error::BoxError;
 use aws_sdk_cloudwatch::Client;
 
 use super::config::PublishConfig;
 use super::datum::Datum;
-use super::retry::{classify_answer, ErrorKind, SendError};
 use super::stats::PublishStats;
+use crate::cloudwatch::{classify_sdk_error, SendError};
 
 /// Why the CloudWatch client could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -198,46 +198,10 @@ impl Transport for SdkTransport {
     }
 }
 
-/// Classifies an SDK error and keeps a message for the log (never the request body).
-pub fn classify_sdk_error<E>(
-    err: &SdkError<E, aws_sdk_cloudwatch::config::http::HttpResponse>,
-) -> SendError
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-{
-    let message = aws_sdk_cloudwatch::error::DisplayErrorContext(err).to_string();
-    let kind = match err {
-        SdkError::TimeoutError(_) => ErrorKind::Timeout,
-        SdkError::DispatchFailure(d) => {
-            if d.is_timeout() {
-                ErrorKind::Timeout
-            } else if d.is_user() {
-                // A request the connector refused to send (bad endpoint URL, ...): retrying
-                // cannot help.
-                ErrorKind::Other
-            } else {
-                // I/O errors and "other" connector failures alike: a connection reset, or
-                // closed before the answer was complete, is a network fault worth a retry.
-                ErrorKind::Network
-            }
-        }
-        SdkError::ResponseError(r) => {
-            let status = r.raw().status().as_u16();
-            if status >= 400 {
-                classify_answer(status, None)
-            } else {
-                ErrorKind::Network
-            }
-        }
-        SdkError::ServiceError(s) => classify_answer(s.raw().status().as_u16(), s.err().code()),
-        _ => ErrorKind::Other,
-    };
-    SendError { kind, message }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cloudwatch::ErrorKind;
     use crate::publish::batch::{datum_bytes, request_overhead};
     use crate::publish::datum::{DatumValue, Stamp, Statistics, ValueCounts};
     use aws_sdk_cloudwatch::config::Credentials;

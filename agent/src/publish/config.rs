@@ -9,12 +9,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// CloudWatch's limit on datums per PutMetricData request (MetricData + EntityMetricData).
-pub const CLOUDWATCH_MAX_DATUMS_PER_REQUEST: usize = 1000;
-/// CloudWatch's limit on distinct values in one datum's `Values`.
-pub const CLOUDWATCH_MAX_VALUES_PER_DATUM: usize = 150;
-/// The uncompressed payload bound the CloudWatch agent keeps under CloudWatch's 1 MB POST limit.
-pub const CLOUDWATCH_MAX_REQUEST_BYTES: usize = 999_000;
+use crate::cloudwatch::{MAX_DATUMS_PER_REQUEST, MAX_REQUEST_BYTES, MAX_VALUES_PER_DATUM};
+
 /// The smallest `max_request_bytes` accepted: every datum that passes validation fits in it.
 pub const MIN_REQUEST_BYTES: usize = 64 * 1024;
 
@@ -76,9 +72,9 @@ impl Default for PublishConfig {
             attempt_timeout_ms: 10_000,
             connect_timeout_ms: 3_000,
             max_pending_bytes: 128 * 1024 * 1024,
-            max_datums_per_request: CLOUDWATCH_MAX_DATUMS_PER_REQUEST,
-            max_request_bytes: CLOUDWATCH_MAX_REQUEST_BYTES,
-            max_values_per_datum: CLOUDWATCH_MAX_VALUES_PER_DATUM,
+            max_datums_per_request: MAX_DATUMS_PER_REQUEST,
+            max_request_bytes: MAX_REQUEST_BYTES,
+            max_values_per_datum: MAX_VALUES_PER_DATUM,
             compress_requests: true,
             compression_min_bytes: 10_240,
         }
@@ -171,19 +167,19 @@ impl PublishConfig {
             "max_datums_per_request",
             self.max_datums_per_request as u64,
             1,
-            CLOUDWATCH_MAX_DATUMS_PER_REQUEST as u64,
+            MAX_DATUMS_PER_REQUEST as u64,
         )?;
         range(
             "max_request_bytes",
             self.max_request_bytes as u64,
             MIN_REQUEST_BYTES as u64,
-            CLOUDWATCH_MAX_REQUEST_BYTES as u64,
+            MAX_REQUEST_BYTES as u64,
         )?;
         range(
             "max_values_per_datum",
             self.max_values_per_datum as u64,
             1,
-            CLOUDWATCH_MAX_VALUES_PER_DATUM as u64,
+            MAX_VALUES_PER_DATUM as u64,
         )?;
         range(
             "compression_min_bytes",
@@ -192,6 +188,16 @@ impl PublishConfig {
             10_485_760,
         )?;
         Ok(())
+    }
+
+    /// What is wrong with this section, for the configuration's list of problems: the same
+    /// check as [`PublishConfig::validate`], which the client builder asks for its typed error.
+    pub fn problems(&self) -> Vec<String> {
+        self.validate()
+            .err()
+            .map(|e| e.to_string())
+            .into_iter()
+            .collect()
     }
 
     /// `backoff_base_ms` as a duration.

@@ -21,19 +21,16 @@ use tally::wire::Unit;
 
 use super::split::split_histogram;
 use super::stats::DropReason;
-use crate::aggregate::sparse::SparseHistogram;
+use crate::cloudwatch::{ACCEPTED_PAST, MAX_DIMENSIONS, MAX_FUTURE};
+use crate::model::SparseHistogram;
 use crate::model::{AggregateValue, Dimensions, MetricKey, PeriodData, Text};
 
-/// How far back CloudWatch accepts timestamps (two weeks), minus ten minutes so that a datum
-/// accepted here is still inside the window when the request lands.
-pub const MAX_AGE: Duration = Duration::from_secs(14 * 24 * 3600 - 600);
-/// How far ahead CloudWatch accepts timestamps (two hours), minus five minutes of clock skew.
-pub const MAX_FUTURE: Duration = Duration::from_secs(2 * 3600 - 300);
+/// How far back CloudWatch accepts timestamps ([`ACCEPTED_PAST`]), minus ten minutes so that a
+/// datum accepted here is still inside the window when the request lands.
+pub const MAX_AGE: Duration = ACCEPTED_PAST.saturating_sub(Duration::from_secs(600));
 /// CloudWatch's value range: magnitudes up to 2^360 and, other than zero, from 2^-360.
 const MAX_MAGNITUDE: f64 = 2.348_542_582_773_833_2e108; // 2^360
 const MIN_MAGNITUDE: f64 = 4.258_959_674_956_994e-109; // 2^-360
-/// Dimensions per metric.
-pub const MAX_DIMENSIONS: usize = 30;
 
 /// What every datum of one closed period shares: one allocation per period, not per datum.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -27,8 +27,9 @@ use super::client::{build_client, ClientError, ClientOverrides, SdkTransport, Tr
 use super::config::PublishConfig;
 use super::datum::{prepare, Datum, Prepared, Rejection};
 use super::queue::{Dropped, InFlight, InFlightDone, PendingQueue};
-use super::retry::{backoff_ceiling, full_jitter, ErrorKind, SendError};
+use super::retry::{backoff_ceiling, full_jitter};
 use super::stats::{DropReason, PublishStats};
+use crate::cloudwatch::{ErrorKind, SendError};
 use crate::model::PeriodData;
 use crate::sinks::{Sink, SinkError, SinkFuture};
 use crate::stats::Stats;
@@ -914,7 +915,7 @@ mod tests {
         assert!(running.send(counters(1, 5.0)).await.is_err());
         assert_eq!(
             stats.counter_value(
-                crate::aggregate::DROPPED_SAMPLES,
+                crate::stats::DROPPED_SAMPLES,
                 &[("reason", "cloudwatch_shutdown_deadline")]
             ),
             5

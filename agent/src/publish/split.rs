@@ -16,7 +16,7 @@
 //! 0.39% at 2 significant digits, well inside the 1% the agent promises (see the property test
 //! below).
 
-use crate::aggregate::sparse::SparseHistogram;
+use crate::model::SparseHistogram;
 
 /// One datum's worth of a histogram.
 #[derive(Debug, Clone, PartialEq)]

@@ -99,7 +99,7 @@ impl DropReason {
 /// Handles to every publisher self-metric.
 #[derive(Debug, Clone)]
 pub struct PublishStats {
-    pub(crate) calls: [Counter; crate::publish::retry::ErrorKind::COUNT + 1],
+    pub(crate) calls: [Counter; crate::cloudwatch::ErrorKind::COUNT + 1],
     pub(crate) retries: Counter,
     pub(crate) bisections: Counter,
     pub(crate) datums: Counter,
@@ -127,7 +127,7 @@ impl PublishStats {
     /// Registers every publisher metric in `stats` (at zero, so drops are visible before they
     /// happen).
     pub fn register(stats: &Stats) -> Self {
-        use crate::publish::retry::ErrorKind;
+        use crate::cloudwatch::ErrorKind;
         let calls = std::array::from_fn(|i| {
             let outcome = if i == ErrorKind::COUNT {
                 "ok"
@@ -156,7 +156,7 @@ impl PublishStats {
         });
         let agent_dropped = std::array::from_fn(|i| {
             stats.counter(
-                crate::aggregate::DROPPED_SAMPLES,
+                crate::stats::DROPPED_SAMPLES,
                 "Samples not published, by reason.",
                 &[("reason", DropReason::ALL[i].agent_reason())],
             )
@@ -290,11 +290,11 @@ impl PublishStats {
 
     /// Successful PutMetricData requests so far.
     pub fn successful_requests(&self) -> u64 {
-        self.calls[crate::publish::retry::ErrorKind::COUNT].get()
+        self.calls[crate::cloudwatch::ErrorKind::COUNT].get()
     }
 
     /// Failed PutMetricData attempts of one kind so far.
-    pub fn failed_requests(&self, kind: crate::publish::retry::ErrorKind) -> u64 {
+    pub fn failed_requests(&self, kind: crate::cloudwatch::ErrorKind) -> u64 {
         self.calls[kind as usize].get()
     }
 

@@ -22,7 +22,10 @@
 //! samples it could not deliver. The trait is object safe (`Box<dyn Sink>`) and needs no
 //! `async-trait` crate: methods return a boxed future ([`SinkFuture`]).
 
+mod config;
 pub mod stdout;
+
+pub use config::{SinkConfig, SinkKind, MAX_SHUTDOWN_DEADLINE_SECS};
 
 use std::future::Future;
 use std::pin::Pin;

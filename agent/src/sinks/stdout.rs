@@ -11,7 +11,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{Sink, SinkError, SinkFuture};
-use crate::model::{cloudwatch_unit, AggregateValue, MetricKey, PeriodData};
+use crate::cloudwatch::cloudwatch_unit;
+use crate::model::{AggregateValue, MetricKey, PeriodData};
 
 /// How the stdout sink prints a period.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

@@ -949,6 +949,26 @@ impl<'a> BatchView<'a> {
     }
 }
 
+/// The `(instance_id, sequence)` at the front of a batch payload, read without decoding the
+/// rest: what the agent needs to name a batch it refuses (its `Rejected` ack) and to find a
+/// batch's identity in its write-ahead log. `None` when the payload ends before the sequence.
+/// The process strings are skipped, not checked, so a payload that fails [`decode_batch`]
+/// further on still yields its key.
+pub fn peek_batch_key(payload: &[u8]) -> Option<(u64, u64)> {
+    let mut r = Reader {
+        buf: payload,
+        pos: 0,
+    };
+    let instance_id = r.u64_fixed("instance id").ok()?;
+    r.varint("pid").ok()?;
+    for field in ["service name", "environment", "host"] {
+        let n = r.len(field).ok()?;
+        r.take(n, field).ok()?;
+    }
+    let sequence = r.varint("sequence").ok()?;
+    Some((instance_id, sequence))
+}
+
 /// Decodes an `Ack` payload.
 pub fn decode_ack(payload: &[u8]) -> Result<Ack, DecodeError> {
     let mut r = Reader {

@@ -92,7 +92,7 @@ mod memo;
 mod view;
 
 pub(crate) use decode::hdr_counts_len;
-pub use decode::{decode_ack, decode_batch};
+pub use decode::{decode_ack, decode_batch, peek_batch_key};
 pub use encode::{encode_ack, encode_batch, EncodeError};
 pub(crate) use encode::{BatchHead, Encoder, HistRef, SeriesRef, ValueRef};
 pub use error::DecodeError;

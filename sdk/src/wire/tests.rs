@@ -375,9 +375,25 @@ proptest! {
     }
 
     #[test]
+    fn peeking_a_batch_finds_its_instance_and_sequence_and_a_payload_cut_before_them_finds_none(
+        batch in arb_batch(), cut in any::<prop::sample::Index>()
+    ) {
+        let mut frame = Vec::new();
+        encode_batch(&batch, &mut frame).unwrap();
+        let p = payload(&frame);
+        let key = (batch.process.instance_id, batch.sequence);
+        prop_assert_eq!(peek_batch_key(p), Some(key));
+        // The shortest prefix that still holds the key: everything before it yields `None`.
+        let needed = (0..=p.len()).find(|&n| peek_batch_key(&p[..n]).is_some()).unwrap();
+        let n = cut.index(p.len() + 1);
+        prop_assert_eq!(peek_batch_key(&p[..n]), (n >= needed).then_some(key));
+    }
+
+    #[test]
     fn random_bytes_never_panic_the_decoder(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
         let _ = decode_batch(&bytes, &Limits::default());
         let _ = decode_ack(&bytes);
+        let _ = peek_batch_key(&bytes);
         if bytes.len() >= HEADER_LEN {
             let _ = FrameHeader::parse(bytes[..HEADER_LEN].try_into().unwrap(), &Limits::default());
         }

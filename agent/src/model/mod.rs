@@ -1,4 +1,6 @@
-//! What flows between the stages of the agent: aggregated metrics of one closed period.
+//! What flows between the stages of the agent: aggregated metrics of one closed period, and the
+//! sparse histogram ([`sparse`]) both the aggregator (which merges into it) and the sinks
+//! (which read it) hold.
 //!
 //! `aggregate` produces a [`PeriodData`] each time a wall-clock-aligned period closes; the
 //! sinks (`publish` for CloudWatch, `sinks::stdout` for the local default) consume it. This
@@ -10,7 +12,9 @@ use std::time::SystemTime;
 
 use tally::wire::Unit;
 
-use crate::aggregate::sparse::SparseHistogram;
+pub mod sparse;
+
+pub use sparse::SparseHistogram;
 
 /// A string shared by every metric that holds it: a period of 100k series repeats a few dozen
 /// dimension names and values, and each is stored once (see [`Interner`]). A thin pointer
@@ -165,22 +169,6 @@ pub struct PeriodData {
     pub storage_resolution: i32,
     /// The metrics, sorted by key.
     pub metrics: Vec<(MetricKey, AggregateValue)>,
-}
-
-/// CloudWatch's `StandardUnit` name for a unit as published (`Count`, `Milliseconds`, ...).
-///
-/// `Unit::Nanoseconds` has no CloudWatch unit: the aggregator converts it to the configured
-/// publish time unit first, so it maps to `None` here only as a safe fallback.
-pub fn cloudwatch_unit(unit: Unit) -> &'static str {
-    match unit {
-        Unit::None | Unit::Nanoseconds => "None",
-        Unit::Count => "Count",
-        Unit::Microseconds => "Microseconds",
-        Unit::Milliseconds => "Milliseconds",
-        Unit::Seconds => "Seconds",
-        Unit::Bytes => "Bytes",
-        Unit::Percent => "Percent",
-    }
 }
 
 #[cfg(test)]

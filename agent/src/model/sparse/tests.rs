@@ -15,12 +15,15 @@ mod dense {
     use hdrhistogram::Histogram;
     use tally::wire::HistogramView;
 
-    use crate::aggregate::series::MergeConflict;
+    use crate::model::sparse::HistogramRefused;
 
     /// Adds a decoded histogram's buckets into `h`, growing its range when needed: the same
     /// result as `Histogram::add` of the histogram the sender serialized (every bucket
     /// recorded at its lowest value, counts and total saturating).
-    pub fn add_view(h: &mut Histogram<u64>, view: &HistogramView<'_>) -> Result<(), MergeConflict> {
+    pub fn add_view(
+        h: &mut Histogram<u64>,
+        view: &HistogramView<'_>,
+    ) -> Result<(), HistogramRefused> {
         let Some(top) = view.max_bucket_value() else {
             return Ok(());
         };
@@ -32,21 +35,20 @@ mod dense {
         } else {
             top
         };
-        h.record_n(top, 0).map_err(|_| MergeConflict::Histogram)?;
-        for &(value, count) in view.buckets().map_err(|_| MergeConflict::Histogram)?.iter() {
-            h.record_n(value, count)
-                .map_err(|_| MergeConflict::Histogram)?;
+        h.record_n(top, 0).map_err(|_| HistogramRefused)?;
+        for &(value, count) in view.buckets().map_err(|_| HistogramRefused)?.iter() {
+            h.record_n(value, count).map_err(|_| HistogramRefused)?;
         }
         Ok(())
     }
 
     /// The histogram a series started a period with: the sender's layout over the range its
     /// samples use.
-    pub fn new_histogram(view: &HistogramView<'_>) -> Result<Histogram<u64>, MergeConflict> {
+    pub fn new_histogram(view: &HistogramView<'_>) -> Result<Histogram<u64>, HistogramRefused> {
         let low = view.lowest_discernible_value();
         let high = view.max_bucket_value().unwrap_or(0).max(2 * low);
         let mut h = Histogram::new_with_bounds(low, high, view.significant_digits())
-            .map_err(|_| MergeConflict::Histogram)?;
+            .map_err(|_| HistogramRefused)?;
         add_view(&mut h, view)?;
         Ok(h)
     }

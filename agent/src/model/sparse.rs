@@ -64,8 +64,6 @@
 use hdrhistogram::Histogram;
 use tally::wire::HistogramView;
 
-use super::series::MergeConflict;
-
 /// One non-zero bucket: the lowest value it stands for (in its histogram's layout) and its
 /// count.
 pub type Bucket = (u64, u64);
@@ -211,9 +209,14 @@ struct MaxMarks {
     u64_max: bool,
 }
 
-/// The error every histogram failure maps to (a layout HdrHistogram refuses, counts that
-/// cannot be read again, a resize that does not fit in memory).
-const REFUSED: MergeConflict = MergeConflict::Histogram;
+/// Why a histogram could not be built or merged: a layout HdrHistogram refuses, counts that
+/// cannot be read again, or a resize that does not fit in memory. The aggregator counts it as
+/// a merge conflict (`aggregate::series::MergeConflict::Histogram`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistogramRefused;
+
+/// The error every histogram failure maps to.
+const REFUSED: HistogramRefused = HistogramRefused;
 
 impl SparseHistogram {
     /// A histogram with `view`'s layout holding `view`'s buckets. `scratch` is working memory
@@ -222,7 +225,7 @@ impl SparseHistogram {
     pub fn from_view(
         view: &HistogramView<'_>,
         scratch: &mut Vec<Bucket>,
-    ) -> Result<SparseHistogram, MergeConflict> {
+    ) -> Result<SparseHistogram, HistogramRefused> {
         let layout = Layout::new(view.lowest_discernible_value(), view.significant_digits())
             .ok_or(REFUSED)?;
         let mut h = SparseHistogram {
@@ -274,7 +277,7 @@ impl SparseHistogram {
         &mut self,
         view: &HistogramView<'_>,
         scratch: &mut Vec<Bucket>,
-    ) -> Result<(), MergeConflict> {
+    ) -> Result<(), HistogramRefused> {
         let Some(top) = view.max_bucket_value() else {
             // No samples, but its layout counts: the result does not depend on whether the
             // coarser sender's first histogram held samples or arrived first.
@@ -452,7 +455,7 @@ impl SparseHistogram {
     /// The dense `Histogram<u64>` holding the same samples, exactly the one the agent built
     /// before sparse histograms (see the module docs; like it, auto-resizing once it holds a
     /// sample). Fails only when the counts array would not fit in `usize`.
-    pub fn to_histogram(&self) -> Result<Histogram<u64>, MergeConflict> {
+    pub fn to_histogram(&self) -> Result<Histogram<u64>, HistogramRefused> {
         let mut h = Histogram::new_with_bounds(self.layout.low, self.high, self.layout.digits)
             .map_err(|_| REFUSED)?;
         if self.buckets.is_empty() {
