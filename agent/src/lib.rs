@@ -10,8 +10,9 @@
 //!  SDK processes ──frames──▶ ingest/ ──Batch──▶ aggregate/ ──PeriodData──▶ sinks/ (stdout)
 //!   (tally::wire)   listen, session,   periods, merge,     bounded        publish/ (CloudWatch)
 //!                   sequence, acks     rollups, derived    queue
-//!                          │                  │
-//!                          └──── stats ───────┴──▶ admin/ (/health, /metrics, /cost)
+//!                   │      │                  │
+//!                   │      └──── stats ───────┴──▶ admin/ (/health, /metrics, /cost)
+//!                   └──▶ durability/ (write-ahead log, replay at start)
 //! ```
 //!
 //! - [`ingest`]: listeners (loopback only unless allowed), one session per connection with a
@@ -30,9 +31,13 @@
 //! - [`admin`]: health, Prometheus self-metrics, monthly cost estimate.
 //! - [`self_metrics`]: optionally, six of those self-metrics published with every period
 //!   (`Component=agent`), so the agent can be alarmed on like the service.
-//! - [`config`]: the TOML configuration with env-var and flag overrides for every key.
+//! - [`config`]: the TOML configuration with env-var and flag overrides for every key; each
+//!   section's type and check live in the module it configures.
 //! - [`catalog`]: every metric identity a configuration publishes (alarms are checked
-//!   against it). [`model`] and [`stats`] are the contracts between the parts.
+//!   against it). [`model`] (the period data and its sparse histograms) and [`stats`] are the
+//!   contracts between the parts.
+//! - [`cloudwatch`]: CloudWatch's limits, naming rules, units and error classification, in
+//!   one module that imports no other part of the agent.
 //!
 //! Nothing is lost silently: every sample that is not published increments
 //! `tally_agent_dropped_samples_total{reason=...}` (or the SDK-reported and sequence-gap

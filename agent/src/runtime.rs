@@ -163,6 +163,7 @@ pub async fn run(
         depth.clone(),
         wal.clone(),
         (stats.clone(), summary.clone()),
+        Duration::from_secs(config.sink.shutdown_deadline_secs),
     ));
     let serve_task = {
         let stats = stats.clone();
@@ -394,6 +395,7 @@ async fn sink_loop(
     depth: Gauge,
     wal: Option<Arc<Wal>>,
     (stats, summary): (Stats, Arc<parking_lot::Mutex<RunSummary>>),
+    shutdown_deadline: Duration,
 ) {
     let mut deadline = None;
     let mut settled = sink.settled();
@@ -447,7 +449,8 @@ async fn sink_loop(
             }
         }
     }
-    let d = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(20));
+    // No shutdown message (the ingest side ended first): the configured deadline from now.
+    let d = deadline.unwrap_or_else(|| Instant::now() + shutdown_deadline);
     if let Err(e) = sink.shutdown(d).await {
         tracing::error!(sink = sink.name(), "{e}");
     }
