@@ -193,7 +193,7 @@ impl Catalog {
 }
 
 /// The catalogue entries of the agent's own metrics (`[self_metrics] cloudwatch = true`):
-/// one fully fixed dimension set each, as [`crate::self_metrics::SelfMetrics`] publishes them.
+/// one fully fixed dimension set each, as the agent's `SelfMetrics` publishes them.
 pub fn self_metric_entries(
     service: &str,
     environment: &str,

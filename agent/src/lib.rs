@@ -15,7 +15,7 @@
 //!                   └──▶ durability/ (write-ahead log, replay at start)
 //! ```
 //!
-//! - [`ingest`]: listeners (loopback only unless allowed), one session per connection with a
+//! - `ingest`: listeners (loopback only unless allowed), one session per connection with a
 //!   shared byte budget, frame checks, per-process sequence tracking (duplicates answered
 //!   `Duplicate`, gaps counted as loss), and an `Accepted` ack only after the merge.
 //! - [`aggregate`]: the merge. Keys are namespace + name + unit + full dimension set; periods
@@ -23,13 +23,13 @@
 //!   (`ErrorRate`) are computed when a period closes; CloudWatch's naming rules and the
 //!   series bound are enforced with counted, explained refusals.
 //! - [`sinks`]: the [`sinks::Sink`] trait and the stdout sink.
-//! - [`durability`]: the optional write-ahead log (`[durability] dir`): a batch is appended
+//! - `durability`: the optional write-ahead log (`[durability] dir`): a batch is appended
 //!   before it is acknowledged, its period's segment deleted once published, and what a
 //!   killed agent left is replayed at start.
 //! - [`runtime`]: wiring and the ordered shutdown (stop accepting, drain sessions, close the
 //!   open period early, deliver within the deadline).
 //! - [`admin`]: health, Prometheus self-metrics, monthly cost estimate.
-//! - [`self_metrics`]: optionally, six of those self-metrics published with every period
+//! - `self_metrics`: optionally, six of those self-metrics published with every period
 //!   (`Component=agent`), so the agent can be alarmed on like the service.
 //! - [`config`]: the TOML configuration with env-var and flag overrides for every key; each
 //!   section's type and check live in the module it configures.
@@ -49,13 +49,13 @@ pub mod alarms;
 pub mod catalog;
 pub mod cloudwatch;
 pub mod config;
-pub mod durability;
+pub(crate) mod durability;
 pub mod ecs;
-pub mod ingest;
+pub(crate) mod ingest;
 pub mod model;
 pub mod publish;
 pub mod runtime;
-pub mod self_metrics;
+pub(crate) mod self_metrics;
 pub mod sinks;
 pub mod stats;
-pub mod util;
+pub(crate) mod util;

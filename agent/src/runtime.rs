@@ -6,7 +6,7 @@
 //! goes to the sink, and the sink gets the rest of `sink.shutdown_deadline_secs` to deliver.
 //!
 //! With `[self_metrics] cloudwatch = true` the ticker also wakes at every period's close to
-//! attach the agent's own metrics to the period they describe ([`crate::self_metrics`]); the
+//! attach the agent's own metrics to the period they describe (`self_metrics`); the
 //! last of them go with the period closed early at shutdown.
 
 use std::future::Future;

@@ -296,11 +296,6 @@ impl Intake {
     pub fn next_close_at(&self) -> Option<SystemTime> {
         self.core.lock().aggregator.next_close_at()
     }
-
-    /// Period length in seconds.
-    pub fn period_secs(&self) -> u32 {
-        self.core.lock().aggregator.settings().period_secs
-    }
 }
 
 #[cfg(test)]
