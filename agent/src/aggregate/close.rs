@@ -7,7 +7,7 @@ use tally::wire::Unit;
 
 use super::series::Agg;
 use super::Settings;
-use crate::cloudwatch::{parse_unit, MAX_VALUES_PER_DATUM};
+use crate::cloudwatch::MAX_VALUES_PER_DATUM;
 use crate::model::{AggregateValue, Dimensions, Interner, MetricKey, PeriodData, Text};
 
 /// A series as published: its unit converted (nanoseconds to the publish time unit) and its
@@ -23,11 +23,7 @@ pub fn publishable(
     valueless: &mut u64,
 ) -> (MetricKey, AggregateValue) {
     let is_ns = unit == Unit::Nanoseconds;
-    let unit = if is_ns {
-        settings.time_unit.unit()
-    } else {
-        unit
-    };
+    let unit = settings.time_unit.published(unit);
     let f = if is_ns {
         settings.time_unit.nanos()
     } else {
@@ -100,20 +96,13 @@ pub fn finish(
         let mut targets: BTreeSet<Vec<(Text, Text)>> = BTreeSet::new();
         for (key, value) in &all {
             for r in &settings.rollups {
-                if !r.metrics.is_empty() && !r.metrics.iter().any(|m| **m == *key.name) {
-                    continue;
-                }
-                if !key
-                    .dimensions
-                    .iter()
-                    .any(|(d, _)| r.drop.iter().any(|x| **x == **d))
-                {
+                if !r.applies_to(&key.name, key.dimensions.iter().map(|(d, _)| d.as_str())) {
                     continue;
                 }
                 targets.insert(
                     key.dimensions
                         .iter()
-                        .filter(|(d, _)| !r.drop.iter().any(|x| **x == **d))
+                        .filter(|(d, _)| !r.drops(d))
                         .cloned()
                         .collect(),
                 );
@@ -149,11 +138,7 @@ pub fn finish(
                 .iter()
                 .enumerate()
                 .filter(|(_, (k, _))| *k.name == *d.denominator)
-                .filter(|(_, (k, _))| {
-                    !k.dimensions
-                        .iter()
-                        .any(|(n, _)| d.exclude_dimensions.iter().any(|x| **x == **n))
-                })
+                .filter(|(_, (k, _))| !d.excludes(k.dimensions.iter().map(|(n, _)| n.as_str())))
                 .filter_map(|(i, (k, v))| {
                     let den = total(v).filter(|den| *den > 0.0)?;
                     let num = numerators.get(&*k.dimensions).copied().unwrap_or(0.0);
@@ -161,7 +146,7 @@ pub fn finish(
                 })
                 .collect()
         };
-        let unit = parse_unit(&d.unit).unwrap_or(Unit::None);
+        let unit = d.published_unit();
         let name = strings.get(&d.name);
         all.reserve_exact(values.len());
         for (i, value) in values {
