@@ -160,7 +160,7 @@ fn count_unit() -> String {
 impl RollupConfig {
     /// Whether this rollup makes a rolled-up copy of metric `name` carrying the dimensions
     /// `dimensions`: the metric is among `metrics` (or `metrics` is empty) and carries at
-    /// least one of the dimensions it drops, the agent's own ([ecs], ServiceName, ...)
+    /// least one of the dimensions it drops, the agent's own (`[ecs]`, ServiceName, ...)
     /// included, so `drop = ["AvailabilityZone"]` gives an AZ-free set too.
     pub fn applies_to<'a>(
         &self,
