@@ -30,7 +30,7 @@ use crate::ingest::Intake;
 use crate::model::PeriodData;
 use crate::self_metrics::SelfMetrics;
 use crate::sinks::Sink;
-use crate::stats::{Gauge, Stats, DROPPED_SAMPLES};
+use crate::stats::{DropReason, Gauge, Stats, DROPPED_SAMPLES};
 
 /// Why the agent could not run.
 #[derive(Debug, Error)]
@@ -328,17 +328,12 @@ async fn send_period(
         _ => {
             depth.add(-1);
             let reason = if deadline.is_some() {
-                "shutdown_deadline"
+                DropReason::ShutdownDeadline
             } else {
-                "sink_queue_full"
+                DropReason::SinkQueueFull
             };
-            stats
-                .counter(
-                    DROPPED_SAMPLES,
-                    "Samples not published, by reason.",
-                    &[("reason", reason)],
-                )
-                .add(samples);
+            stats.drop_counters().add(reason, samples);
+            let reason = reason.as_str();
             summary.lock().dropped_samples += samples;
             tracing::error!(samples, reason, "a closed period could not be handed to the sink (raise sink.queue_periods or check the sink)");
             // Its loss is counted: the write-ahead log does not keep it for a later replay.
@@ -414,13 +409,7 @@ async fn sink_loop(
                         // A sink that settles on its own (CloudWatch) counts what it could
                         // not publish itself; for the others the period is gone.
                         if settled.is_none() {
-                            stats
-                                .counter(
-                                    DROPPED_SAMPLES,
-                                    "Samples not published, by reason.",
-                                    &[("reason", "sink_error")],
-                                )
-                                .add(samples);
+                            stats.drop_counters().add(DropReason::SinkError, samples);
                             summary.lock().dropped_samples += samples;
                         }
                     }
@@ -457,7 +446,7 @@ async fn sink_loop(
     // What the publisher still held at the deadline is lost with this run: part of its
     // summary (and exit status), not only of /metrics.
     let reason = crate::publish::stats::DropReason::ShutdownDeadline.agent_reason();
-    let lost = stats.counter_value(DROPPED_SAMPLES, &[("reason", reason)]);
+    let lost = stats.counter_value(DROPPED_SAMPLES, &[("reason", reason.as_str())]);
     summary.lock().dropped_samples += lost;
     if let (Some(w), Some(s)) = (&wal, &settled) {
         w.settle(*s.borrow());

@@ -9,6 +9,7 @@ use super::series::Agg;
 use super::Settings;
 use crate::cloudwatch::MAX_VALUES_PER_DATUM;
 use crate::model::{AggregateValue, Dimensions, Interner, MetricKey, PeriodData, Text};
+use crate::stats::DropReason;
 
 /// A series as published: its unit converted (nanoseconds to the publish time unit) and its
 /// value scaled to match. `dimensions` are every dimension it is published with, sorted.
@@ -82,8 +83,8 @@ pub fn finish(
     start: u64,
     mut base: Vec<(MetricKey, AggregateValue)>,
     strings: &mut Interner,
-) -> (PeriodData, Vec<(&'static str, u64)>, u64) {
-    let mut conflicts: Vec<(&'static str, u64)> = Vec::new();
+) -> (PeriodData, Vec<(DropReason, u64)>, u64) {
+    let mut conflicts: Vec<(DropReason, u64)> = Vec::new();
     merge_equal_keys(&mut base, &mut conflicts);
     // Samples of series that could not join their published key (not published at all, unlike
     // a rollup conflict below, whose samples are published in the base series).
@@ -184,7 +185,7 @@ pub fn finish(
 /// period (8 MB at 200k metrics) at the close's busiest moment.
 fn merge_equal_keys(
     metrics: &mut Vec<(MetricKey, AggregateValue)>,
-    conflicts: &mut Vec<(&'static str, u64)>,
+    conflicts: &mut Vec<(DropReason, u64)>,
 ) {
     let mut order: Vec<usize> = (0..metrics.len()).collect();
     order.sort_by(|&a, &b| metrics[a].0.cmp(&metrics[b].0));
@@ -226,7 +227,7 @@ fn total(v: &AggregateValue) -> Option<f64> {
 }
 
 /// Merges two aggregates of one published key.
-pub fn merge_values(into: &mut AggregateValue, from: &AggregateValue) -> Result<(), &'static str> {
+pub fn merge_values(into: &mut AggregateValue, from: &AggregateValue) -> Result<(), DropReason> {
     match (into, from) {
         (AggregateValue::Counter(a), AggregateValue::Counter(b)) => *a += b,
         (
@@ -256,15 +257,15 @@ pub fn merge_values(into: &mut AggregateValue, from: &AggregateValue) -> Result<
             },
         ) => {
             if scale != s2 {
-                return Err("scale_mismatch");
+                return Err(DropReason::ScaleMismatch);
             }
             // Allocates only when `h2` brings buckets `histogram` lacks.
             histogram.add(h2, &mut Vec::new());
         }
         (AggregateValue::Derived(_), AggregateValue::Derived(_)) => {
-            return Err("derived_collision")
+            return Err(DropReason::DerivedCollision)
         }
-        _ => return Err("kind_mismatch"),
+        _ => return Err(DropReason::KindMismatch),
     }
     Ok(())
 }

@@ -27,7 +27,7 @@ use tally::wire::{AckStatus, BatchView};
 
 use crate::aggregate::{Aggregator, ClosedPeriod};
 use crate::durability::{Full, Wal};
-use crate::stats::{Counter, DropCounters, Stats};
+use crate::stats::{Counter, DropCounters, DropReason, Stats};
 use sequence::{Sequences, Verdict};
 
 struct Core {
@@ -96,7 +96,7 @@ impl Intake {
             )
         };
         let s = IntakeStats {
-            drops: stats.drop_counters(&["stale_sequence"]),
+            drops: stats.drop_counters(),
             undecodable_replay: stats.counter(
                 "tally_agent_wal_undecodable_batches_total",
                 "Logged batches that no longer decode at replay (lost; were the [ingest] limits lowered?).",
@@ -194,7 +194,7 @@ impl Intake {
             }
             Verdict::Stale => {
                 self.stats.stale.inc();
-                self.count_drop("stale_sequence", samples);
+                self.count_drop(DropReason::StaleSequence, samples);
                 tracing::warn!(
                     instance_id = id,
                     sequence = seq,
@@ -242,7 +242,7 @@ impl Intake {
                     }
                     Err(e) => {
                         self.stats.rejected.inc();
-                        tracing::warn!(reason = e.reason(), "batch refused: {e}");
+                        tracing::warn!(reason = e.reason().as_str(), "batch refused: {e}");
                         AckStatus::Rejected
                     }
                 };
@@ -262,7 +262,7 @@ impl Intake {
         self.stats.rejected.inc();
     }
 
-    fn count_drop(&self, reason: &str, n: u64) {
+    fn count_drop(&self, reason: DropReason, n: u64) {
         self.stats.drops.add(reason, n);
     }
 
