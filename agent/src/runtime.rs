@@ -30,7 +30,7 @@ use crate::ingest::Intake;
 use crate::model::PeriodData;
 use crate::self_metrics::SelfMetrics;
 use crate::sinks::Sink;
-use crate::stats::{DropReason, Gauge, Stats, DROPPED_SAMPLES};
+use crate::stats::{DropCounters, DropReason, Gauge, Stats, DROPPED_SAMPLES};
 
 /// Why the agent could not run.
 #[derive(Debug, Error)]
@@ -223,12 +223,13 @@ pub async fn run(
     if let Some(mut own) = own {
         own.on_shutdown(SystemTime::now(), &mut last);
     }
+    let drops = stats.drop_counters();
     for p in last {
         send_period(
             &tx,
             p,
             &depth,
-            &stats,
+            &drops,
             &summary,
             Some(deadline),
             wal.as_ref(),
@@ -304,7 +305,7 @@ async fn send_period(
     tx: &mpsc::Sender<SinkMsg>,
     p: ClosedPeriod,
     depth: &Gauge,
-    stats: &Stats,
+    drops: &DropCounters,
     summary: &parking_lot::Mutex<RunSummary>,
     deadline: Option<Instant>,
     wal: Option<&Arc<Wal>>,
@@ -332,7 +333,7 @@ async fn send_period(
             } else {
                 DropReason::SinkQueueFull
             };
-            stats.drop_counters().add(reason, samples);
+            drops.add(reason, samples);
             let reason = reason.as_str();
             summary.lock().dropped_samples += samples;
             tracing::error!(samples, reason, "a closed period could not be handed to the sink (raise sink.queue_periods or check the sink)");
@@ -355,6 +356,7 @@ async fn tick_loop(
     mut own: Option<SelfMetrics>,
     mut stop: watch::Receiver<bool>,
 ) -> Option<SelfMetrics> {
+    let drops = stats.drop_counters();
     loop {
         let now = SystemTime::now();
         let mut at = intake.next_close_at().unwrap_or(now + period);
@@ -379,7 +381,7 @@ async fn tick_loop(
             o.on_tick(now, &mut closed);
         }
         for p in closed {
-            send_period(&tx, p, &depth, &stats, &summary, None, intake.wal()).await;
+            send_period(&tx, p, &depth, &drops, &summary, None, intake.wal()).await;
         }
     }
 }
@@ -392,6 +394,7 @@ async fn sink_loop(
     (stats, summary): (Stats, Arc<parking_lot::Mutex<RunSummary>>),
     shutdown_deadline: Duration,
 ) {
+    let drops = stats.drop_counters();
     let mut deadline = None;
     let mut settled = sink.settled();
     let mut sent = 0u64;
@@ -409,7 +412,7 @@ async fn sink_loop(
                         // A sink that settles on its own (CloudWatch) counts what it could
                         // not publish itself; for the others the period is gone.
                         if settled.is_none() {
-                            stats.drop_counters().add(DropReason::SinkError, samples);
+                            drops.add(DropReason::SinkError, samples);
                             summary.lock().dropped_samples += samples;
                         }
                     }
