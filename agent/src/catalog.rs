@@ -91,13 +91,6 @@ impl Catalog {
             (c::ENVIRONMENT.to_owned(), fixed(inputs.environment)),
         ];
         globals.extend(extra.iter().map(|(k, v)| (k.clone(), Some(v.clone()))));
-        let publish_unit = |u: Unit| {
-            if u == Unit::Nanoseconds {
-                inputs.time_unit.unit()
-            } else {
-                u
-            }
-        };
         let http_labels = [c::ROUTE, c::METHOD, c::STATUS_CLASS].map(str::to_owned);
         let mut recorded: Vec<(String, Unit, Vec<String>)> = Vec::new();
         if inputs.aggregate.standard_metrics {
@@ -123,25 +116,16 @@ impl Catalog {
             base.sort();
             let mut sets = vec![base.clone()];
             for r in &inputs.aggregate.rollups {
-                if !r.metrics.is_empty() && !r.metrics.contains(&name) {
+                // The closer's own rule (`RollupConfig::applies_to`).
+                if !r.applies_to(&name, base.iter().map(|(k, _)| k.as_str())) {
                     continue;
                 }
-                // As the aggregator rolls up: a rollup applies to a series that carries any
-                // of the dimensions it drops, the agent's own ([ecs], ServiceName, ...)
-                // included, so `drop = ["AvailabilityZone"]` gives an AZ-free set too.
-                if !base.iter().any(|(k, _)| r.drop.contains(k)) {
-                    continue;
-                }
-                let set: Vec<_> = base
-                    .iter()
-                    .filter(|(k, _)| !r.drop.contains(k))
-                    .cloned()
-                    .collect();
+                let set: Vec<_> = base.iter().filter(|(k, _)| !r.drops(k)).cloned().collect();
                 if !sets.contains(&set) {
                     sets.push(set);
                 }
             }
-            let unit = cloudwatch_unit(publish_unit(unit)).to_owned();
+            let unit = cloudwatch_unit(inputs.time_unit.published(unit)).to_owned();
             match metrics.iter_mut().find(|m| m.name == name) {
                 Some(m) => {
                     for s in sets {
@@ -165,7 +149,7 @@ impl Catalog {
             let sets: Vec<_> = den
                 .dimension_sets
                 .iter()
-                .filter(|s| !s.iter().any(|(k, _)| d.exclude_dimensions.contains(k)))
+                .filter(|s| !d.excludes(s.iter().map(|(k, _)| k.as_str())))
                 .cloned()
                 .collect();
             if sets.is_empty() {
@@ -173,7 +157,7 @@ impl Catalog {
             }
             derived.push(CatalogMetric {
                 name: d.name.clone(),
-                unit: d.unit.clone(),
+                unit: cloudwatch_unit(d.published_unit()).to_owned(),
                 dimension_sets: sets,
             });
         }
@@ -193,7 +177,7 @@ impl Catalog {
 }
 
 /// The catalogue entries of the agent's own metrics (`[self_metrics] cloudwatch = true`):
-/// one fully fixed dimension set each, as [`crate::self_metrics::SelfMetrics`] publishes them.
+/// one fully fixed dimension set each, as the agent's `SelfMetrics` publishes them.
 pub fn self_metric_entries(
     service: &str,
     environment: &str,

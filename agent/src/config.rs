@@ -27,10 +27,10 @@ use crate::alarms::config::{AlarmDefaults, AlarmManagement};
 use crate::alarms::{AlarmSpec, AlarmsConfig, DashboardConfig};
 use crate::catalog::{Catalog, CatalogInputs};
 use crate::cloudwatch::rules;
-use crate::durability::DurabilityConfig;
+pub use crate::durability::DurabilityConfig;
 use crate::ecs::EcsConfig;
 use crate::publish::PublishConfig;
-use crate::self_metrics::SelfMetricsConfig;
+pub use crate::self_metrics::SelfMetricsConfig;
 
 // Each section's type and its check live with the module it configures; they are named here
 // too, where the whole file is put together.

@@ -10,11 +10,12 @@
 //!  SDK processes ──frames──▶ ingest/ ──Batch──▶ aggregate/ ──PeriodData──▶ sinks/ (stdout)
 //!   (tally::wire)   listen, session,   periods, merge,     bounded        publish/ (CloudWatch)
 //!                   sequence, acks     rollups, derived    queue
-//!                          │                  │
-//!                          └──── stats ───────┴──▶ admin/ (/health, /metrics, /cost)
+//!                   │      │                  │
+//!                   │      └──── stats ───────┴──▶ admin/ (/health, /metrics, /cost)
+//!                   └──▶ durability/ (write-ahead log, replay at start)
 //! ```
 //!
-//! - [`ingest`]: listeners (loopback only unless allowed), one session per connection with a
+//! - `ingest`: listeners (loopback only unless allowed), one session per connection with a
 //!   shared byte budget, frame checks, per-process sequence tracking (duplicates answered
 //!   `Duplicate`, gaps counted as loss), and an `Accepted` ack only after the merge.
 //! - [`aggregate`]: the merge. Keys are namespace + name + unit + full dimension set; periods
@@ -25,19 +26,23 @@
 //!   non-Rust containers: parsed lines become SDK-shaped batches merged through the same
 //!   [`ingest::Intake`].
 //! - [`sinks`]: the [`sinks::Sink`] trait and the stdout sink.
-//! - [`durability`]: the optional write-ahead log (`[durability] dir`): a batch is appended
+//! - `durability`: the optional write-ahead log (`[durability] dir`): a batch is appended
 //!   before it is acknowledged, its period's segment deleted once published, and what a
 //!   killed agent left is replayed at start.
 //! - [`runtime`]: wiring and the ordered shutdown (stop accepting, drain sessions, close the
 //!   open period early, deliver within the deadline).
 //! - [`admin`]: health, Prometheus self-metrics, monthly cost estimate.
-//! - [`self_metrics`]: optionally, six of those self-metrics published with every period
+//! - `self_metrics`: optionally, six of those self-metrics published with every period
 //!   (`Component=agent`), so the agent can be alarmed on like the service.
 //! - [`canary`]: the per-revision series (`[canary]`) and `tally-agent canary`, the gate
 //!   that compares a new revision with the old one through GetMetricData.
-//! - [`config`]: the TOML configuration with env-var and flag overrides for every key.
+//! - [`config`]: the TOML configuration with env-var and flag overrides for every key; each
+//!   section's type and check live in the module it configures.
 //! - [`catalog`]: every metric identity a configuration publishes (alarms are checked
-//!   against it). [`model`] and [`stats`] are the contracts between the parts.
+//!   against it). [`model`] (the period data and its sparse histograms) and [`stats`] are the
+//!   contracts between the parts.
+//! - [`cloudwatch`]: CloudWatch's limits, naming rules, units and error classification, in
+//!   one module that imports no other part of the agent.
 //!
 //! Nothing is lost silently: every sample that is not published increments
 //! `tally_agent_dropped_samples_total{reason=...}` (or the SDK-reported and sequence-gap
@@ -50,14 +55,25 @@ pub mod canary;
 pub mod catalog;
 pub mod cloudwatch;
 pub mod config;
-pub mod durability;
+pub(crate) mod durability;
 pub mod ecs;
-pub mod ingest;
+pub(crate) mod ingest;
 pub mod model;
 pub mod publish;
 pub mod runtime;
-pub mod self_metrics;
+pub(crate) mod self_metrics;
 pub mod sinks;
 pub mod stats;
 pub mod statsd;
-pub mod util;
+pub(crate) mod util;
+
+/// What the process tests and benchmarks need of crate-private parts, and nothing else: not
+/// part of the agent's API.
+#[doc(hidden)]
+pub mod testing {
+    /// The write-ahead log's on-disk format, for tests that leave a log as a killed agent
+    /// would.
+    pub use crate::durability::{encode_record, segment_name};
+    /// The intake a receiver feeds, for the StatsD benchmark's parse + merge path.
+    pub use crate::ingest::{sequence::Sequences, Intake};
+}

@@ -169,7 +169,9 @@ async fn build_sink(config: &Config, stats: &Stats) -> Result<Box<dyn Sink>, Str
             let sink = CloudWatchSink::new(config.publish.clone(), stats)
                 .await
                 .map_err(|e| format!("cannot build the CloudWatch publisher: {e}"))?;
-            Ok(Box::new(sink.start()))
+            Ok(Box::new(sink.start(std::time::Duration::from_secs(
+                config.sink.shutdown_deadline_secs,
+            ))))
         }
     }
 }

@@ -6,7 +6,7 @@
 //! goes to the sink, and the sink gets the rest of `sink.shutdown_deadline_secs` to deliver.
 //!
 //! With `[self_metrics] cloudwatch = true` the ticker also wakes at every period's close to
-//! attach the agent's own metrics to the period they describe ([`crate::self_metrics`]); the
+//! attach the agent's own metrics to the period they describe (`self_metrics`); the
 //! last of them go with the period closed early at shutdown.
 
 use std::future::Future;
@@ -30,7 +30,7 @@ use crate::ingest::Intake;
 use crate::model::PeriodData;
 use crate::self_metrics::SelfMetrics;
 use crate::sinks::Sink;
-use crate::stats::{Gauge, Stats, DROPPED_SAMPLES};
+use crate::stats::{DropCounters, DropReason, Gauge, Stats, DROPPED_SAMPLES};
 
 /// Why the agent could not run.
 #[derive(Debug, Error)]
@@ -176,6 +176,7 @@ pub async fn run(
         depth.clone(),
         wal.clone(),
         (stats.clone(), summary.clone()),
+        Duration::from_secs(config.sink.shutdown_deadline_secs),
     ));
     let serve_task = {
         let stats = stats.clone();
@@ -251,12 +252,13 @@ pub async fn run(
     if let Some(mut own) = own {
         own.on_shutdown(SystemTime::now(), &mut last);
     }
+    let drops = stats.drop_counters();
     for p in last {
         send_period(
             &tx,
             p,
             &depth,
-            &stats,
+            &drops,
             &summary,
             Some(deadline),
             wal.as_ref(),
@@ -333,7 +335,7 @@ async fn send_period(
     tx: &mpsc::Sender<SinkMsg>,
     p: ClosedPeriod,
     depth: &Gauge,
-    stats: &Stats,
+    drops: &DropCounters,
     summary: &parking_lot::Mutex<RunSummary>,
     deadline: Option<Instant>,
     wal: Option<&Arc<Wal>>,
@@ -357,17 +359,12 @@ async fn send_period(
         _ => {
             depth.add(-1);
             let reason = if deadline.is_some() {
-                "shutdown_deadline"
+                DropReason::ShutdownDeadline
             } else {
-                "sink_queue_full"
+                DropReason::SinkQueueFull
             };
-            stats
-                .counter(
-                    DROPPED_SAMPLES,
-                    "Samples not published, by reason.",
-                    &[("reason", reason)],
-                )
-                .add(samples);
+            drops.add(reason, samples);
+            let reason = reason.as_str();
             summary.lock().dropped_samples += samples;
             tracing::error!(samples, reason, "a closed period could not be handed to the sink (raise sink.queue_periods or check the sink)");
             // Its loss is counted: the write-ahead log does not keep it for a later replay.
@@ -389,6 +386,7 @@ async fn tick_loop(
     mut own: Option<SelfMetrics>,
     mut stop: watch::Receiver<bool>,
 ) -> Option<SelfMetrics> {
+    let drops = stats.drop_counters();
     loop {
         let now = SystemTime::now();
         let mut at = intake.next_close_at().unwrap_or(now + period);
@@ -413,7 +411,7 @@ async fn tick_loop(
             o.on_tick(now, &mut closed);
         }
         for p in closed {
-            send_period(&tx, p, &depth, &stats, &summary, None, intake.wal()).await;
+            send_period(&tx, p, &depth, &drops, &summary, None, intake.wal()).await;
         }
     }
 }
@@ -424,7 +422,9 @@ async fn sink_loop(
     depth: Gauge,
     wal: Option<Arc<Wal>>,
     (stats, summary): (Stats, Arc<parking_lot::Mutex<RunSummary>>),
+    shutdown_deadline: Duration,
 ) {
+    let drops = stats.drop_counters();
     let mut deadline = None;
     let mut settled = sink.settled();
     let mut sent = 0u64;
@@ -442,13 +442,7 @@ async fn sink_loop(
                         // A sink that settles on its own (CloudWatch) counts what it could
                         // not publish itself; for the others the period is gone.
                         if settled.is_none() {
-                            stats
-                                .counter(
-                                    DROPPED_SAMPLES,
-                                    "Samples not published, by reason.",
-                                    &[("reason", "sink_error")],
-                                )
-                                .add(samples);
+                            drops.add(DropReason::SinkError, samples);
                             summary.lock().dropped_samples += samples;
                         }
                     }
@@ -477,7 +471,8 @@ async fn sink_loop(
             }
         }
     }
-    let d = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(20));
+    // No shutdown message (the ingest side ended first): the configured deadline from now.
+    let d = deadline.unwrap_or_else(|| Instant::now() + shutdown_deadline);
     if let Err(e) = sink.shutdown(d).await {
         tracing::error!(sink = sink.name(), "{e}");
     }
@@ -486,7 +481,7 @@ async fn sink_loop(
     // and exit status, not only of /metrics.
     let lost = crate::publish::stats::DropReason::ALL
         .iter()
-        .map(|r| stats.counter_value(DROPPED_SAMPLES, &[("reason", r.agent_reason())]))
+        .map(|r| stats.counter_value(DROPPED_SAMPLES, &[("reason", r.agent_reason().as_str())]))
         .fold(0u64, u64::saturating_add);
     let mut s = summary.lock();
     s.dropped_samples = s.dropped_samples.saturating_add(lost);

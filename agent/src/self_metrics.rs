@@ -79,7 +79,7 @@ pub const COMPONENT_DIMENSION: (&str, &str) = ("Component", "agent");
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SelfMetricsConfig {
-    /// Also publish the six self-metrics of [`SELF_METRICS`] with every period, with
+    /// Also publish the six self-metrics (`SELF_METRICS`) with every period, with
     /// `Component=agent`. Default `false`: they are six custom metrics, $1.80 a month (us-east-1)
     /// for each ServiceName + Environment + ECS-dimension combination. The Prometheus
     /// `/metrics` endpoint has them (and more) either way.

@@ -65,28 +65,208 @@ struct Inner {
     gauges: BTreeMap<Key, Gauge>,
 }
 
-/// One component's handles to `tally_agent_dropped_samples_total{reason}`, registered once
-/// for every reason it names up front: counting a drop is then a short scan and one atomic
-/// add, where registering the counter each time took the registry's lock and allocated the
-/// label. A reason not named up front is still counted (registered on the spot).
-#[derive(Debug, Clone)]
-pub struct DropCounters {
-    stats: Stats,
-    known: Arc<[(&'static str, Counter)]>,
+/// Why samples were not published: every label value of `tally_agent_dropped_samples_total`,
+/// whichever stage dropped them (the SDK-reported and sequence-gap losses have counters of
+/// their own). A new stage adds its reasons here, so the list of what the agent can lose a
+/// sample to is in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// A new series beyond `aggregate.max_series` in its period.
+    MaxSeries,
+    /// A series naming one label twice.
+    DuplicateLabel,
+    /// A batch whose service or environment cannot be a dimension value.
+    InvalidIdentity,
+    /// A name, label or value that is not UTF-8.
+    InvalidUtf8,
+    /// A gauge value that is NaN or infinite.
+    NonFiniteValue,
+    /// A name CloudWatch refuses: empty.
+    EmptyName,
+    /// A name or value over CloudWatch's length limit.
+    NameTooLong,
+    /// A dimension with non-ASCII characters.
+    NonAsciiDimension,
+    /// A name or value with a control character.
+    ControlCharacter,
+    /// A name starting with `:`.
+    LeadingColon,
+    /// A namespace starting with `AWS/`.
+    ReservedNamespace,
+    /// A label named like a dimension the agent sets itself.
+    ReservedDimension,
+    /// More dimensions than CloudWatch allows.
+    TooManyDimensions,
+    /// A series recorded with another kind elsewhere (a counter merged into a histogram...).
+    KindMismatch,
+    /// Histograms of one series with different scales.
+    ScaleMismatch,
+    /// A histogram HdrHistogram refuses or whose counts cannot be read.
+    HistogramMerge,
+    /// Two derived metrics with one key (two rules publishing the same name).
+    DerivedCollision,
+    /// Occurrences of an event without a value in a period published as the values' distribution.
+    EventWithoutValue,
+    /// A batch older than the sequence window of its process.
+    StaleSequence,
+    /// A closed period the sink queue had no room for.
+    SinkQueueFull,
+    /// A closed period the sink refused.
+    SinkError,
+    /// A closed period still queued for the sink at the shutdown deadline.
+    ShutdownDeadline,
+    /// The publisher's `invalid_namespace`.
+    CloudwatchInvalidNamespace,
+    /// The publisher's `invalid_name`.
+    CloudwatchInvalidName,
+    /// The publisher's `invalid_dimension`.
+    CloudwatchInvalidDimension,
+    /// The publisher's `non_finite`.
+    CloudwatchNonFinite,
+    /// The publisher's `out_of_range`.
+    CloudwatchOutOfRange,
+    /// The publisher's `expired`.
+    CloudwatchExpired,
+    /// The publisher's `future_timestamp`.
+    CloudwatchFutureTimestamp,
+    /// The publisher's `rejected`.
+    CloudwatchRejected,
+    /// The publisher's `queue_full`.
+    CloudwatchQueueFull,
+    /// The publisher's `shutdown_deadline`.
+    CloudwatchShutdownDeadline,
+    /// A StatsD line that does not parse (the reason is in `tally_agent_statsd_malformed_lines_total`).
+    StatsdMalformedLine,
+    /// A StatsD packet that is not UTF-8 (its lines, at least one).
+    StatsdNonUtf8Packet,
+    /// A StatsD packet over the receive size (64 KiB), cut by the kernel.
+    StatsdOversizedPacket,
+    /// StatsD packets the kernel dropped because the socket's receive buffer was full.
+    UdpReceiveBuffer,
+    /// A new StatsD series beyond `statsd.max_series`.
+    StatsdTooManySeries,
+    /// A StatsD set member beyond `statsd.max_set_size` in a period.
+    StatsdSetTooLarge,
+    /// A StatsD value outside what the metric's kind can hold.
+    StatsdValueOutOfRange,
+    /// StatsD samples of a batch the receiver could not encode.
+    StatsdUnencodable,
+    /// StatsD samples refused because the write-ahead log was full.
+    StatsdWalFull,
+    /// An Embedded Metric Format record that does not parse or breaks its rules.
+    EmfMalformedRecord,
 }
 
-impl DropCounters {
-    /// Counts `n` samples dropped for `reason` (nothing when `n` is 0).
-    pub fn add(&self, reason: &str, n: u64) {
-        if n == 0 {
-            return;
+impl DropReason {
+    /// Number of reasons.
+    pub const COUNT: usize = 42;
+    /// Every reason, in discriminant order.
+    pub const ALL: [DropReason; Self::COUNT] = [
+        DropReason::MaxSeries,
+        DropReason::DuplicateLabel,
+        DropReason::InvalidIdentity,
+        DropReason::InvalidUtf8,
+        DropReason::NonFiniteValue,
+        DropReason::EmptyName,
+        DropReason::NameTooLong,
+        DropReason::NonAsciiDimension,
+        DropReason::ControlCharacter,
+        DropReason::LeadingColon,
+        DropReason::ReservedNamespace,
+        DropReason::ReservedDimension,
+        DropReason::TooManyDimensions,
+        DropReason::KindMismatch,
+        DropReason::ScaleMismatch,
+        DropReason::HistogramMerge,
+        DropReason::DerivedCollision,
+        DropReason::EventWithoutValue,
+        DropReason::StaleSequence,
+        DropReason::SinkQueueFull,
+        DropReason::SinkError,
+        DropReason::ShutdownDeadline,
+        DropReason::CloudwatchInvalidNamespace,
+        DropReason::CloudwatchInvalidName,
+        DropReason::CloudwatchInvalidDimension,
+        DropReason::CloudwatchNonFinite,
+        DropReason::CloudwatchOutOfRange,
+        DropReason::CloudwatchExpired,
+        DropReason::CloudwatchFutureTimestamp,
+        DropReason::CloudwatchRejected,
+        DropReason::CloudwatchQueueFull,
+        DropReason::CloudwatchShutdownDeadline,
+        DropReason::StatsdMalformedLine,
+        DropReason::StatsdNonUtf8Packet,
+        DropReason::StatsdOversizedPacket,
+        DropReason::UdpReceiveBuffer,
+        DropReason::StatsdTooManySeries,
+        DropReason::StatsdSetTooLarge,
+        DropReason::StatsdValueOutOfRange,
+        DropReason::StatsdUnencodable,
+        DropReason::StatsdWalFull,
+        DropReason::EmfMalformedRecord,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::MaxSeries => "max_series",
+            DropReason::DuplicateLabel => "duplicate_label",
+            DropReason::InvalidIdentity => "invalid_identity",
+            DropReason::InvalidUtf8 => "invalid_utf8",
+            DropReason::NonFiniteValue => "non_finite_value",
+            DropReason::EmptyName => "empty_name",
+            DropReason::NameTooLong => "name_too_long",
+            DropReason::NonAsciiDimension => "non_ascii_dimension",
+            DropReason::ControlCharacter => "control_character",
+            DropReason::LeadingColon => "leading_colon",
+            DropReason::ReservedNamespace => "reserved_namespace",
+            DropReason::ReservedDimension => "reserved_dimension",
+            DropReason::TooManyDimensions => "too_many_dimensions",
+            DropReason::KindMismatch => "kind_mismatch",
+            DropReason::ScaleMismatch => "scale_mismatch",
+            DropReason::HistogramMerge => "histogram_merge",
+            DropReason::DerivedCollision => "derived_collision",
+            DropReason::EventWithoutValue => "event_without_value",
+            DropReason::StaleSequence => "stale_sequence",
+            DropReason::SinkQueueFull => "sink_queue_full",
+            DropReason::SinkError => "sink_error",
+            DropReason::ShutdownDeadline => "shutdown_deadline",
+            DropReason::CloudwatchInvalidNamespace => "cloudwatch_invalid_namespace",
+            DropReason::CloudwatchInvalidName => "cloudwatch_invalid_name",
+            DropReason::CloudwatchInvalidDimension => "cloudwatch_invalid_dimension",
+            DropReason::CloudwatchNonFinite => "cloudwatch_non_finite",
+            DropReason::CloudwatchOutOfRange => "cloudwatch_out_of_range",
+            DropReason::CloudwatchExpired => "cloudwatch_expired",
+            DropReason::CloudwatchFutureTimestamp => "cloudwatch_future_timestamp",
+            DropReason::CloudwatchRejected => "cloudwatch_rejected",
+            DropReason::CloudwatchQueueFull => "cloudwatch_queue_full",
+            DropReason::CloudwatchShutdownDeadline => "cloudwatch_shutdown_deadline",
+            DropReason::StatsdMalformedLine => "statsd_malformed_line",
+            DropReason::StatsdNonUtf8Packet => "statsd_non_utf8_packet",
+            DropReason::StatsdOversizedPacket => "statsd_oversized_packet",
+            DropReason::UdpReceiveBuffer => "udp_receive_buffer",
+            DropReason::StatsdTooManySeries => "statsd_too_many_series",
+            DropReason::StatsdSetTooLarge => "statsd_set_too_large",
+            DropReason::StatsdValueOutOfRange => "statsd_value_out_of_range",
+            DropReason::StatsdUnencodable => "statsd_unencodable",
+            DropReason::StatsdWalFull => "statsd_wal_full",
+            DropReason::EmfMalformedRecord => "emf_malformed_record",
         }
-        match self.known.iter().find(|(r, _)| *r == reason) {
-            Some((_, c)) => c.add(n),
-            None => self
-                .stats
-                .counter(DROPPED_SAMPLES, DROPPED_SAMPLES_HELP, &[("reason", reason)])
-                .add(n),
+    }
+}
+
+/// Handles to `tally_agent_dropped_samples_total{reason}` for every [`DropReason`], registered
+/// once (at zero, so dashboards see each reason before it happens): counting a drop is one
+/// atomic add, where registering the counter each time took the registry's lock and
+/// allocated the label. Cloning shares the counters.
+#[derive(Debug, Clone)]
+pub struct DropCounters(Arc<[Counter; DropReason::COUNT]>);
+
+impl DropCounters {
+    /// Counts `n` samples dropped for `reason`.
+    pub fn add(&self, reason: DropReason, n: u64) {
+        if n > 0 {
+            self.0[reason as usize].add(n);
         }
     }
 }
@@ -124,22 +304,15 @@ impl Stats {
         g.gauges.entry(key(name, labels)).or_default().clone()
     }
 
-    /// Handles to `tally_agent_dropped_samples_total{reason}` for `reasons`, registered now
-    /// (at zero, so dashboards see them before they happen).
-    pub fn drop_counters(&self, reasons: &[&'static str]) -> DropCounters {
-        let known = reasons
-            .iter()
-            .map(|&r| {
-                (
-                    r,
-                    self.counter(DROPPED_SAMPLES, DROPPED_SAMPLES_HELP, &[("reason", r)]),
-                )
-            })
-            .collect();
-        DropCounters {
-            stats: self.clone(),
-            known,
-        }
+    /// Handles to `tally_agent_dropped_samples_total{reason}` for every [`DropReason`].
+    pub fn drop_counters(&self) -> DropCounters {
+        DropCounters(Arc::new(std::array::from_fn(|i| {
+            self.counter(
+                DROPPED_SAMPLES,
+                DROPPED_SAMPLES_HELP,
+                &[("reason", DropReason::ALL[i].as_str())],
+            )
+        })))
     }
 
     /// Current value of a counter, 0 when never registered (for tests and the admin endpoint).

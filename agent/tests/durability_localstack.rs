@@ -15,10 +15,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use aws_sdk_cloudwatch::config::{Credentials, Region, SharedCredentialsProvider};
 use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{Dimension, Statistic};
-use aws_sdk_cloudwatch::Client;
+use common::cloudwatch::{endpoint, namespace, require_localstack};
 use common::free_port;
 use tally::{Tally, Unit};
 
@@ -29,29 +28,6 @@ const HISTOGRAM: &str = "DurItems";
 const PERIOD_SECS: u64 = 10;
 /// SDK instances recording at once.
 const PROCESSES: usize = 3;
-
-fn endpoint() -> String {
-    std::env::var("TALLY_TEST_CLOUDWATCH_ENDPOINT")
-        .unwrap_or_else(|_| "http://127.0.0.1:4566".into())
-}
-
-/// Fails (never skips) when LocalStack does not answer, saying how to start it.
-fn require_localstack() {
-    let addr: SocketAddr = endpoint()
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .parse()
-        .expect("TALLY_TEST_CLOUDWATCH_ENDPOINT is http://IP:port");
-    assert!(
-        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).is_ok(),
-        "LocalStack does not answer at {}: run `scripts/localstack.sh start` (or set TALLY_TEST_CLOUDWATCH_ENDPOINT)",
-        endpoint()
-    );
-}
-
-fn namespace(test: &str) -> String {
-    format!("TallyTest/{test}/{:08x}", rand::random::<u32>())
-}
 
 /// Where one agent process listens; the same ports are reused by its successor.
 #[derive(Clone)]
@@ -341,22 +317,6 @@ fn sleep_into_next_period(offset: u64) {
     std::thread::sleep(Duration::from_secs(next) - now);
 }
 
-fn reader() -> Client {
-    let conf = aws_sdk_cloudwatch::Config::builder()
-        .behavior_version_latest()
-        .region(Region::new("us-east-1"))
-        .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
-            "test",
-            "test",
-            None,
-            None,
-            "tally-tests",
-        )))
-        .endpoint_url(endpoint())
-        .build();
-    Client::from_conf(conf)
-}
-
 /// (SampleCount, Sum) of a metric over one bucket covering `[from, to)`, minute-aligned.
 async fn totals(
     ns: &str,
@@ -367,7 +327,7 @@ async fn totals(
 ) -> (f64, f64) {
     let from = unix(from) / 60 * 60 - 60;
     let to = (unix(to) / 60 + 2) * 60;
-    let mut req = reader()
+    let mut req = common::cloudwatch::reader(&endpoint())
         .get_metric_statistics()
         .namespace(ns)
         .metric_name(name)

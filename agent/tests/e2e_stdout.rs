@@ -421,7 +421,7 @@ fn a_gap_filled_late_and_logged_after_a_higher_sequence_survives_the_replay() {
     // A previous run logged batch 7 of a process in one period's segment, then batch 5 (sent
     // again after a reconnect, a gap filled late) in the next period's, and was killed.
     use tally::wire::{encode_batch, Batch, ProcessIdentity};
-    use tally_agent::durability::{encode_record, segment_name};
+    use tally_agent::testing::{encode_record, segment_name};
     let dir = tempfile::tempdir().unwrap();
     let wal = dir.path().join("wal");
     std::fs::create_dir_all(&wal).unwrap();

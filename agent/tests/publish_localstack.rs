@@ -14,68 +14,20 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aws_sdk_cloudwatch::config::{Credentials, Region, SharedCredentialsProvider};
+use aws_sdk_cloudwatch::config::{Credentials, SharedCredentialsProvider};
 use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{Dimension, Statistic};
-use aws_sdk_cloudwatch::Client;
-use bytes::Bytes;
+use common::cloudwatch::{endpoint, namespace, require_localstack};
 use common::fault_proxy::{start_proxy, CLOSE, FORWARD, REJECT_POISON, THROTTLE, UNAVAILABLE};
 use hdrhistogram::Histogram;
-use http_body_util::Full;
 use tally::wire::Unit;
 use tally_agent::cloudwatch::ErrorKind;
 use tally_agent::model::{AggregateValue, MetricKey, PeriodData};
 use tally_agent::publish::{ClientOverrides, CloudWatchSink, DropReason, PublishConfig};
 use tally_agent::stats::Stats;
 
-fn endpoint() -> String {
-    std::env::var("TALLY_TEST_CLOUDWATCH_ENDPOINT")
-        .unwrap_or_else(|_| "http://127.0.0.1:4566".into())
-}
-
-/// Fails (never skips) when LocalStack does not answer, saying how to start it.
-async fn require_localstack() {
-    let url = format!("{}/_localstack/health", endpoint());
-    let ok = async {
-        let addr = endpoint().trim_start_matches("http://").to_owned();
-        let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let (mut s, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .ok()?;
-        tokio::spawn(conn);
-        let req = hyper::Request::get(&url)
-            .body(Full::new(Bytes::new()))
-            .ok()?;
-        let res = s.send_request(req).await.ok()?;
-        res.status().is_success().then_some(())
-    };
-    let reached = tokio::time::timeout(Duration::from_secs(5), ok)
-        .await
-        .ok()
-        .flatten();
-    assert!(
-        reached.is_some(),
-        "LocalStack does not answer at {url}: run `scripts/localstack.sh start` (or set TALLY_TEST_CLOUDWATCH_ENDPOINT)"
-    );
-}
-
 fn creds() -> SharedCredentialsProvider {
     SharedCredentialsProvider::new(Credentials::new("test", "test", None, None, "tally-tests"))
-}
-
-fn reader() -> Client {
-    let conf = aws_sdk_cloudwatch::Config::builder()
-        .behavior_version_latest()
-        .region(Region::new("us-east-1"))
-        .credentials_provider(creds())
-        .endpoint_url(endpoint())
-        .build();
-    Client::from_conf(conf)
-}
-
-fn namespace(test: &str) -> String {
-    format!("TallyTest/{test}/{:08x}", rand::random::<u32>())
 }
 
 fn config(endpoint: String) -> PublishConfig {
@@ -152,7 +104,7 @@ async fn statistics(
     from: SystemTime,
     to: SystemTime,
 ) -> Statistics {
-    let mut req = reader()
+    let mut req = common::cloudwatch::reader(&endpoint())
         .get_metric_statistics()
         .namespace(ns)
         .metric_name(name)
@@ -181,7 +133,7 @@ async fn statistics(
 /// Every (metric, dimension set) ListMetrics knows in `ns`.
 async fn list_metrics(ns: &str) -> BTreeSet<(String, Vec<(String, String)>)> {
     let mut out = BTreeSet::new();
-    let mut pages = reader()
+    let mut pages = common::cloudwatch::reader(&endpoint())
         .list_metrics()
         .namespace(ns)
         .into_paginator()
@@ -209,7 +161,7 @@ fn ident(name: &str, dims: &[(&str, &str)]) -> (String, Vec<(String, String)>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn known_samples_arrive_with_exact_statistics_and_exact_dimension_sets() {
-    require_localstack().await;
+    require_localstack();
     let ns = namespace("exact");
     let stats = Stats::new();
     let sink = new_sink(config(endpoint()), &stats).await;
@@ -297,7 +249,7 @@ async fn known_samples_arrive_with_exact_statistics_and_exact_dimension_sets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_than_2500_series_go_out_in_several_requests_none_over_a_limit() {
-    require_localstack().await;
+    require_localstack();
     let stats = Stats::new();
     let sink = new_sink(config(endpoint()), &stats).await;
 
@@ -400,7 +352,7 @@ async fn more_than_2500_series_go_out_in_several_requests_none_over_a_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_throttling_503s_and_closed_connections_for_several_periods_totals_are_exact() {
-    require_localstack().await;
+    require_localstack();
     let mode = Arc::new(AtomicU8::new(THROTTLE));
     let proxy = start_proxy(endpoint(), mode.clone()).await;
     let ns = namespace("outage");
@@ -498,7 +450,7 @@ fn failed(sink: &CloudWatchSink) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_datum_cloudwatch_refuses_is_counted_and_does_not_sink_its_request() {
-    require_localstack().await;
+    require_localstack();
     let mode = Arc::new(AtomicU8::new(REJECT_POISON));
     let proxy = start_proxy(endpoint(), mode).await;
     let ns = namespace("poison");

@@ -20,11 +20,10 @@ use std::time::{Duration, SystemTime};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tally_agent::aggregate::{Aggregator, Settings};
 use tally_agent::config::Config;
-use tally_agent::ingest::sequence::Sequences;
-use tally_agent::ingest::Intake;
 use tally_agent::stats::Stats;
 use tally_agent::statsd::parse::parse_line;
 use tally_agent::statsd::{Receiver, StatsdConfig, StatsdStats};
+use tally_agent::testing::{Intake, Sequences};
 
 const METHODS: [&str; 2] = ["GET", "POST"];
 

@@ -1,6 +1,7 @@
 //! What the published metrics cost per month, estimated from the last closed period.
 //!
-//! Prices (us-east-1, from secondary sources, see `cloudwatch-and-ecs.md`; estimates only):
+//! Prices (us-east-1, taken from secondary sources, not checked against AWS's price list; the
+//! current ones are at <https://aws.amazon.com/cloudwatch/pricing/>; estimates only):
 //! custom metrics $0.30 a month for the first 10,000, $0.10 up to 250,000, $0.05 up to
 //! 1,000,000, $0.02 beyond; PutMetricData $0.01 per 1,000 requests.
 

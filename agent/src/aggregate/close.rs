@@ -7,8 +7,9 @@ use tally::wire::Unit;
 
 use super::series::Agg;
 use super::Settings;
-use crate::cloudwatch::{parse_unit, MAX_VALUES_PER_DATUM};
+use crate::cloudwatch::MAX_VALUES_PER_DATUM;
 use crate::model::{AggregateValue, Dimensions, Interner, MetricKey, PeriodData, Text};
+use crate::stats::DropReason;
 
 /// A series as published: its unit converted (nanoseconds to the publish time unit) and its
 /// value scaled to match. `dimensions` are every dimension it is published with, sorted.
@@ -23,11 +24,7 @@ pub fn publishable(
     valueless: &mut u64,
 ) -> (MetricKey, AggregateValue) {
     let is_ns = unit == Unit::Nanoseconds;
-    let unit = if is_ns {
-        settings.time_unit.unit()
-    } else {
-        unit
-    };
+    let unit = settings.time_unit.published(unit);
     let f = if is_ns {
         settings.time_unit.nanos()
     } else {
@@ -86,8 +83,8 @@ pub fn finish(
     start: u64,
     mut base: Vec<(MetricKey, AggregateValue)>,
     strings: &mut Interner,
-) -> (PeriodData, Vec<(&'static str, u64)>, u64) {
-    let mut conflicts: Vec<(&'static str, u64)> = Vec::new();
+) -> (PeriodData, Vec<(DropReason, u64)>, u64) {
+    let mut conflicts: Vec<(DropReason, u64)> = Vec::new();
     merge_equal_keys(&mut base, &mut conflicts);
     // Samples of series that could not join their published key (not published at all, unlike
     // a rollup conflict below, whose samples are published in the base series).
@@ -105,20 +102,13 @@ pub fn finish(
         let mut targets: BTreeSet<Vec<(Text, Text)>> = BTreeSet::new();
         for (key, value) in &all {
             for r in &settings.rollups {
-                if !r.metrics.is_empty() && !r.metrics.iter().any(|m| **m == *key.name) {
-                    continue;
-                }
-                if !key
-                    .dimensions
-                    .iter()
-                    .any(|(d, _)| r.drop.iter().any(|x| **x == **d))
-                {
+                if !r.applies_to(&key.name, key.dimensions.iter().map(|(d, _)| d.as_str())) {
                     continue;
                 }
                 targets.insert(
                     key.dimensions
                         .iter()
-                        .filter(|(d, _)| !r.drop.iter().any(|x| **x == **d))
+                        .filter(|(d, _)| !r.drops(d))
                         .cloned()
                         .collect(),
                 );
@@ -159,11 +149,7 @@ pub fn finish(
                 .iter()
                 .enumerate()
                 .filter(|(_, (k, _))| *k.name == *d.denominator)
-                .filter(|(_, (k, _))| {
-                    !k.dimensions
-                        .iter()
-                        .any(|(n, _)| d.exclude_dimensions.iter().any(|x| **x == **n))
-                })
+                .filter(|(_, (k, _))| !d.excludes(k.dimensions.iter().map(|(n, _)| n.as_str())))
                 .filter_map(|(i, (k, v))| {
                     let den = total(v).filter(|den| *den > 0.0)?;
                     let num = numerators.get(&*k.dimensions).copied().unwrap_or(0.0);
@@ -171,7 +157,7 @@ pub fn finish(
                 })
                 .collect()
         };
-        let unit = parse_unit(&d.unit).unwrap_or(Unit::None);
+        let unit = d.published_unit();
         let name = strings.get(&d.name);
         all.reserve_exact(values.len());
         for (i, value) in values {
@@ -209,7 +195,7 @@ pub fn finish(
 /// period (8 MB at 200k metrics) at the close's busiest moment.
 fn merge_equal_keys(
     metrics: &mut Vec<(MetricKey, AggregateValue)>,
-    conflicts: &mut Vec<(&'static str, u64)>,
+    conflicts: &mut Vec<(DropReason, u64)>,
 ) {
     let mut order: Vec<usize> = (0..metrics.len()).collect();
     order.sort_by(|&a, &b| metrics[a].0.cmp(&metrics[b].0));
@@ -251,7 +237,7 @@ fn total(v: &AggregateValue) -> Option<f64> {
 }
 
 /// Merges two aggregates of one published key.
-pub fn merge_values(into: &mut AggregateValue, from: &AggregateValue) -> Result<(), &'static str> {
+pub fn merge_values(into: &mut AggregateValue, from: &AggregateValue) -> Result<(), DropReason> {
     match (into, from) {
         (AggregateValue::Counter(a), AggregateValue::Counter(b)) => *a += b,
         (
@@ -281,15 +267,15 @@ pub fn merge_values(into: &mut AggregateValue, from: &AggregateValue) -> Result<
             },
         ) => {
             if scale != s2 {
-                return Err("scale_mismatch");
+                return Err(DropReason::ScaleMismatch);
             }
             // Allocates only when `h2` brings buckets `histogram` lacks.
             histogram.add(h2, &mut Vec::new());
         }
         (AggregateValue::Derived(_), AggregateValue::Derived(_)) => {
-            return Err("derived_collision")
+            return Err(DropReason::DerivedCollision)
         }
-        _ => return Err("kind_mismatch"),
+        _ => return Err(DropReason::KindMismatch),
     }
     Ok(())
 }

@@ -153,6 +153,56 @@ fn count_unit() -> String {
     "Count".into()
 }
 
+// The rollup and derived-metric rules, used alike by the closer (`aggregate::close`), which
+// computes what a period publishes, and the catalogue (`catalog.rs`), which lists it for the
+// alarms and the dashboard: one definition, so the two cannot drift apart.
+
+impl RollupConfig {
+    /// Whether this rollup makes a rolled-up copy of metric `name` carrying the dimensions
+    /// `dimensions`: the metric is among `metrics` (or `metrics` is empty) and carries at
+    /// least one of the dimensions it drops, the agent's own (`[ecs]`, ServiceName, ...)
+    /// included, so `drop = ["AvailabilityZone"]` gives an AZ-free set too.
+    pub fn applies_to<'a>(
+        &self,
+        name: &str,
+        mut dimensions: impl Iterator<Item = &'a str>,
+    ) -> bool {
+        (self.metrics.is_empty() || self.metrics.iter().any(|m| m == name))
+            && dimensions.any(|d| self.drops(d))
+    }
+
+    /// Whether the rolled-up copy leaves out dimension `name`.
+    pub fn drops(&self, name: &str) -> bool {
+        self.drop.iter().any(|d| d == name)
+    }
+}
+
+impl DerivedConfig {
+    /// Whether a dimension set of the denominator is skipped (it carries one of
+    /// `exclude_dimensions`).
+    pub fn excludes<'a>(&self, mut dimensions: impl Iterator<Item = &'a str>) -> bool {
+        dimensions.any(|d| self.exclude_dimensions.iter().any(|x| x == d))
+    }
+
+    /// The unit the derived metric is published in (`None` for a name tally has no unit for;
+    /// the configuration check refuses those).
+    pub fn published_unit(&self) -> Unit {
+        parse_unit(&self.unit).unwrap_or(Unit::None)
+    }
+}
+
+impl TimeUnit {
+    /// The unit a metric recorded in `recorded` is published in: durations (recorded in
+    /// nanoseconds) in this unit, everything else as recorded.
+    pub fn published(self, recorded: Unit) -> Unit {
+        if recorded == Unit::Nanoseconds {
+            self.unit()
+        } else {
+            recorded
+        }
+    }
+}
+
 /// The most series a period can hold: it numbers them with u32 positions (see
 /// `aggregate::Group`).
 pub const MAX_SERIES_LIMIT: usize = u32::MAX as usize - 1;

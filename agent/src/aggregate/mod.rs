@@ -42,7 +42,7 @@ use tally::wire::{BatchView, Descriptor, HistogramView, ParseMemo, ValueView};
 use crate::cloudwatch::rules;
 use crate::model::sparse::{Bucket, SparseHistogram};
 use crate::model::{AggregateValue, Interner, MetricKey, PeriodData, Text};
-use crate::stats::{Counter, DropCounters, Gauge, Stats};
+use crate::stats::{Counter, DropCounters, DropReason, Gauge, Stats};
 use crate::util::RateLimitedLog;
 pub use config::{
     AggregateConfig, DeclaredMetric, DerivedConfig, RollupConfig, TimeUnit, MAX_SERIES_LIMIT,
@@ -96,10 +96,10 @@ pub enum BatchReject {
 }
 
 impl BatchReject {
-    /// Short, stable label for counting.
-    pub fn reason(&self) -> &'static str {
+    /// What the batch's samples count as.
+    pub fn reason(&self) -> DropReason {
         match self {
-            BatchReject::Identity { .. } => "invalid_identity",
+            BatchReject::Identity { .. } => DropReason::InvalidIdentity,
         }
     }
 }
@@ -294,28 +294,6 @@ impl OpenPeriod {
     }
 }
 
-/// Every reason the aggregator drops samples for (`tally_agent_dropped_samples_total{reason}`),
-/// registered once when it starts.
-const DROP_REASONS: &[&str] = &[
-    "max_series",
-    "kind_mismatch",
-    "scale_mismatch",
-    "histogram_merge",
-    "non_finite_value",
-    "invalid_utf8",
-    "duplicate_label",
-    "invalid_identity",
-    "event_without_value",
-    "empty_name",
-    "name_too_long",
-    "non_ascii_dimension",
-    "control_character",
-    "leading_colon",
-    "reserved_namespace",
-    "reserved_dimension",
-    "too_many_dimensions",
-];
-
 #[derive(Clone)]
 struct AggStats {
     drops: DropCounters,
@@ -334,7 +312,7 @@ struct AggStats {
 impl AggStats {
     fn new(stats: &Stats) -> Self {
         AggStats {
-            drops: stats.drop_counters(DROP_REASONS),
+            drops: stats.drop_counters(),
             samples: stats.counter(
                 "tally_agent_samples_total",
                 "Samples merged into a period.",
@@ -388,7 +366,7 @@ impl AggStats {
         }
     }
 
-    fn drop(&self, reason: &str, n: u64) {
+    fn drop(&self, reason: DropReason, n: u64) {
         self.drops.add(reason, n);
     }
 }
@@ -570,7 +548,7 @@ impl Aggregator {
                 Err((reason, detail)) => {
                     report.dropped = report.dropped.saturating_add(n);
                     self.stats.drop(reason, n);
-                    self.log.warn(reason, format_args!("{detail}"));
+                    self.log.warn(reason.as_str(), format_args!("{detail}"));
                 }
             }
         }
@@ -726,7 +704,7 @@ impl Closer {
             self.stats.drop(reason, n);
         }
         if valueless > 0 {
-            self.stats.drop("event_without_value", valueless);
+            self.stats.drop(DropReason::EventWithoutValue, valueless);
         }
         self.stats.periods_closed.inc();
         self.stats
@@ -840,11 +818,26 @@ fn pick<'a>(over: &'a str, from_sdk: &'a str) -> &'a str {
     }
 }
 
-type Refusal = (&'static str, String);
+type Refusal = (DropReason, String);
+
+/// What a series refused by CloudWatch's naming rules counts as.
+fn rule_drop(e: &rules::RuleError) -> DropReason {
+    use rules::RuleError as E;
+    match e {
+        E::Empty { .. } => DropReason::EmptyName,
+        E::TooLong { .. } => DropReason::NameTooLong,
+        E::NonAscii { .. } => DropReason::NonAsciiDimension,
+        E::Control { .. } => DropReason::ControlCharacter,
+        E::LeadingColon { .. } => DropReason::LeadingColon,
+        E::ReservedNamespace(_) => DropReason::ReservedNamespace,
+        E::ReservedDimension(_) => DropReason::ReservedDimension,
+        E::TooManyDimensions(_) => DropReason::TooManyDimensions,
+    }
+}
 
 fn non_finite(name: &str) -> Refusal {
     (
-        "non_finite_value",
+        DropReason::NonFiniteValue,
         format!(
             "gauge {name:?} carries NaN or an infinite value, which CloudWatch refuses: dropped"
         ),
@@ -939,7 +932,7 @@ fn new_series<'v>(
     scratch.clear();
     let name = descriptor.decode(scratch).map_err(|e| {
         (
-            "invalid_utf8",
+            DropReason::InvalidUtf8,
             format!(
                 "series {:?} refused: {e}; the SDK must send UTF-8 names and labels",
                 descriptor.name_lossy()
@@ -949,21 +942,21 @@ fn new_series<'v>(
     scratch.sort_unstable();
     if scratch.windows(2).any(|w| w[0].0 == w[1].0) {
         return Err((
-            "duplicate_label",
+            DropReason::DuplicateLabel,
             format!("series {name:?} carries the same label twice: dropped"),
         ));
     }
     let max_series = ctx.max_series;
     if *ctx.total >= max_series {
         return Err((
-            "max_series",
+            DropReason::MaxSeries,
             format!(
                 "series limit aggregate.max_series = {max_series} reached this period: samples of {name:?} dropped; raise the limit or reduce label cardinality"
             ),
         ));
     }
     check_new(name, scratch, ctx.extra)
-        .map_err(|e| (e.reason(), format!("series {name:?} refused: {e}")))?;
+        .map_err(|e| (rule_drop(&e), format!("series {name:?} refused: {e}")))?;
     let agg = to_agg(name, value, ctx.buckets)?;
     let at = group.insert(
         descriptor.as_bytes(),
@@ -986,7 +979,7 @@ fn merge_value(
     let conflict = |c: series::MergeConflict| {
         (
             c.reason(),
-            format!("series {:?} could not be merged ({}): a process records it with another kind or scale; dropped", descriptor.name_lossy(), c.reason()),
+            format!("series {:?} could not be merged ({}): a process records it with another kind or scale; dropped", descriptor.name_lossy(), c.reason().as_str()),
         )
     };
     // Matched by reference: a copy of the view, written piecewise a moment ago, would be read

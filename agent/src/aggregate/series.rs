@@ -2,6 +2,7 @@
 //! their published keys are built when the period closes.
 
 use crate::model::sparse::{HistogramRefused, SparseHistogram};
+use crate::stats::DropReason;
 
 /// A series' value within an open period.
 #[derive(Debug, Clone)]
@@ -57,12 +58,12 @@ impl From<HistogramRefused> for MergeConflict {
 }
 
 impl MergeConflict {
-    /// A short, stable label for counting.
-    pub fn reason(self) -> &'static str {
+    /// What the dropped samples count as.
+    pub fn reason(self) -> DropReason {
         match self {
-            MergeConflict::KindMismatch => "kind_mismatch",
-            MergeConflict::ScaleMismatch => "scale_mismatch",
-            MergeConflict::Histogram => "histogram_merge",
+            MergeConflict::KindMismatch => DropReason::KindMismatch,
+            MergeConflict::ScaleMismatch => DropReason::ScaleMismatch,
+            MergeConflict::Histogram => DropReason::HistogramMerge,
         }
     }
 }

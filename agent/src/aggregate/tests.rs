@@ -1294,8 +1294,10 @@ fn a_wall_clock_stepped_back_an_hour_does_not_hold_the_next_hour_of_data_back() 
 }
 
 #[test]
-fn every_reason_the_aggregator_drops_for_is_registered_when_it_starts() {
+fn a_series_refused_by_a_naming_rule_counts_under_the_rules_own_label_and_every_reason_shows_from_the_start(
+) {
     use crate::cloudwatch::rules::RuleError;
+    use crate::stats::DropReason;
     let rule_errors = [
         RuleError::Empty { what: "name" },
         RuleError::TooLong {
@@ -1319,17 +1321,8 @@ fn every_reason_the_aggregator_drops_for_is_registered_when_it_starts() {
         RuleError::ReservedDimension(String::new()),
         RuleError::TooManyDimensions(31),
     ];
-    let conflicts = [
-        series::MergeConflict::KindMismatch,
-        series::MergeConflict::ScaleMismatch,
-        series::MergeConflict::Histogram,
-    ];
-    let reasons = rule_errors
-        .iter()
-        .map(RuleError::reason)
-        .chain(conflicts.iter().map(|c| c.reason()));
-    for reason in reasons {
-        assert!(DROP_REASONS.contains(&reason), "{reason} is not registered");
+    for e in &rule_errors {
+        assert_eq!(rule_drop(e).as_str(), e.reason(), "{e:?}");
     }
     let stats = Stats::new();
     let _aggregator = Aggregator::new(
@@ -1338,7 +1331,8 @@ fn every_reason_the_aggregator_drops_for_is_registered_when_it_starts() {
         SystemTime::now(),
     );
     let metrics = stats.render_prometheus();
-    for reason in DROP_REASONS {
+    for reason in DropReason::ALL {
+        let reason = reason.as_str();
         assert!(
             metrics.contains(&format!("{DROPPED_SAMPLES}{{reason=\"{reason}\"}} 0")),
             "{reason} missing from /metrics:\n{metrics}"

@@ -19,7 +19,7 @@ use crate::catalog::{Catalog, CatalogMetric};
 use super::config::DashboardConfig;
 use super::desired::Target;
 
-/// Dimension that marks the agent's self-metrics, and its value (see [`crate::self_metrics`]).
+/// Dimension that marks the agent's self-metrics, and its value (see `self_metrics`).
 pub const SELF_METRIC_DIMENSION: (&str, &str) = crate::self_metrics::COMPONENT_DIMENSION;
 
 const WIDTH: u32 = 12;

@@ -338,12 +338,8 @@ impl Wal {
         &self.dir
     }
 
-    /// The sync policy.
-    pub fn sync_policy(&self) -> SyncPolicy {
-        self.sync
-    }
-
-    /// Bytes the log holds now.
+    /// Bytes the log holds now (what the tests check the accounting by).
+    #[cfg(test)]
     pub fn bytes(&self) -> u64 {
         self.state.lock().bytes
     }
@@ -403,7 +399,7 @@ impl Wal {
                 source: std::io::Error::other("period already closed"),
             });
         };
-        segment::encode_record(payload, &mut st.buf);
+        encode_record(payload, &mut st.buf);
         if let Err(source) = (&*file).write_all(&st.buf) {
             // Part of the record may be in the file (a full disk takes what fits): cut it
             // back to the last whole record, or every record appended after the fragment

@@ -27,7 +27,7 @@ use tally::wire::{AckStatus, BatchView};
 
 use crate::aggregate::{Aggregator, ClosedPeriod};
 use crate::durability::{Full, Wal};
-use crate::stats::{Counter, DropCounters, Stats};
+use crate::stats::{Counter, DropCounters, DropReason, Stats};
 use sequence::{Sequences, Verdict};
 
 struct Core {
@@ -97,7 +97,7 @@ impl Intake {
             )
         };
         let s = IntakeStats {
-            drops: stats.drop_counters(&["stale_sequence"]),
+            drops: stats.drop_counters(),
             undecodable_replay: stats.counter(
                 "tally_agent_wal_undecodable_batches_total",
                 "Logged batches that no longer decode at replay (lost; were the [ingest] limits lowered?).",
@@ -210,7 +210,7 @@ impl Intake {
             }
             Verdict::Stale => {
                 self.stats.stale.inc();
-                self.count_drop("stale_sequence", samples);
+                self.count_drop(DropReason::StaleSequence, samples);
                 tracing::warn!(
                     instance_id = id,
                     sequence = seq,
@@ -259,7 +259,7 @@ impl Intake {
                     }
                     Err(e) => {
                         self.stats.rejected.inc();
-                        tracing::warn!(reason = e.reason(), "batch refused: {e}");
+                        tracing::warn!(reason = e.reason().as_str(), "batch refused: {e}");
                         AckStatus::Rejected
                     }
                 };
@@ -279,7 +279,7 @@ impl Intake {
         self.stats.rejected.inc();
     }
 
-    fn count_drop(&self, reason: &str, n: u64) {
+    fn count_drop(&self, reason: DropReason, n: u64) {
         self.stats.drops.add(reason, n);
     }
 
@@ -312,11 +312,6 @@ impl Intake {
     /// When the earliest open period may close.
     pub fn next_close_at(&self) -> Option<SystemTime> {
         self.core.lock().aggregator.next_close_at()
-    }
-
-    /// Period length in seconds.
-    pub fn period_secs(&self) -> u32 {
-        self.core.lock().aggregator.settings().period_secs
     }
 }
 

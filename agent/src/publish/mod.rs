@@ -10,9 +10,11 @@
 //!    most 150 values a datum; more buckets make more datums of the same metric and timestamp.
 //! 3. [`queue`]: closed periods wait in a memory-bounded queue, oldest first, as their metrics;
 //!    datums are made a request at a time (a period never exists twice in memory).
-//! 4. [`batch`]: requests are cut at 1000 datums or ~999,000 estimated bytes.
-//! 5. [`retry`]: failures are classified; transient ones are retried with exponential backoff
-//!    and full jitter; a refused payload is bisected down to the datum at fault.
+//! 4. [`batch`]: requests are cut at 1000 datums or ~999,000 estimated bytes (CloudWatch's
+//!    limits, from [`crate::cloudwatch`]).
+//! 5. [`retry`]: failures are classified ([`crate::cloudwatch::ErrorKind`], shared with the
+//!    alarm provisioner); transient ones are retried with exponential backoff and full
+//!    jitter; a refused payload is bisected down to the datum at fault.
 //! 6. [`client`]: the aws-sdk-cloudwatch client (default credential chain, gzip, timeouts)
 //!    behind a small [`client::Transport`] trait.
 //! 7. [`sink`]: [`CloudWatchSink`] ties them together: `publish`, `run` over a channel, and

@@ -270,11 +270,12 @@ impl CloudWatchSink {
     /// Starts [`CloudWatchSink::run`] in a task and returns the handle the agent's runtime
     /// drives through the [`Sink`] trait: `send` only queues (it never waits for CloudWatch,
     /// so an outage back-pressures nothing upstream; the pending queue's bound applies), and
-    /// `shutdown` flushes until its deadline.
-    pub fn start(self) -> RunningSink {
+    /// `shutdown` flushes until its deadline. `shutdown_deadline` (`sink.shutdown_deadline_secs`)
+    /// bounds the final flush when the handle is dropped without a `shutdown`.
+    pub fn start(self, shutdown_deadline: Duration) -> RunningSink {
         let (tx, rx) = mpsc::channel(4);
         let inner = self.inner.clone();
-        let task = tokio::spawn(self.run(rx, Duration::from_secs(20)));
+        let task = tokio::spawn(self.run(rx, shutdown_deadline));
         RunningSink {
             tx: Some(tx),
             task: Some(task),
@@ -902,7 +903,7 @@ mod tests {
     async fn as_a_sink_send_only_queues_and_shutdown_delivers_before_the_deadline() {
         let (s, t, stats) = sink(fast());
         t.down.store(true, Ordering::SeqCst);
-        let mut running: Box<dyn Sink> = Box::new(s.clone().start());
+        let mut running: Box<dyn Sink> = Box::new(s.clone().start(Duration::from_secs(20)));
         for _ in 0..3 {
             // Returns at once although CloudWatch is down.
             bounded(running.send(counters(20, 1.0))).await.unwrap();

@@ -19,7 +19,7 @@
 //! | `tally_publish_queue_max_bytes` | gauge | the configured bound |
 //! | `tally_publish_cloudwatch_available` | gauge | 1 after a success, 0 after giving up on a request |
 
-use crate::stats::{Counter, Gauge, Stats};
+use crate::stats::{Counter, DropCounters, DropReason as AgentDrop, Gauge, Stats};
 
 /// Why a sample was not published. Every variant is a label value of
 /// `tally_publish_dropped_samples_total{reason}`.
@@ -78,20 +78,20 @@ impl DropReason {
         }
     }
 
-    /// The label value in the agent-wide `tally_agent_dropped_samples_total{reason}`, where
-    /// every stage's drops add up: `cloudwatch_` + [`DropReason::as_str`].
-    pub fn agent_reason(self) -> &'static str {
+    /// The agent-wide reason ([`AgentDrop`], label `cloudwatch_` + [`DropReason::as_str`] of
+    /// `tally_agent_dropped_samples_total{reason}`, where every stage's drops add up).
+    pub fn agent_reason(self) -> AgentDrop {
         match self {
-            DropReason::InvalidNamespace => "cloudwatch_invalid_namespace",
-            DropReason::InvalidName => "cloudwatch_invalid_name",
-            DropReason::InvalidDimension => "cloudwatch_invalid_dimension",
-            DropReason::NonFinite => "cloudwatch_non_finite",
-            DropReason::OutOfRange => "cloudwatch_out_of_range",
-            DropReason::Expired => "cloudwatch_expired",
-            DropReason::FutureTimestamp => "cloudwatch_future_timestamp",
-            DropReason::Rejected => "cloudwatch_rejected",
-            DropReason::QueueFull => "cloudwatch_queue_full",
-            DropReason::ShutdownDeadline => "cloudwatch_shutdown_deadline",
+            DropReason::InvalidNamespace => AgentDrop::CloudwatchInvalidNamespace,
+            DropReason::InvalidName => AgentDrop::CloudwatchInvalidName,
+            DropReason::InvalidDimension => AgentDrop::CloudwatchInvalidDimension,
+            DropReason::NonFinite => AgentDrop::CloudwatchNonFinite,
+            DropReason::OutOfRange => AgentDrop::CloudwatchOutOfRange,
+            DropReason::Expired => AgentDrop::CloudwatchExpired,
+            DropReason::FutureTimestamp => AgentDrop::CloudwatchFutureTimestamp,
+            DropReason::Rejected => AgentDrop::CloudwatchRejected,
+            DropReason::QueueFull => AgentDrop::CloudwatchQueueFull,
+            DropReason::ShutdownDeadline => AgentDrop::CloudwatchShutdownDeadline,
         }
     }
 }
@@ -106,7 +106,7 @@ pub struct PublishStats {
     pub(crate) samples: Counter,
     dropped_samples: [Counter; DropReason::ALL.len()],
     dropped_datums: [Counter; DropReason::ALL.len()],
-    agent_dropped: [Counter; DropReason::ALL.len()],
+    agent_dropped: DropCounters,
     pub(crate) latency_sum_us: Counter,
     pub(crate) latency_count: Counter,
     pub(crate) latency_max_us: Gauge,
@@ -154,13 +154,7 @@ impl PublishStats {
                 &[("reason", DropReason::ALL[i].as_str())],
             )
         });
-        let agent_dropped = std::array::from_fn(|i| {
-            stats.counter(
-                crate::stats::DROPPED_SAMPLES,
-                "Samples not published, by reason.",
-                &[("reason", DropReason::ALL[i].agent_reason())],
-            )
-        });
+        let agent_dropped = stats.drop_counters();
         let bytes = |encoding| {
             stats.counter(
                 "tally_publish_request_bytes_total",
@@ -261,7 +255,7 @@ impl PublishStats {
             .unwrap_or_default();
         self.dropped_samples[i].add(samples);
         self.dropped_datums[i].add(datums);
-        self.agent_dropped[i].add(samples);
+        self.agent_dropped.add(reason.agent_reason(), samples);
     }
 
     /// Samples dropped for `reason` so far.

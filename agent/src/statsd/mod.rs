@@ -42,17 +42,6 @@ pub use receiver::Receiver;
 
 use crate::stats::{Counter, DropCounters, Stats};
 
-/// The reasons StatsD samples are dropped for, in `tally_agent_dropped_samples_total`.
-pub const DROP_REASONS: &[&str] = &[
-    "statsd_malformed_line",
-    "statsd_non_utf8_packet",
-    "statsd_oversized_packet",
-    "udp_receive_buffer",
-    "statsd_too_many_series",
-    "statsd_set_too_large",
-    "emf_malformed_record",
-];
-
 /// One listener's counters, registered once.
 #[derive(Debug, Clone)]
 pub struct StatsdStats {
@@ -91,7 +80,7 @@ impl StatsdStats {
             )
         };
         StatsdStats {
-            drops: stats.drop_counters(DROP_REASONS),
+            drops: stats.drop_counters(),
             packets: packets("received"),
             non_utf8: packets("non_utf8"),
             oversized: packets("oversized"),

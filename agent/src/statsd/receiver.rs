@@ -23,6 +23,7 @@ use tally::wire::{
 use super::parse::{self, Kind, Line, Malformed, Metric};
 use super::{StatsdConfig, StatsdStats};
 use crate::ingest::{FrameOutcome, Intake};
+use crate::stats::DropReason;
 
 /// Stored integers per unit of a histogram or distribution value (six decimals kept), the
 /// same factor the SDK's `metrics` facade uses for unitless histograms.
@@ -48,7 +49,7 @@ fn fold(hist: &mut Option<Histogram<u64>>, values: &mut Vec<(u64, u64)>, stats: 
     });
     for &(v, n) in values.iter() {
         if h.record_n(v, n).is_err() {
-            stats.drops.add("statsd_value_out_of_range", n);
+            stats.drops.add(DropReason::StatsdValueOutOfRange, n);
         }
     }
     values.clear();
@@ -215,7 +216,7 @@ impl Receiver {
     pub fn emf_packet(&mut self, bytes: &[u8], now: SystemTime) {
         let Ok(text) = std::str::from_utf8(bytes) else {
             self.stats.emf_bad[0].inc();
-            self.stats.drops.add("emf_malformed_record", 1);
+            self.stats.drops.add(DropReason::EmfMalformedRecord, 1);
             return;
         };
         self.roll(now);
@@ -230,7 +231,7 @@ impl Receiver {
     /// Counts an EMF record longer than `statsd.emf_max_record_bytes` (dropped).
     pub fn emf_oversized(&mut self) {
         self.stats.emf_bad[super::emf::EmfError::Oversized as usize].inc();
-        self.stats.drops.add("emf_malformed_record", 1);
+        self.stats.drops.add(DropReason::EmfMalformedRecord, 1);
         self.log.warn(
             "emf_oversized_record",
             format_args!(
@@ -247,7 +248,7 @@ impl Receiver {
             Err(e) => {
                 let i = e as usize;
                 self.stats.emf_bad[i].inc();
-                self.stats.drops.add("emf_malformed_record", 1);
+                self.stats.drops.add(DropReason::EmfMalformedRecord, 1);
                 self.log.warn(
                     e.reason(),
                     format_args!(
@@ -303,7 +304,7 @@ impl Receiver {
                 .count();
             self.stats
                 .drops
-                .add("statsd_non_utf8_packet", lines.max(1) as u64);
+                .add(DropReason::StatsdNonUtf8Packet, lines.max(1) as u64);
             self.log.warn(
                 "statsd_non_utf8",
                 format_args!(
@@ -326,7 +327,7 @@ impl Receiver {
     pub fn oversized(&mut self, len: usize) {
         self.stats.packets.inc();
         self.stats.oversized.inc();
-        self.stats.drops.add("statsd_oversized_packet", 1);
+        self.stats.drops.add(DropReason::StatsdOversizedPacket, 1);
         self.log.warn(
             "statsd_oversized",
             format_args!(
@@ -343,7 +344,7 @@ impl Receiver {
             let n = total - *seen;
             *seen = total;
             self.stats.kernel_drops.add(n);
-            self.stats.drops.add("udp_receive_buffer", n);
+            self.stats.drops.add(DropReason::UdpReceiveBuffer, n);
             self.log.warn(
                 "udp_receive_buffer",
                 format_args!(
@@ -390,7 +391,7 @@ impl Receiver {
 
     fn malformed(&mut self, e: Malformed, line: &str) {
         self.stats.malformed[e as usize].inc();
-        self.stats.drops.add("statsd_malformed_line", 1);
+        self.stats.drops.add(DropReason::StatsdMalformedLine, 1);
         self.log.warn(
             e.reason(),
             format_args!(
@@ -497,7 +498,9 @@ impl Receiver {
             _ => 1 + m.rest.split(':').filter(|s| !s.is_empty()).count() as u64,
         };
         let Some(i) = self.slot_of(m) else {
-            self.stats.drops.add("statsd_too_many_series", samples());
+            self.stats
+                .drops
+                .add(DropReason::StatsdTooManySeries, samples());
             self.log.warn(
                 "statsd_too_many_series",
                 format_args!(
@@ -555,7 +558,7 @@ impl Receiver {
                 }
                 if !slot.members.contains(m.member) {
                     if slot.members.len() >= max_members {
-                        self.stats.drops.add("statsd_set_too_large", 1);
+                        self.stats.drops.add(DropReason::StatsdSetTooLarge, 1);
                         return;
                     }
                     slot.members.insert(m.member.into());
@@ -686,7 +689,7 @@ impl Receiver {
         let samples = batch.samples();
         self.encoded.clear();
         if let Err(e) = encode_batch(&batch, &mut self.encoded) {
-            self.stats.drops.add("statsd_unencodable", samples);
+            self.stats.drops.add(DropReason::StatsdUnencodable, samples);
             tracing::error!(
                 "a StatsD batch could not be encoded ({e}); its {samples} samples are dropped"
             );
@@ -696,7 +699,7 @@ impl Receiver {
         let view = match BatchView::parse(payload, &self.limits) {
             Ok(v) => v,
             Err(e) => {
-                self.stats.drops.add("statsd_unencodable", samples);
+                self.stats.drops.add(DropReason::StatsdUnencodable, samples);
                 tracing::error!(
                     "a StatsD batch did not decode ({e}); its {samples} samples are dropped"
                 );
@@ -709,14 +712,14 @@ impl Receiver {
             // disk here: it is synced with the next SDK batch or at the period's close.
             FrameOutcome::Ack { .. } => {}
             FrameOutcome::Refuse => {
-                self.stats.drops.add("statsd_wal_full", samples);
+                self.stats.drops.add(DropReason::StatsdWalFull, samples);
                 self.log.warn(
                     "statsd_wal_full",
                     format_args!("the write-ahead log is full: {samples} StatsD samples dropped (raise durability.max_bytes)"),
                 );
             }
             FrameOutcome::Closed => {
-                self.stats.drops.add("shutdown_deadline", samples);
+                self.stats.drops.add(DropReason::ShutdownDeadline, samples);
             }
         }
     }

@@ -3,14 +3,10 @@
 
 #![allow(dead_code)] // Each test binary uses a different subset of these helpers.
 
-use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
-use std::time::Duration;
 
 use aws_sdk_cloudwatch::config::interceptors::BeforeTransmitInterceptorContextRef;
-use aws_sdk_cloudwatch::config::{
-    BehaviorVersion, ConfigBag, Credentials, Intercept, Region, RuntimeComponents,
-};
+use aws_sdk_cloudwatch::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_cloudwatch::error::BoxError;
 use aws_sdk_cloudwatch::Client;
 use parking_lot::Mutex;
@@ -59,37 +55,19 @@ impl Intercept for CallLog {
     }
 }
 
-/// The LocalStack endpoint (`TALLY_TEST_CLOUDWATCH_ENDPOINT`, default http://127.0.0.1:4566).
-pub fn endpoint() -> String {
-    std::env::var("TALLY_TEST_CLOUDWATCH_ENDPOINT")
-        .unwrap_or_else(|_| "http://127.0.0.1:4566".to_owned())
-}
+/// The shared LocalStack helpers of the other integration tests (endpoint, health check,
+/// client configuration).
+#[path = "../common/cloudwatch.rs"]
+mod localstack;
 
-/// A client for LocalStack that records its calls. Fails (never skips) when LocalStack is not
-/// listening.
+pub use localstack::endpoint;
+
+/// A client for LocalStack that records its calls. Fails (never skips) when LocalStack does
+/// not answer.
 pub fn localstack_client() -> (Client, CallLog) {
-    let ep = endpoint();
-    let hostport = ep
-        .trim_start_matches("http://")
-        .trim_start_matches("https://")
-        .trim_end_matches('/')
-        .to_owned();
-    let reachable = hostport
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .is_some_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok());
-    assert!(
-        reachable,
-        "LocalStack (CloudWatch) is not reachable at {ep}: run `scripts/localstack.sh start` \
-         (or point TALLY_TEST_CLOUDWATCH_ENDPOINT at a running one), then run the tests again"
-    );
+    localstack::require_localstack();
     let log = CallLog::default();
-    let conf = aws_sdk_cloudwatch::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(ep)
-        .credentials_provider(Credentials::new("test", "test", None, None, "tally-tests"))
+    let conf = localstack::client_config(&endpoint())
         .interceptor(log.clone())
         .build();
     (Client::from_conf(conf), log)

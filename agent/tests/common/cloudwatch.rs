@@ -55,17 +55,21 @@ pub fn namespace(test: &str) -> String {
     )
 }
 
-/// A CloudWatch client for `endpoint` with LocalStack's test credentials.
-pub fn reader(endpoint: &str) -> aws_sdk_cloudwatch::Client {
+/// The client configuration every test uses against `endpoint`: LocalStack's test credentials
+/// and us-east-1 (add interceptors before `build()`).
+pub fn client_config(endpoint: &str) -> aws_sdk_cloudwatch::config::Builder {
     let creds =
         SharedCredentialsProvider::new(Credentials::new("test", "test", None, None, "tally-tests"));
-    let conf = aws_sdk_cloudwatch::Config::builder()
+    aws_sdk_cloudwatch::Config::builder()
         .behavior_version_latest()
         .region(Region::new("us-east-1"))
         .endpoint_url(endpoint)
         .credentials_provider(creds)
-        .build();
-    aws_sdk_cloudwatch::Client::from_conf(conf)
+}
+
+/// A CloudWatch client for `endpoint` with LocalStack's test credentials.
+pub fn reader(endpoint: &str) -> aws_sdk_cloudwatch::Client {
+    aws_sdk_cloudwatch::Client::from_conf(client_config(endpoint).build())
 }
 
 /// (SampleCount, Sum) of `metric` with exactly-matching `dims` over `[from, to)`, summed over

@@ -16,7 +16,10 @@ use tally::wire::{
     SeriesValue, Unit, HEADER_LEN,
 };
 
-/// A free loopback port (bound and released; the agent binds it right after).
+/// A free loopback port (bound and released; another process may take it before the caller
+/// binds it). [`Agent`] does not need it: the agent binds port 0 and reports what it got. For
+/// what must be known before a process starts (a port a restarted agent keeps, a private
+/// LocalStack's).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -33,6 +36,56 @@ pub struct Agent {
     pub admin: SocketAddr,
     stdout: Option<std::thread::JoinHandle<String>>,
     stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+/// The addresses in the agent's `tally-agent ready` log line (`ingest=Some(127.0.0.1:40445)
+/// ... admin=Some(127.0.0.1:42959)`, in colour or not).
+fn ready_addrs(line: &str) -> Option<(Option<SocketAddr>, Option<SocketAddr>)> {
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // An ANSI colour sequence: ESC [ ... m.
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    if !plain.contains("tally-agent ready") {
+        return None;
+    }
+    let addr = |key: &str| {
+        let rest = &plain[plain.find(&format!(" {key}="))? + key.len() + 2..];
+        let inner = rest.strip_prefix("Some(")?;
+        inner[..inner.find(')')?].parse().ok()
+    };
+    Some((addr("ingest"), addr("admin")))
+}
+
+/// Drains the agent's stderr like [`drain`], and sends the addresses of its ready line once.
+fn drain_stderr(
+    r: impl Read + Send + 'static,
+    ready: std::sync::mpsc::Sender<(Option<SocketAddr>, Option<SocketAddr>)>,
+) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        let mut reader = std::io::BufReader::new(r);
+        let mut line = Vec::new();
+        while reader.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+            let text = String::from_utf8_lossy(&line);
+            if let Some(addrs) = ready_addrs(&text) {
+                let _ = ready.send(addrs);
+            }
+            all.push_str(&text);
+            line.clear();
+        }
+        all
+    })
 }
 
 fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
@@ -79,8 +132,6 @@ impl Agent {
         max_file_bytes: Option<u64>,
         read_stdout: bool,
     ) -> Agent {
-        let ingest: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tally-agent"));
         if let Some(limit) = max_file_bytes {
             use std::os::unix::process::CommandExt;
@@ -104,10 +155,11 @@ impl Agent {
         if !extra.contains(&"--sink") {
             cmd.args(["--sink", "stdout"]);
         }
-        cmd.arg("--set")
-            .arg(format!("ingest.tcp_addr={ingest}"))
-            .arg("--set")
-            .arg(format!("admin.addr={admin}"))
+        // Port 0: the agent binds what the system gives and logs it (`tally-agent ready`), so
+        // no other process can take the port between a probe and the bind. `extra` may set
+        // other addresses (it comes later and wins); the ready line reports them too.
+        cmd.args(["--set", "ingest.tcp_addr=127.0.0.1:0"])
+            .args(["--set", "admin.addr=127.0.0.1:0"])
             .args(extra)
             .env_remove("TALLY_CONFIG")
             .env("RUST_LOG", "info")
@@ -122,15 +174,41 @@ impl Agent {
             drop(out);
             std::thread::spawn(String::new)
         });
-        let stderr = Some(drain(child.stderr.take().unwrap()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let stderr = Some(drain_stderr(child.stderr.take().unwrap(), ready_tx));
+        let unbound: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let mut agent = Agent {
             child,
-            ingest,
-            admin,
+            ingest: unbound,
+            admin: unbound,
             stdout,
             stderr,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
+        // The addresses it bound, from its ready line.
+        loop {
+            match ready_rx.recv_timeout(Duration::from_millis(50)) {
+                Ok((ingest, admin)) => {
+                    agent.ingest = ingest.unwrap_or(unbound);
+                    agent.admin = admin.expect("the agent reports its admin address");
+                    break;
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                // Its stderr closed without the line: it is exiting (checked below).
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            if let Some(status) = agent.child.try_wait().unwrap() {
+                let err = agent.stderr.take().unwrap().join().unwrap();
+                panic!("agent exited with {status} before becoming ready:\n{err}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not report its addresses (`tally-agent ready`) in 30 s"
+            );
+        }
+        let admin = agent.admin;
         while !matches!(
             tally_agent::admin::check_health(admin, Duration::from_millis(500)),
             Ok(true)
