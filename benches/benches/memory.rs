@@ -95,12 +95,12 @@ const PACED_RATE: u64 = 10_000;
 const TIGHT_PER_SERIES: usize = 2_000;
 
 /// The label values of series `i` (25 routes x 2 methods x 4 status classes = 200).
-fn labels(routes: &[String], i: usize) -> [&str; 3] {
-    [
+fn labels(routes: &[String], i: usize) -> (&str, &'static str, &'static str) {
+    (
         routes[i % ROUTES].as_str(),
         METHODS[(i / ROUTES) % 2],
         STATUS[i / (ROUTES * 2)],
-    ]
+    )
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -172,7 +172,8 @@ struct TallyImpl {
 
 impl Recording for TallyImpl {
     fn record(&self, series: usize, v: u64) {
-        self.family.record(&labels(&self.routes, series), v);
+        let (route, method, status) = labels(&self.routes, series);
+        self.family.record(&[route, method, status], v);
     }
 }
 
@@ -192,7 +193,7 @@ struct PromImpl {
 
 impl Recording for PromImpl {
     fn record(&self, series: usize, v: u64) {
-        let [route, method, status] = labels(&self.routes, series);
+        let (route, method, status) = labels(&self.routes, series);
         self.family
             .get_or_create(&PromLabels {
                 route: route.to_owned(),
@@ -216,7 +217,7 @@ impl MetricsImpl {
         let registry = Registry::atomic();
         let handles = (0..SERIES)
             .map(|i| {
-                let [route, method, status] = labels(routes, i);
+                let (route, method, status) = labels(routes, i);
                 let key = Key::from_parts(
                     "response_time",
                     vec![
@@ -329,7 +330,7 @@ fn build(implementation: &str, shards: usize) -> Box<dyn Recording> {
                 .build();
             let attributes = (0..SERIES)
                 .map(|i| {
-                    let [route, method, status] = labels(&routes, i);
+                    let (route, method, status) = labels(&routes, i);
                     [
                         KeyValue::new("route", route.to_owned()),
                         KeyValue::new("method", method),
