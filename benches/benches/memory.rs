@@ -6,8 +6,10 @@
 //!
 //! - `paced`: each thread records 10,000 values a second spread over the 200 series (a
 //!   service), for 10 s (one flush interval: nothing is drained during the run);
-//! - `tight`: each thread records 2,000 values into every series as fast as it can (the worst
-//!   case for tally: every thread collides with every other on every series).
+//! - `tight`: each thread records 400,000 values (2,000 per series) as fast as it can, all
+//!   threads into the series of the current 20 us time slot, so that threads running at the
+//!   same instant hammer the same series (the worst case for tally, whose histograms grow
+//!   shards when threads collide).
 //!
 //! Every case runs in a fresh child process so that neither the allocator nor RSS carry over
 //! from one to the next. The child measures twice, once with the implementation set up and
@@ -76,7 +78,10 @@ unsafe impl GlobalAlloc for Counting {
         // SAFETY: forwarded unchanged; `ptr` came from `System` with `layout`.
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if !p.is_null() {
-            LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+            LIVE.fetch_add(
+                new_size as isize - layout.size() as isize,
+                Ordering::Relaxed,
+            );
         }
         p
     }
@@ -290,7 +295,9 @@ impl Recording for OtelImpl {
 }
 
 fn build(implementation: &str, shards: usize) -> Box<dyn Recording> {
-    let routes: Vec<String> = (0..ROUTES).map(|r| format!("/api/v1/route{r}/{{id}}")).collect();
+    let routes: Vec<String> = (0..ROUTES)
+        .map(|r| format!("/api/v1/route{r}/{{id}}"))
+        .collect();
     match implementation {
         "tally" => {
             // A closed port and an hour-long interval: nothing drains during the run.
@@ -372,11 +379,16 @@ fn child(implementation: &str, threads: usize, spread: Spread, tight: bool, secs
                 let mut records = 0u64;
                 start.wait();
                 if tight {
-                    for _ in 0..TIGHT_PER_SERIES {
-                        for series in 0..SERIES {
-                            imp.record((series + t * 7) % SERIES, black_box(values.next()));
-                            records += 1;
+                    // Every thread records into the series of the current 20 us time slot,
+                    // so the threads that run at the same instant hammer the same series.
+                    let begin = Instant::now();
+                    let total = (TIGHT_PER_SERIES * SERIES) as u64;
+                    while records < total {
+                        let series = (begin.elapsed().as_micros() / 20) as usize % SERIES;
+                        for _ in 0..64 {
+                            imp.record(series, black_box(values.next()));
                         }
+                        records += 64;
                     }
                 } else {
                     // 10 records every millisecond, series chosen at random.
@@ -405,10 +417,7 @@ fn child(implementation: &str, threads: usize, spread: Spread, tight: bool, secs
         finished.wait();
         let (heap1, rss1) = (LIVE.load(Ordering::SeqCst), rss_bytes());
         release.wait();
-        let records: u64 = workers
-            .into_iter()
-            .map(|w| w.join().expect("worker"))
-            .sum();
+        let records: u64 = workers.into_iter().map(|w| w.join().expect("worker")).sum();
         println!(
             "{} {} {}",
             (heap1 - heap0) as i64 / SERIES as i64,
@@ -419,7 +428,10 @@ fn child(implementation: &str, threads: usize, spread: Spread, tight: bool, secs
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     if args.first().map(String::as_str) == Some("child") {
         let spread = Spread::parse(&args[3]).expect("spread");
         child(

@@ -277,7 +277,7 @@ proptest! {
         let (agent, tally) = shared();
         let name = format!("h{}", CASE.fetch_add(1, Ordering::Relaxed));
         let h = tally.histogram(&name, Unit::Nanoseconds, &[]);
-        let mut reference = Hdr::<u64>::new(3).expect("3 digits");
+        let mut reference = Hdr::<u64>::new(2).expect("the default 2 digits");
         for v in &first {
             h.record(*v);
             reference.record(*v).expect("auto-resize");
