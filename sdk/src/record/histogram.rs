@@ -731,6 +731,61 @@ mod tests {
         }
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(16))]
+        /// Three threads record while the flusher takes again and again and the series
+        /// grows under them: every value is in exactly one take, in its own bucket.
+        #[test]
+        fn every_value_recorded_while_shards_grow_and_the_flusher_takes_lands_in_one_take(
+            values in proptest::collection::vec(0u64..5_000_000_000, 1..600),
+            grow_at in proptest::collection::vec(0usize..600, 0..4),
+            shards in 1usize..=8,
+        ) {
+            let layout = Layout::new(2);
+            let cell = HistogramCell::new(ShardCount::new(shards), layout);
+            let done = AtomicUsize::new(0);
+            let mut takes: Vec<Sparse> = Vec::new();
+            std::thread::scope(|s| {
+                for part in values.chunks(values.len().div_ceil(3)) {
+                    let (cell, done, grow_at) = (&cell, &done, &grow_at);
+                    s.spawn(move || {
+                        for (i, v) in part.iter().enumerate() {
+                            if grow_at.contains(&i) {
+                                contend(cell);
+                            }
+                            cell.record_n(*v, 1);
+                        }
+                        done.fetch_add(1, Ordering::SeqCst);
+                    });
+                }
+                let parts = values.len().div_ceil(values.len().div_ceil(3));
+                for _ in 0..100_000 {
+                    if done.load(Ordering::SeqCst) == parts {
+                        break;
+                    }
+                    takes.extend(cell.take());
+                }
+            });
+            takes.extend(cell.take());
+            prop_assert!(cell.take().is_none());
+            let mut merged = Sparse { layout, counts: Vec::new(), total: 0 };
+            for t in &takes {
+                merged.merge(t);
+            }
+            let mut want: Vec<(u32, u64)> = Vec::new();
+            let mut idx: Vec<u32> = values.iter().map(|v| layout.index(*v) as u32).collect();
+            idx.sort_unstable();
+            for i in idx {
+                match want.last_mut() {
+                    Some((j, n)) if *j == i => *n += 1,
+                    _ => want.push((i, 1)),
+                }
+            }
+            prop_assert_eq!(merged.len(), values.len() as u64);
+            prop_assert_eq!(merged.counts, want);
+        }
+    }
+
     /// An exhaustive model of the growth path: two recorders and a drainer, every
     /// interleaving of their atomic steps explored (by state, so each reachable state once),
     /// under sequential consistency. The steps mirror `record_n` (read `active`, map to a
@@ -869,7 +924,7 @@ mod tests {
 
         fn step_drainer(w: &mut World) {
             let shard = (w.drain_pc / 2) % SHARDS;
-            if w.drain_pc % 2 == 0 {
+            if w.drain_pc.is_multiple_of(2) {
                 // Not allocated yet: skip the swap.
                 w.drain_pc += if w.allocated[shard] { 1 } else { 2 };
             } else {
