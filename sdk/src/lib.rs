@@ -79,7 +79,7 @@
 //! |---|---|
 //! | counter series | `S x 128` (one padded atomic per shard) |
 //! | gauge series | 128 (one shared cell: a gauge's value is global) |
-//! | histogram series, fixed | ~80 + `S x 24` (shard slots) |
+//! | histogram series, fixed | 72 + `S x 40` (shard slots: table pointer, owner, streak, clock) |
 //! | histogram series, per shard in use | 1,856 (chunk table: 58 ranges x 32 B) |
 //! | histogram series, per range touched per shard in use | 1,024 (128 counters) |
 //! | histogram series, worst case | `S x 60 KiB` (all 58 ranges of `u64`, every shard) |
@@ -87,10 +87,10 @@
 //! | per thread | 8 (its slot number) + its label-set cache (<= 4096 x ~48 B, labelled path only) |
 //!
 //! A latency series recorded in nanoseconds between 1 and 100 ms touches 8 ranges: **about
-//! 10 KiB** with one shard, which is what a series recorded at a service's pace keeps however
-//! many threads record into it; 50 us - 2 s touches 16 ranges, about 18 KiB. Only threads
+//! 10.5 KiB** with one shard, which is what a series recorded at a service's pace keeps however
+//! many threads record into it; 50 us - 2 s touches 16 ranges, about 18.5 KiB. Only threads
 //! colliding on one series at the same instant add shards: 9.8 KiB (1 - 100 ms) each, so
-//! 16 threads hammering one series cost at most about 157 KiB. `docs/benchmarks-sdk.md` has
+//! 16 threads hammering one series cost at most about 158 KiB (50 us - 2 s: 286 KiB). `docs/benchmarks-sdk.md` has
 //! the measured figures, next to prometheus-client, metrics-rs and OpenTelemetry.
 //! [`Tally::stats`] reports the bytes the cells hold now. Cells are never freed while the
 //! `Tally` lives (series are few and long-lived by design; the cardinality limits bound how

@@ -32,8 +32,8 @@
 //! reach that in microseconds and are spread over more shards until they stop meeting; a
 //! series that many threads record into at a service's pace (a request at a time, switches
 //! milliseconds apart) keeps one shard, so its memory follows its values, not the number of
-//! threads that ever touched it. A shard's table is allocated the first time a thread maps to
-//! it; shards never shrink while the series lives. With every shard in use there is nothing
+//! threads that ever touched it. Shard 0's table comes with the series; another shard's is
+//! allocated the first time a thread maps to it; shards never shrink while the series lives. With every shard in use there is nothing
 //! left to grow and the owner is no longer checked.
 //!
 //! Exactly-once holds at every step: a count is added to one counter of one shard by an
@@ -185,8 +185,11 @@ pub(crate) struct HistogramCell {
     /// Shards in use: a power of two, 1 at first, doubled by contention up to
     /// `shards.len()`. Read by every record, written at most log2(shards) times.
     active: AtomicUsize,
-    /// Every shard the series may grow to; each table allocated the first time a thread
-    /// maps to it.
+    /// Shard 0's table, allocated with the cell: every series records into shard 0 first,
+    /// and holding its table here saves the record path one dependent load.
+    first: Table,
+    /// Every shard the series may grow to (shard 0's `table` stays empty: see `first`);
+    /// each other table allocated the first time a thread maps to it.
     shards: Box<[Shard]>,
 }
 
@@ -197,8 +200,14 @@ impl HistogramCell {
             layout,
             scale: 1.0,
             active: AtomicUsize::new(1),
+            first: new_table(layout),
             shards: (0..shard_count.get()).map(|_| Shard::default()).collect(),
         }
+    }
+
+    /// The tables of the shards in use so far.
+    fn tables(&self) -> impl Iterator<Item = &Table> {
+        std::iter::once(&self.first).chain(self.shards[1..].iter().filter_map(|s| s.table.get()))
     }
 
     /// Records `n` occurrences of `v`.
@@ -207,10 +216,15 @@ impl HistogramCell {
         let idx = self.layout.index(v);
         let active = self.active.load(Ordering::Relaxed);
         let me = thread_slot();
-        let shard = &self.shards[me & (active - 1)];
-        let table = match shard.table.get() {
-            Some(t) => t,
-            None => self.allocate_table(&shard.table),
+        let i = me & (active - 1);
+        let shard = &self.shards[i];
+        let table = if i == 0 {
+            &self.first
+        } else {
+            match shard.table.get() {
+                Some(t) => t,
+                None => self.allocate_table(&shard.table),
+            }
         };
         let slot = &table[idx >> self.layout.half_mag];
         let chunk = match slot.chunk.get() {
@@ -237,7 +251,7 @@ impl HistogramCell {
     #[cold]
     #[inline(never)]
     fn allocate_table<'a>(&self, slot: &'a OnceLock<Table>) -> &'a Table {
-        slot.get_or_init(|| (0..self.layout.chunks).map(|_| Slot::default()).collect())
+        slot.get_or_init(|| new_table(self.layout))
     }
 
     #[cold]
@@ -301,7 +315,7 @@ impl HistogramCell {
         let mut total: u64 = 0;
         let mut sorted = true;
         let group = 1usize << self.layout.group_shift;
-        for table in self.shards.iter().filter_map(|s| s.table.get()) {
+        for table in self.tables() {
             for (c, slot) in table.iter().enumerate() {
                 let Some(chunk) = slot.chunk.get() else {
                     continue;
@@ -355,8 +369,7 @@ impl HistogramCell {
     /// Bytes this cell occupies now (the shard slots, the tables of shards in use and their
     /// allocated chunks).
     pub(crate) fn memory_bytes(&self) -> usize {
-        let tables = self.shards.iter().filter_map(|s| s.table.get());
-        let (shards, chunks) = tables.fold((0, 0), |(s, c), t| {
+        let (shards, chunks) = self.tables().fold((0, 0), |(s, c), t| {
             (
                 s + 1,
                 c + t.iter().filter(|x| x.chunk.get().is_some()).count(),
@@ -367,6 +380,11 @@ impl HistogramCell {
             + shards * self.layout.table_bytes()
             + chunks * self.layout.chunk_bytes()
     }
+}
+
+/// An empty chunk table.
+fn new_table(layout: Layout) -> Table {
+    (0..layout.chunks).map(|_| Slot::default()).collect()
 }
 
 /// The streak after a switch at `now` that follows the previous one at `last` (0: none).
@@ -539,6 +557,12 @@ mod tests {
         let l3 = Layout::new(3);
         assert_eq!((l3.half_count, l3.chunks), (1024, 55));
         assert_eq!(l3.chunk_bytes(), 1024 * 8);
+        #[cfg(target_pointer_width = "64")]
+        {
+            // The fixed parts sdk/src/lib.rs documents.
+            assert_eq!(std::mem::size_of::<Shard>(), 40);
+            assert_eq!(std::mem::size_of::<HistogramCell>(), 88);
+        }
         // Every layout's groups of counters fit the 64 bits of the touched-map.
         for sigfig in 0..=5 {
             let l = Layout::new(sigfig);
@@ -550,12 +574,16 @@ mod tests {
     fn memory_grows_by_one_chunk_per_new_power_of_two_range() {
         let cell = HistogramCell::new(ShardCount::new(1), Layout::new(2));
         let empty = cell.memory_bytes();
+        assert_eq!(
+            empty,
+            std::mem::size_of::<HistogramCell>()
+                + std::mem::size_of::<Shard>()
+                + cell.layout.table_bytes(),
+            "shard 0's table comes with the cell"
+        );
         cell.record_n(1, 1);
         let first = cell.memory_bytes();
-        assert_eq!(
-            first - empty,
-            cell.layout.table_bytes() + cell.layout.chunk_bytes()
-        );
+        assert_eq!(first - empty, cell.layout.chunk_bytes());
         cell.record_n(255, 1); // still chunks 0 and 1 (bucket 0)
         let two = cell.memory_bytes();
         assert_eq!(two - first, cell.layout.chunk_bytes());
@@ -580,12 +608,7 @@ mod tests {
             .expect("recorder");
         }
         assert_eq!(cell.active_shards(), 1);
-        let tables = cell
-            .shards
-            .iter()
-            .filter(|s| s.table.get().is_some())
-            .count();
-        assert_eq!(tables, 1, "only shard 0 is allocated");
+        assert_eq!(cell.tables().count(), 1, "only shard 0 has a table");
         assert_eq!(cell.take().expect("recorded").len(), 1000 * threads);
     }
 
