@@ -79,8 +79,8 @@
 //! |---|---|
 //! | counter series | `S x 128` (one padded atomic per shard) |
 //! | gauge series | 128 (one shared cell: a gauge's value is global) |
-//! | histogram series, fixed | 72 + `S x 40` (shard slots: table pointer, owner, streak, clock) |
-//! | histogram series, per shard in use | 1,856 (chunk table: 58 ranges x 32 B) |
+//! | histogram series, fixed | 88 + `S x 40` (shard slots: table pointer, owner, streak, clock) + shard 0's chunk table (1,856) |
+//! | histogram series, per further shard in use | 1,856 (chunk table: 58 ranges x 32 B) |
 //! | histogram series, per range touched per shard in use | 1,024 (128 counters) |
 //! | histogram series, worst case | `S x 60 KiB` (all 58 ranges of `u64`, every shard) |
 //! | event series | a counter + a histogram |
