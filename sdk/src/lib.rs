@@ -50,11 +50,12 @@
 //! A thread takes a slot number the first time it records. A counter series owns `S` shards
 //! (`S` = cores rounded up to a power of two, at most 16 by default; [`Builder::shards`]) and
 //! a thread always writes shard `slot % S` with a relaxed atomic add. A histogram series
-//! starts with **one** shard and doubles the shards in use only when threads collide on it
-//! (a compare-and-swap that fails because another thread wrote the same counter at the same
-//! instant, counted; every 8 collisions double it), up to `S`, as Java's `LongAdder` grows
-//! its cells: a series that many threads record into at a service's pace stays at one shard,
-//! one that threads hammer at once spreads until they stop colliding. Threads on different
+//! starts with **one** shard and doubles the shards in use only when threads contend on it,
+//! up to `S`, as Java's `LongAdder` grows its cells: each shard remembers the last thread that
+//! wrote it, and 16 changes of writer in a row, each within 10 us of the previous one, double
+//! the shards. A series that many threads record into at a service's pace (changes of writer
+//! milliseconds apart) stays at one shard; one that threads hammer at once spreads until they
+//! stop meeting. Threads on different
 //! shards never write the same cache line (shards are 128-byte aligned, histogram chunks
 //! aligned lines), so recording scales with cores; threads that share a shard still never
 //! lose an increment. The flusher drains every shard that exists with atomic swaps: every
@@ -79,7 +80,7 @@
 //! |---|---|
 //! | counter series | `S x 128` (one padded atomic per shard) |
 //! | gauge series | 128 (one shared cell: a gauge's value is global) |
-//! | histogram series, fixed | 88 + `S x 40` (shard slots: table pointer, owner, streak, clock) + shard 0's chunk table (1,856) |
+//! | histogram series, fixed | 88 + `S x 40` (shard slots) + 1,856 (shard 0's chunk table) |
 //! | histogram series, per further shard in use | 1,856 (chunk table: 58 ranges x 32 B) |
 //! | histogram series, per range touched per shard in use | 1,024 (128 counters) |
 //! | histogram series, worst case | `S x 60 KiB` (all 58 ranges of `u64`, every shard) |
@@ -90,8 +91,9 @@
 //! 10.5 KiB** with one shard, which is what a series recorded at a service's pace keeps however
 //! many threads record into it; 50 us - 2 s touches 16 ranges, about 18.5 KiB. Only threads
 //! colliding on one series at the same instant add shards: 9.8 KiB (1 - 100 ms) each, so
-//! 16 threads hammering one series cost at most about 158 KiB (50 us - 2 s: 286 KiB). `docs/benchmarks-sdk.md` has
-//! the measured figures, next to prometheus-client, metrics-rs and OpenTelemetry.
+//! 16 threads hammering one series cost at most about 158 KiB (50 us - 2 s: 286 KiB).
+//! `docs/benchmarks-sdk.md` has the measured figures, next to prometheus-client, metrics-rs
+//! and OpenTelemetry.
 //! [`Tally::stats`] reports the bytes the cells hold now. Cells are never freed while the
 //! `Tally` lives (series are few and long-lived by design; the cardinality limits bound how
 //! many there are), and a series' shards never shrink.
