@@ -50,7 +50,7 @@ fn n_threads_recording_m_samples_each_arrive_exactly() {
 
     let t = agent.totals();
     assert_eq!(t.counter("Ops", &[]), THREADS * RECORDS);
-    let mut reference = Hdr::<u64>::new(3).expect("3 digits");
+    let mut reference = Hdr::<u64>::new(2).expect("the default 2 digits");
     for th in 0..THREADS {
         for i in 0..RECORDS {
             reference.record(value(th, i)).expect("auto-resize");

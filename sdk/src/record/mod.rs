@@ -1,17 +1,19 @@
 //! Step 1 of the data path: the hot path. Recording into cells that belong to one series.
 //!
 //! Every series owns a small array of *shards*, one cache line (or one lazily allocated counts
-//! array) each. A thread picks its shard once, from a thread-local slot number, and from then on
-//! only ever touches that shard's memory with relaxed atomic adds: no lock, no allocation once
-//! warm, no syscall, and two threads on different shards never write the same cache line. The
-//! flusher drains the shards with atomic swaps, so no increment is ever lost or counted twice.
+//! array) each. A thread picks its shard from a thread-local slot number and only ever
+//! touches that shard's memory with relaxed atomic read-modify-writes: no lock, no allocation
+//! once warm, no syscall, and two threads on different shards never write the same cache
+//! line. The flusher drains the shards with atomic swaps, so no increment is ever lost or
+//! counted twice. Histograms start with one shard and add shards only when threads collide on
+//! them (see `histogram.rs`).
 //!
-//! | kind      | per series (S = shard count)                                        |
-//! |-----------|---------------------------------------------------------------------|
-//! | counter   | S x 128 B                                                           |
-//! | gauge     | one 128 B cell (a gauge's value is global by definition)            |
-//! | histogram | S x (chunk table + 8 KiB per power-of-two range touched, 3 digits)  |
-//! | event     | a counter + a histogram for its values                              |
+//! | kind      | per series (S = shard count)                                                 |
+//! |-----------|------------------------------------------------------------------------------|
+//! | counter   | S x 128 B                                                                    |
+//! | gauge     | one 128 B cell (a gauge's value is global by definition)                     |
+//! | histogram | shards in use (1..=S) x (1.8 KiB table + 1 KiB per power-of-two range touched, 2 digits) |
+//! | event     | a counter + a histogram for its values                                       |
 
 mod counter;
 mod event;

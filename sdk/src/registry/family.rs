@@ -7,12 +7,13 @@
 //!    A hit hashes the values, probes a table only this thread touches, compares strings and
 //!    records: no lock, no atomic read-modify-write other than the record itself, no
 //!    allocation, nothing another thread writes. This is the path of every repeated call.
-//! 2. **The family's shared cache**, one per shard (the same shards as the cells), behind a
-//!    read lock: a thread that meets a label set another thread already resolved takes it
-//!    from here once, then copies it into its own cache.
+//! 2. **The family's shared cache**, behind a read lock: a thread that meets a label set
+//!    another thread already resolved takes it from here once, then copies it into its own
+//!    cache. One per family, not one per shard: it is read only on a miss of a thread's own
+//!    cache, so a copy per shard bought nothing but memory (a label set's entry per shard).
 //! 3. **The slow path**, the family's mutex: the values go through the [`Limiter`], the
 //!    series is found or registered, and (when no value overflowed) the set is added to
-//!    every shard's shared cache. It runs once per label set for the whole process.
+//!    the shared cache. It runs once per label set for the whole process.
 //!
 //! Sets with an overflowed value are never cached, at any level (a scanner cannot grow the
 //! caches, and every call with an over-limit value is counted in
@@ -38,7 +39,7 @@ use parking_lot::{Mutex, RwLock};
 
 use super::{CellRef, Limiter, Registry, Typed};
 use crate::record::{
-    Counter, CounterCell, Event, EventCell, Gauge, GaugeCell, Histogram, HistogramCell, Padded,
+    Counter, CounterCell, Event, EventCell, Gauge, GaugeCell, Histogram, HistogramCell,
 };
 use crate::wire::{Unit, MAX_LABELS};
 
@@ -80,8 +81,8 @@ struct Slow<C> {
     canon: HashTable<Entry<C>>,
 }
 
-/// One shard's lookup cache.
-type Cache<C> = Padded<RwLock<HashTable<Entry<C>>>>;
+/// The family's shared lookup cache.
+type Cache<C> = RwLock<HashTable<Entry<C>>>;
 
 /// The untyped machinery of a family of cells of type `C`.
 pub(crate) struct FamilyCore<C> {
@@ -91,7 +92,7 @@ pub(crate) struct FamilyCore<C> {
     unit: Unit,
     keys: Vec<String>,
     hasher: DefaultHashBuilder,
-    caches: Box<[Cache<C>]>,
+    cache: Cache<C>,
     slow: Mutex<Slow<C>>,
 }
 
@@ -123,7 +124,6 @@ impl<C: Typed> FamilyCore<C> {
             keys.truncate(MAX_LABELS);
             registry.names_fixed.fetch_add(1, Ordering::Relaxed);
         }
-        let shards = registry.config.shards;
         let limiter = Limiter::new(&keys, registry.config.label_limit);
         FamilyCore {
             name: name.to_owned(),
@@ -131,7 +131,7 @@ impl<C: Typed> FamilyCore<C> {
             unit,
             keys,
             hasher: DefaultHashBuilder::default(),
-            caches: (0..shards.get()).map(|_| Padded::default()).collect(),
+            cache: RwLock::default(),
             slow: Mutex::new(Slow {
                 limiter,
                 canon: HashTable::new(),
@@ -175,7 +175,7 @@ impl<C: Typed> FamilyCore<C> {
     #[inline(never)]
     fn shared_path<R>(&self, hash: u64, key: u64, values: &[&str], f: impl Fn(&Arc<C>) -> R) -> R {
         let found = {
-            let cache = self.caches[self.registry.config.shards.mine()].0.read();
+            let cache = self.cache.read();
             cache
                 .find(hash, |e| e.hash == hash && same(&e.values, values))
                 .map(|e| (e.values.clone(), e.cell.clone()))
@@ -255,17 +255,15 @@ impl<C: Typed> FamilyCore<C> {
                     |e| e.hash,
                 );
                 if admitted {
-                    for cache in self.caches.iter() {
-                        cache.0.write().insert_unique(
+                    self.cache.write().insert_unique(
+                        hash,
+                        Entry {
                             hash,
-                            Entry {
-                                hash,
-                                values: boxed.clone(),
-                                cell: cell.clone(),
-                            },
-                            |e| e.hash,
-                        );
-                    }
+                            values: boxed.clone(),
+                            cell: cell.clone(),
+                        },
+                        |e| e.hash,
+                    );
                 }
                 (boxed, cell)
             }
@@ -469,7 +467,7 @@ mod tests {
         // hold the ten admitted sets only, not 1000.
         assert_eq!(r.series().len(), 11);
         assert_eq!(core.slow.lock().canon.len(), 10);
-        assert!(core.caches.iter().all(|c| c.0.read().len() <= 10));
+        assert!(core.cache.read().len() <= 10);
         assert_eq!(counter_total(&r, &[("user", OVERFLOW_VALUE)]), 990);
         assert_eq!(r.label_overflows.load(Ordering::Relaxed), 990);
     }
@@ -515,10 +513,10 @@ mod tests {
             .expect("the worker records once");
         // Hold every lock the family has while the worker records the same set again.
         let slow = f.core.slow.lock();
-        let caches: Vec<_> = f.core.caches.iter().map(|c| c.0.write()).collect();
+        let cache = f.core.cache.write();
         go_tx.send(()).expect("the worker waits");
         let recorded_under_locks = done_rx.recv_timeout(Duration::from_secs(10)).is_ok();
-        drop(caches);
+        drop(cache);
         drop(slow);
         worker.join().expect("worker");
         assert!(recorded_under_locks, "a cache hit waited for a lock");
