@@ -265,13 +265,7 @@ async fn alarms_run(
     if let AlarmsCommand::Export { format, output, .. } = command {
         return export_to(config, *format, output.as_deref(), &target);
     }
-    let client = tally_agent::publish::client::build_client(
-        &config.publish,
-        tally_agent::publish::ClientOverrides::default(),
-        PublishStats::register(&Stats::new()),
-    )
-    .await
-    .map_err(|e| format!("cannot build the CloudWatch client: {e}"))?;
+    let client = cli_client(config).await?;
     let mut out = std::io::stdout();
     tally_agent::alarms::cli::run(
         command,
@@ -310,6 +304,18 @@ fn export_to(
             })
         }
     }
+}
+
+/// The CloudWatch client of a one-shot command (`alarms`, `canary`): the publisher's
+/// settings, its own throwaway statistics.
+async fn cli_client(config: &Config) -> Result<aws_sdk_cloudwatch::Client, String> {
+    tally_agent::publish::client::build_client(
+        &config.publish,
+        tally_agent::publish::ClientOverrides::default(),
+        PublishStats::register(&Stats::new()),
+    )
+    .await
+    .map_err(|e| format!("cannot build the CloudWatch client: {e}"))
 }
 
 /// Installs the SIGTERM and SIGINT handlers now (call it first: the agent is PID 1 in its
@@ -496,13 +502,7 @@ fn canary(common: &Common, args: &tally_agent::canary::CanaryArgs) -> ExitCode {
     };
     init_logs(&config);
     let decide = async {
-        let client = tally_agent::publish::client::build_client(
-            &config.publish,
-            tally_agent::publish::ClientOverrides::default(),
-            PublishStats::register(&Stats::new()),
-        )
-        .await
-        .map_err(|e| format!("cannot build the CloudWatch client: {e}"))?;
+        let client = cli_client(&config).await?;
         tally_agent::canary::gate(&client, &config, args)
             .await
             .map_err(|e| e.to_string())

@@ -82,3 +82,19 @@ mod tests {
         assert!(l.warn("y", format_args!("other reason")));
     }
 }
+
+/// The id of the group `group` (a number, or a name in `/etc/group`), for the Unix sockets'
+/// `*_group` keys; `None` when no such group exists.
+pub fn group_id(group: &str) -> Option<u32> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Some(gid);
+    }
+    let text = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    text.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        let _password = f.next()?;
+        let gid = f.next()?.parse::<u32>().ok()?;
+        (name == group).then_some(gid)
+    })
+}

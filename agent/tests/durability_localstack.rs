@@ -393,6 +393,41 @@ fn segments(dir: &Path) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// Waits (at most 30 s) until the agent has logged and acknowledged batches of the open
+/// period, SIGKILLs it, checks its log holds them, and gives the SDKs a second without agent.
+fn kill_once_batches_are_logged(spec: &AgentSpec, agent: &mut AgentProc, wal: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while spec.metric("tally_agent_wal_appended_batches_total") < 2 * PROCESSES as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "no batches logged in 30 s: {}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    agent.signal(libc::SIGKILL);
+    assert!(!agent.wait(), "SIGKILL ends the agent");
+    let left = segments(wal);
+    assert!(
+        left.iter().any(|(_, len)| *len > 0),
+        "the killed agent held acknowledged, unpublished batches in its log: {left:?}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+}
+
+/// With the successor started: checks it replayed the log, lets the SDKs deliver to it for
+/// 3 s, stops them and checks they lost nothing; returns what they recorded and the batches
+/// replayed.
+fn finish_after_replay(spec: &AgentSpec, load: Load) -> (Recorded, u64) {
+    let replayed = spec.metric("tally_agent_wal_replayed_batches_total");
+    assert!(replayed > 0, "the successor replays the log");
+    std::thread::sleep(Duration::from_secs(3));
+    let rec = load.finish();
+    assert_eq!(rec.dropped_samples, 0, "the SDKs dropped nothing");
+    assert_eq!(rec.lost_at_shutdown, 0, "every batch was acknowledged");
+    (rec, replayed)
+}
+
 #[test]
 fn an_agent_killed_with_sigkill_mid_period_loses_nothing_it_acknowledged() {
     require_localstack();
@@ -405,29 +440,11 @@ fn an_agent_killed_with_sigkill_mid_period_loses_nothing_it_acknowledged() {
     let from = SystemTime::now();
     let load = Load::start(spec.ingest);
 
-    // Wait (bounded) until the agent has logged and acknowledged batches of the open period.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while spec.metric("tally_agent_wal_appended_batches_total") < 2 * PROCESSES as u64 {
-        assert!(Instant::now() < deadline, "no batches logged in 30 s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    first.signal(libc::SIGKILL);
-    assert!(!first.wait(), "SIGKILL ends the agent");
-    let left = segments(&wal);
-    assert!(
-        left.iter().any(|(_, len)| *len > 0),
-        "the killed agent held acknowledged, unpublished batches in its log: {left:?}"
-    );
+    kill_once_batches_are_logged(&spec, &mut first, &wal);
 
     // The SDKs keep recording while no agent listens, then reconnect to the successor.
-    std::thread::sleep(Duration::from_secs(1));
     let second = spec.start(2);
-    let replayed = spec.metric("tally_agent_wal_replayed_batches_total");
-    assert!(replayed > 0, "the successor replays the log");
-    std::thread::sleep(Duration::from_secs(3));
-    let rec = load.finish();
-    assert_eq!(rec.dropped_samples, 0, "the SDKs dropped nothing");
-    assert_eq!(rec.lost_at_shutdown, 0, "every batch was acknowledged");
+    let (rec, replayed) = finish_after_replay(&spec, load);
     assert_eq!(
         rec.agent_versions,
         vec![tally::wire::VERSION; PROCESSES],
@@ -561,32 +578,11 @@ fn the_shipped_ecs_configuration_survives_a_sigkill_mid_load_with_exact_totals()
     // The app container's SERVICE_NAME in the task definition (the agent's TALLY_SERVICE).
     let load = Load::start_as(spec.ingest, SHIPPED_SERVICE, &environment, ROUTE_LABELS);
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while spec.metric("tally_agent_wal_appended_batches_total") < 2 * PROCESSES as u64 {
-        assert!(
-            Instant::now() < deadline,
-            "the shipped configuration logged no batches in 30 s: {}",
-            first.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    first.signal(libc::SIGKILL);
-    assert!(!first.wait(), "SIGKILL ends the agent");
-    let left = segments(&wal);
-    assert!(
-        left.iter().any(|(_, len)| *len > 0),
-        "the killed agent held acknowledged, unpublished batches in its log: {left:?}"
-    );
+    kill_once_batches_are_logged(&spec, &mut first, &wal);
 
     // ECS restarts the container on the same task volume; the SDKs reconnect to it.
-    std::thread::sleep(Duration::from_secs(1));
     let mut second = spec.start_shipped(2, &environment, &metadata);
-    let replayed = spec.metric("tally_agent_wal_replayed_batches_total");
-    assert!(replayed > 0, "the restarted agent replays the log");
-    std::thread::sleep(Duration::from_secs(3));
-    let rec = load.finish();
-    assert_eq!(rec.dropped_samples, 0, "the SDKs dropped nothing");
-    assert_eq!(rec.lost_at_shutdown, 0, "every batch was acknowledged");
+    let (rec, replayed) = finish_after_replay(&spec, load);
     second.signal(libc::SIGTERM);
     assert!(second.wait(), "clean exit: {}", second.log_text());
 

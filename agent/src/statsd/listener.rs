@@ -94,20 +94,7 @@ impl Running {
 }
 
 fn group_id(group: &str) -> Result<u32, StatsdError> {
-    if let Ok(gid) = group.parse::<u32>() {
-        return Ok(gid);
-    }
-    let text = std::fs::read_to_string("/etc/group").unwrap_or_default();
-    text.lines()
-        .filter_map(|l| {
-            let mut f = l.split(':');
-            let name = f.next()?;
-            let _pw = f.next()?;
-            let gid = f.next()?.parse::<u32>().ok()?;
-            (name == group).then_some(gid)
-        })
-        .next()
-        .ok_or_else(|| StatsdError::UnknownGroup(group.to_owned()))
+    crate::util::group_id(group).ok_or_else(|| StatsdError::UnknownGroup(group.to_owned()))
 }
 
 fn bind_unix(path: &Path, group: &str) -> Result<UnixDatagram, StatsdError> {
