@@ -70,19 +70,6 @@ pub fn release_free_memory() {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_repeated_reason_is_logged_once_per_interval() {
-        let mut l = RateLimitedLog::new(Duration::from_secs(3600));
-        assert!(l.warn("x", format_args!("first")));
-        assert!(!l.warn("x", format_args!("second")));
-        assert!(l.warn("y", format_args!("other reason")));
-    }
-}
-
 /// The id of the group `group` (a number, or a name in `/etc/group`), for the Unix sockets'
 /// `*_group` keys; `None` when no such group exists.
 pub fn group_id(group: &str) -> Option<u32> {
@@ -97,4 +84,17 @@ pub fn group_id(group: &str) -> Option<u32> {
         let gid = f.next()?.parse::<u32>().ok()?;
         (name == group).then_some(gid)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_reason_is_logged_once_per_interval() {
+        let mut l = RateLimitedLog::new(Duration::from_secs(3600));
+        assert!(l.warn("x", format_args!("first")));
+        assert!(!l.warn("x", format_args!("second")));
+        assert!(l.warn("y", format_args!("other reason")));
+    }
 }
