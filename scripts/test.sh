@@ -4,7 +4,7 @@
 #   scripts/test.sh
 #
 # 1. installs what the tests need when missing (LocalStack in .localstack-venv, the deployment
-#    checkers in .tools-venv, the StatsD test clients via scripts/statsd-clients.sh) and starts LocalStack on 127.0.0.1:4566 unless one is running;
+#    checkers in .tools-venv, the StatsD test clients and the Node example via scripts/statsd-clients.sh) and starts LocalStack on 127.0.0.1:4566 unless one is running;
 # 2. formatting, lints and docs: cargo fmt --check, cargo clippy -D warnings on every target,
 #    cargo doc with warnings denied;
 # 3. cargo test on the whole workspace with every feature (unit, property, integration and

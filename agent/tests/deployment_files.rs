@@ -355,13 +355,21 @@ fn check_task(file: &str, task: &Value, pascal: bool) {
         .find(|c| c.get("name") == "tally-agent")
         .expect("a tally-agent container");
 
-    let dep = &app.get("dependsOn")[0];
-    assert_eq!(dep[k("containerName")], "tally-agent", "{file}");
-    assert_eq!(
-        dep[k("condition")],
-        "HEALTHY",
-        "{file}: the app waits for a healthy agent"
-    );
+    let node = containers
+        .iter()
+        .find(|c| c.get("name") == "node-web")
+        .expect("a node-web container (examples/node-express)");
+
+    for c in [app, node] {
+        let name = c.get("name");
+        let dep = &c.get("dependsOn")[0];
+        assert_eq!(dep[k("containerName")], "tally-agent", "{file}: {name}");
+        assert_eq!(
+            dep[k("condition")],
+            "HEALTHY",
+            "{file}: {name} waits for a healthy agent"
+        );
+    }
 
     let hc = agent.get("healthCheck");
     let command: Vec<&str> = hc[k("command")]
@@ -401,9 +409,14 @@ fn check_task(file: &str, task: &Value, pascal: bool) {
         "{file}: stopTimeout {stop} s must leave the agent its {deadline} s flush (Fargate max 120)"
     );
 
-    for c in [app, agent] {
+    for c in [app, node, agent] {
         let name = c.get("name");
         assert_eq!(c.get("readonlyRootFilesystem"), true, "{file}: {name}");
+        assert_eq!(
+            c.get("linuxParameters")[k("capabilities")][k("drop")],
+            serde_json::json!(["ALL"]),
+            "{file}: {name} drops every capability"
+        );
         assert_eq!(
             c.get("logConfiguration")[k("logDriver")],
             "awslogs",
@@ -428,6 +441,69 @@ fn check_task(file: &str, task: &Value, pascal: bool) {
         "{file}"
     );
     assert!(app.env("SERVICE_NAME").is_some() && app.env("ENVIRONMENT").is_some());
+
+    // The Node container: essential like the app, a non-root user, the same service and
+    // environment, and its StatsD client pointed at the agent's [statsd] UDP address.
+    assert_eq!(node.get("essential"), true, "{file}: node-web is essential");
+    let user = node
+        .get("user")
+        .as_str()
+        .expect("node-web runs as a set user");
+    let uid = user.split(':').next().unwrap_or("");
+    assert!(
+        !uid.is_empty() && uid != "0" && uid != "root",
+        "{file}: node-web runs as a non-root user, not {user}"
+    );
+    assert_eq!(
+        node.env("SERVICE_NAME"),
+        agent.env("TALLY_SERVICE"),
+        "{file}"
+    );
+    assert_eq!(
+        node.env("ENVIRONMENT"),
+        agent.env("TALLY_ENVIRONMENT"),
+        "{file}"
+    );
+    let (n, v) = if pascal {
+        ("Name", "Value")
+    } else {
+        ("name", "value")
+    };
+    let statsd_env = agent
+        .get("environment")
+        .as_array()
+        .expect("agent environment")
+        .iter()
+        .filter_map(|e| Some((e[n].as_str()?.to_owned(), e[v].as_str()?.to_owned())))
+        .filter(|(name, _)| name.starts_with("TALLY_STATSD__"));
+    let config = tally_agent::config::Config::load(None, statsd_env, &[])
+        .unwrap_or_else(|e| panic!("{file}: the agent's TALLY_STATSD__ variables: {e}"));
+    assert!(
+        config.statsd.enabled,
+        "{file}: the agent's StatsD receiver is on"
+    );
+    let listen: std::net::SocketAddr = config
+        .statsd
+        .udp_addr
+        .parse()
+        .unwrap_or_else(|e| panic!("{file}: statsd udp_addr {}: {e}", config.statsd.udp_addr));
+    let host: std::net::IpAddr = node
+        .env("STATSD_HOST")
+        .and_then(Value::as_str)
+        .expect("node-web sets STATSD_HOST")
+        .parse()
+        .expect("STATSD_HOST is an IP address");
+    let port: u16 = node
+        .env("STATSD_PORT")
+        .and_then(Value::as_str)
+        .expect("node-web sets STATSD_PORT")
+        .parse()
+        .expect("STATSD_PORT is a port");
+    assert_eq!(
+        std::net::SocketAddr::new(host, port),
+        listen,
+        "{file}: node-web sends StatsD where the agent listens (one network namespace in awsvpc)"
+    );
     let dims = agent
         .env("TALLY_ECS__DIMENSIONS")
         .and_then(Value::as_str)
