@@ -581,3 +581,65 @@ fn a_stuck_write_ahead_log_disk_does_not_stall_the_admin_endpoint_or_new_connect
     );
     drop(readers);
 }
+
+#[test]
+fn a_resend_of_a_batch_whose_fdatasync_failed_is_not_acknowledged_until_it_is_on_disk() {
+    // durability.sync = every_batch on a disk whose fdatasync fails: the next segment is a
+    // FIFO (read as it is written), where fdatasync answers EINVAL every time.
+    let dir = tempfile::tempdir().unwrap();
+    let wal = dir.path().join("wal");
+    let agent = Agent::start(&[
+        "--set",
+        &format!("durability.dir={}", wal.display()),
+        "--set",
+        "durability.sync=\"every_batch\"",
+        "--set",
+        "period_secs=60",
+    ]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for start in [now / 60 * 60, now / 60 * 60 + 60] {
+        let path = wal.join(format!("p{start}-g1.wal"));
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo(3) with a NUL-terminated path we own.
+        assert_eq!(
+            unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
+            0,
+            "mkfifo {path:?}"
+        );
+        std::thread::spawn(move || {
+            if let Ok(mut f) = std::fs::File::open(path) {
+                let mut sink = Vec::new();
+                let _ = f.read_to_end(&mut sink);
+            }
+        });
+    }
+    let batch = |c: &Client| c.batch(1, vec![counter("RequestCount", "/unsynced", 4)]);
+    let mut c = Client::connect(agent.ingest, 900);
+    c.stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    assert_eq!(
+        c.send_batch(&batch(&c)),
+        None,
+        "merged and logged, but not on disk: no ack, the connection closes"
+    );
+    // The SDK sends it again on a new connection: still not on disk, so no `Duplicate`
+    // (which would make the SDK forget it).
+    let mut again = Client::connect(agent.ingest, 900);
+    again
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    assert_eq!(again.send_batch(&batch(&again)), None);
+    let m = agent.admin_get("/metrics");
+    assert!(prom(&m, "tally_agent_wal_syncs_total") >= 2, "{m}");
+    let (_, out, _) = agent.terminate();
+    // Merged once, published once.
+    assert_eq!(
+        total(&out, "RequestCount", &[("Route", "/unsynced")], "sum"),
+        4.0
+    );
+}

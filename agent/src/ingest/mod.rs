@@ -19,6 +19,7 @@ pub mod session;
 
 pub use config::IngestConfig;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -36,7 +37,15 @@ struct Core {
     /// Set by [`Intake::close_all`]: the periods are closed for good, so a batch merged now
     /// would land in a period nobody publishes.
     closed: bool,
+    /// Batches merged and logged whose `fdatasync` failed (`durability.sync = "every_batch"`),
+    /// with their segment: not acknowledged, so the SDK resends them, and a resend must be
+    /// synced again before it may hear `Duplicate`. At most [`MAX_NOT_DURABLE`].
+    not_durable: HashMap<(u64, u64), Arc<std::fs::File>>,
 }
+
+/// Most batches remembered as merged but not yet on disk; past it one is forgotten (its
+/// resend is answered `Duplicate` without a new sync, and a warning says so).
+const MAX_NOT_DURABLE: usize = 4096;
 
 struct IntakeStats {
     drops: DropCounters,
@@ -138,6 +147,7 @@ impl Intake {
                 aggregator,
                 sequences,
                 closed: false,
+                not_durable: HashMap::new(),
             })),
             stats: Arc::new(s),
             wal: None,
@@ -174,6 +184,31 @@ impl Intake {
         }
     }
 
+    /// Remembers that batch `seq` of `id` is merged and logged but its record in `file` could
+    /// not be synced: its resend is synced again before it is answered `Duplicate`.
+    pub fn not_durable(&self, id: u64, seq: u64, file: Arc<std::fs::File>) {
+        let mut core = self.core.lock();
+        if core.not_durable.len() >= MAX_NOT_DURABLE && !core.not_durable.contains_key(&(id, seq)) {
+            if let Some(k) = core.not_durable.keys().next().copied() {
+                core.not_durable.remove(&k);
+                tracing::warn!(
+                    instance_id = k.0,
+                    sequence = k.1,
+                    "more than {MAX_NOT_DURABLE} batches wait for a successful fdatasync: this one's resend will be acknowledged without a new sync (check the disk under durability.dir)"
+                );
+            }
+        }
+        core.not_durable.insert((id, seq), file);
+    }
+
+    /// Batch `seq` of `id` is on disk (its sync, or its resend's, succeeded).
+    pub fn durable(&self, id: u64, seq: u64) {
+        let mut core = self.core.lock();
+        if !core.not_durable.is_empty() {
+            core.not_durable.remove(&(id, seq));
+        }
+    }
+
     /// Replays a logged batch at start: merged and logged again, never refused for room.
     pub fn replay_frame(&self, batch: &BatchView<'_>, payload: &[u8]) -> AckStatus {
         match self.accept_logged(batch, Some(payload), false) {
@@ -205,7 +240,8 @@ impl Intake {
                 self.stats.duplicate.inc();
                 FrameOutcome::Ack {
                     status: AckStatus::Duplicate,
-                    sync: None,
+                    // Merged, but its record's sync failed: sync again before the answer.
+                    sync: core.not_durable.get(&(id, seq)).cloned(),
                 }
             }
             Verdict::Stale => {

@@ -351,15 +351,21 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         let (sequence, status) = match parsed {
             Ok(batch) => {
                 let seq = batch.sequence;
+                let id = batch.process.instance_id;
                 match accept(&ctx, &batch, &buf) {
                     FrameOutcome::Ack { status, sync: None } => (seq, status),
                     FrameOutcome::Ack {
                         status,
                         sync: Some(file),
                     } => {
-                        if !sync_segment(&ctx, file).await {
+                        // Merged, logged, but not acknowledged until on disk. A failed sync
+                        // is remembered, so that the SDK's resend is synced again before it
+                        // may hear `Duplicate` (and forget the batch).
+                        if !sync_segment(&ctx, file.clone()).await {
+                            ctx.intake.not_durable(id, seq, file);
                             return;
                         }
+                        ctx.intake.durable(id, seq);
                         (seq, status)
                     }
                     FrameOutcome::Closed => {
