@@ -181,9 +181,14 @@ pub async fn gate(
         dimension: cfg.dimension.clone(),
         latency_statistic: cfg.check_latency.then(|| cfg.latency_statistic.clone()),
     };
+    // The window ends after the current second: an agent stamps a period with its start, so
+    // a period that began this very second (closed early by a SIGTERM, as in a deploy) is
+    // stamped `now` and would fall outside an end bound of `now` (GetMetricData's EndTime is
+    // exclusive).
     let end_secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+        .map_or(0, |d| d.as_secs())
+        + 1;
     let end = UNIX_EPOCH + Duration::from_secs(end_secs);
     let queries = query::queries(
         &selector,
