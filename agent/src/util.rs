@@ -86,6 +86,18 @@ pub fn group_id(group: &str) -> Option<u32> {
     })
 }
 
+/// Restricts a Unix socket file to its owner (0600), or to owner and group `gid` (0660),
+/// for both listeners that offer one (the SDK's and StatsD's).
+pub fn restrict_socket(path: &std::path::Path, gid: Option<u32>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = if gid.is_some() { 0o660 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    if let Some(gid) = gid {
+        std::os::unix::fs::chown(path, None, Some(gid))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

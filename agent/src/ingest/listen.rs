@@ -1,7 +1,6 @@
 //! Listeners: loopback TCP and an optional Unix socket, with a bound on connections.
 
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -230,22 +229,18 @@ fn bind_unix(path: &Path, group: &str) -> Result<UnixListener, ListenError> {
         what: path.display().to_string(),
         source,
     })?;
-    let perm_err = |source| ListenError::Permissions {
+    // Restrict the socket before any SDK can rely on it: owner only, or owner + group.
+    crate::util::restrict_socket(path, gid).map_err(|source| ListenError::Permissions {
         path: path.to_owned(),
         source,
-    };
-    // Restrict the socket before any SDK can rely on it: owner only, or owner + group.
-    let mode = if gid.is_some() { 0o660 } else { 0o600 };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(perm_err)?;
-    if let Some(gid) = gid {
-        std::os::unix::fs::chown(path, None, Some(gid)).map_err(perm_err)?;
-    }
+    })?;
     Ok(l)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[tokio::test]
     async fn a_unix_socket_is_created_readable_by_its_owner_only() {

@@ -3,7 +3,6 @@
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -112,15 +111,10 @@ fn bind_unix(path: &Path, group: &str) -> Result<UnixDatagram, StatsdError> {
         what: path.display().to_string(),
         source,
     })?;
-    let perm_err = |source| StatsdError::Permissions {
+    crate::util::restrict_socket(path, gid).map_err(|source| StatsdError::Permissions {
         path: path.to_owned(),
         source,
-    };
-    let mode = if gid.is_some() { 0o660 } else { 0o600 };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(perm_err)?;
-    if let Some(gid) = gid {
-        std::os::unix::fs::chown(path, None, Some(gid)).map_err(perm_err)?;
-    }
+    })?;
     Ok(s)
 }
 
