@@ -502,6 +502,27 @@ fn a_full_disk_neither_hides_logged_batches_behind_a_cut_write_nor_loses_them_at
     );
 }
 
+/// Makes the segments a fresh log (generation 1) of 60-s periods writes next, for this minute
+/// and the next, FIFOs: opening one for writing blocks until it is read, and fdatasync on one
+/// fails (EINVAL). Returns their paths.
+fn fifo_segments(wal: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let now = now_ms() / 1000;
+    [now / 60 * 60, now / 60 * 60 + 60]
+        .iter()
+        .map(|&start| {
+            let path = wal.join(tally_agent::testing::segment_name(start, 1));
+            let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+            // SAFETY: mkfifo(3) with a NUL-terminated path we own.
+            assert_eq!(
+                unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
+                0,
+                "mkfifo {path:?}"
+            );
+            path
+        })
+        .collect()
+}
+
 #[test]
 fn a_stuck_write_ahead_log_disk_does_not_stall_the_admin_endpoint_or_new_connections() {
     // A segment file that blocks like a stuck disk: a FIFO with no reader, where the log's
@@ -514,25 +535,7 @@ fn a_stuck_write_ahead_log_disk_does_not_stall_the_admin_endpoint_or_new_connect
         "--set",
         "period_secs=60",
     ]);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let fifos: Vec<_> = [now / 60 * 60, now / 60 * 60 + 60]
-        .iter()
-        .map(|start| {
-            // A fresh directory: this run is generation 1.
-            let path = wal.join(format!("p{start}-g1.wal"));
-            let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-            // SAFETY: mkfifo(3) with a NUL-terminated path we own.
-            assert_eq!(
-                unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
-                0,
-                "mkfifo {path:?}"
-            );
-            path
-        })
-        .collect();
+    let fifos = fifo_segments(&wal);
 
     // Two clients whose batches wait on the stuck disk: one in the append, the other for the
     // merge lock the append holds. Each would hold one of the agent's two runtime workers.
@@ -596,19 +599,7 @@ fn a_resend_of_a_batch_whose_fdatasync_failed_is_not_acknowledged_until_it_is_on
         "--set",
         "period_secs=60",
     ]);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    for start in [now / 60 * 60, now / 60 * 60 + 60] {
-        let path = wal.join(format!("p{start}-g1.wal"));
-        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-        // SAFETY: mkfifo(3) with a NUL-terminated path we own.
-        assert_eq!(
-            unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
-            0,
-            "mkfifo {path:?}"
-        );
+    for path in fifo_segments(&wal) {
         std::thread::spawn(move || {
             if let Ok(mut f) = std::fs::File::open(path) {
                 let mut sink = Vec::new();
