@@ -126,6 +126,13 @@ pub async fn resolve_revision(config: &mut Config) {
     }
 }
 
+/// The end of a window that ends now, in Unix seconds: after the current second. An agent
+/// stamps a period with its start, so a period that began this very second (closed early by
+/// a SIGTERM, as in a deploy) is stamped `now`, and GetMetricData's EndTime is exclusive.
+fn window_end(now: SystemTime) -> u64 {
+    now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) + 1
+}
+
 /// Reads both sides and decides.
 pub async fn gate(
     client: &Client,
@@ -181,14 +188,7 @@ pub async fn gate(
         dimension: cfg.dimension.clone(),
         latency_statistic: cfg.check_latency.then(|| cfg.latency_statistic.clone()),
     };
-    // The window ends after the current second: an agent stamps a period with its start, so
-    // a period that began this very second (closed early by a SIGTERM, as in a deploy) is
-    // stamped `now` and would fall outside an end bound of `now` (GetMetricData's EndTime is
-    // exclusive).
-    let end_secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-        + 1;
+    let end_secs = window_end(SystemTime::now());
     let end = UNIX_EPOCH + Duration::from_secs(end_secs);
     let queries = query::queries(
         &selector,
@@ -218,4 +218,21 @@ pub async fn gate(
         window_end: end_secs,
         checks,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_period_stamped_in_the_current_second_is_inside_the_window() {
+        // A period that began at 1,000 s and was closed by a SIGTERM the same second: the
+        // gate runs at 1,000.4 s. GetMetricData's bucket is [end - window, end).
+        let period_start = 1_000;
+        let now = UNIX_EPOCH + Duration::from_millis(1_000_400);
+        let end = window_end(now);
+        assert!(period_start < end && period_start >= end - 600);
+        // A second later, the window still holds it.
+        assert!(period_start < window_end(now + Duration::from_secs(1)));
+    }
 }
