@@ -461,9 +461,12 @@ async fn read_payload<'a, S: AsyncRead + Unpin>(
 /// other tasks to a fresh worker meanwhile). Without the log the merge is brief CPU work and
 /// runs in place.
 fn accept(ctx: &SessionContext, batch: &BatchView<'_>, payload: &[u8]) -> FrameOutcome {
-    let multi_thread = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if ctx.intake.wal().is_some() && multi_thread {
+    let multi_thread = || {
+        tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+    };
+    // Without the log (the default) the runtime is not looked up for each frame.
+    if ctx.intake.wal().is_some() && multi_thread() {
         tokio::task::block_in_place(|| ctx.intake.accept_frame(batch, payload))
     } else {
         ctx.intake.accept_frame(batch, payload)
