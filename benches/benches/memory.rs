@@ -35,14 +35,14 @@ use metrics::{Key, KeyName, Label, Metadata, Recorder, SharedString, Unit as MUn
 use metrics_util::registry::{AtomicStorage, Registry};
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::KeyValue;
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::metrics::data::ResourceMetrics;
-use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
-use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram as PromHistogram};
 use tally::{Tally, Unit};
+
+mod common;
+use common::DiscardExporter;
 
 /// Counts live heap bytes (allocated minus freed) on top of the system allocator.
 struct Counting;
@@ -259,24 +259,6 @@ impl Recorder for MetricsImpl {
 impl Recording for MetricsImpl {
     fn record(&self, series: usize, v: u64) {
         self.handles[series].record(v as f64);
-    }
-}
-
-/// An OpenTelemetry exporter that discards what it is given.
-struct DiscardExporter;
-
-impl PushMetricExporter for DiscardExporter {
-    async fn export(&self, _: &ResourceMetrics) -> OTelSdkResult {
-        Ok(())
-    }
-    fn force_flush(&self) -> OTelSdkResult {
-        Ok(())
-    }
-    fn shutdown_with_timeout(&self, _: Duration) -> OTelSdkResult {
-        Ok(())
-    }
-    fn temporality(&self) -> Temporality {
-        Temporality::Delta
     }
 }
 

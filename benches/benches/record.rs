@@ -18,11 +18,11 @@ use metrics::{Key, KeyName, Metadata, Recorder, SharedString, Unit as MUnit};
 use metrics_util::registry::{AtomicStorage, Registry};
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::KeyValue;
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::metrics::data::ResourceMetrics;
-use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
-use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use tally::{Tally, Unit};
+
+mod common;
+use common::DiscardExporter;
 
 const ROUTE: &str = "/orders/{id}";
 
@@ -74,25 +74,6 @@ impl Recorder for UtilRecorder {
     fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> metrics::Histogram {
         self.registry
             .get_or_create_histogram(key, |h| metrics::Histogram::from_arc(h.clone()))
-    }
-}
-
-/// An OpenTelemetry exporter that discards what it is given: the SDK aggregates exactly as
-/// with a real exporter, and the hour-long interval keeps exports out of the measurement.
-struct DiscardExporter;
-
-impl PushMetricExporter for DiscardExporter {
-    async fn export(&self, _: &ResourceMetrics) -> OTelSdkResult {
-        Ok(())
-    }
-    fn force_flush(&self) -> OTelSdkResult {
-        Ok(())
-    }
-    fn shutdown_with_timeout(&self, _: Duration) -> OTelSdkResult {
-        Ok(())
-    }
-    fn temporality(&self) -> Temporality {
-        Temporality::Delta
     }
 }
 

@@ -269,8 +269,13 @@ impl HistogramCell {
     #[cold]
     #[inline(never)]
     fn switched(&self, shard: &Shard, owner: u32, active: usize) {
+        self.switched_at(shard, owner, active, now_ns());
+    }
+
+    /// [`Self::switched`] at `now` (nanoseconds on the [`now_ns`] clock).
+    #[inline]
+    fn switched_at(&self, shard: &Shard, owner: u32, active: usize, now: u64) {
         shard.owner.store(owner, Ordering::Relaxed);
-        let now = now_ns();
         let last = shard.last_switch.swap(now, Ordering::Relaxed);
         // A load and a store, not an atomic add: two switching threads may lose one step of
         // the streak, which only delays growth.
@@ -640,6 +645,41 @@ mod tests {
     /// Drives `contended` as a streak of fast switches on shard 0 would.
     fn contend(cell: &HistogramCell) {
         cell.contended(&cell.shards[0], GROW_AFTER, cell.active_shards());
+    }
+
+    #[test]
+    fn back_to_back_switches_of_owner_grow_the_series_and_slow_ones_do_not() {
+        // Two threads taking shard 0 from each other, on a clock the test sets: the path from
+        // a switch through the streak to growth, without depending on the machine's speed.
+        let slow = HistogramCell::new(ShardCount::new(4), Layout::new(2));
+        let mut now = 1_000;
+        for k in 0..10 * GROW_AFTER {
+            now += SWITCH_WINDOW_NS + 1;
+            slow.switched_at(&slow.shards[0], 1 + k % 2, slow.active_shards(), now);
+        }
+        assert_eq!(
+            slow.active_shards(),
+            1,
+            "switches a window apart never chain"
+        );
+        assert_eq!(slow.shards[0].owner.load(Ordering::Relaxed), 2);
+
+        let fast = HistogramCell::new(ShardCount::new(4), Layout::new(2));
+        let mut now = 1_000;
+        // The first switch of a shard starts no streak; each later one extends it.
+        for k in 0..GROW_AFTER {
+            now += SWITCH_WINDOW_NS;
+            fast.switched_at(&fast.shards[0], 1 + k % 2, fast.active_shards(), now);
+        }
+        assert_eq!(fast.active_shards(), 1, "one switch short of a streak");
+        now += SWITCH_WINDOW_NS;
+        fast.switched_at(&fast.shards[0], 1, fast.active_shards(), now);
+        assert_eq!(fast.active_shards(), 2);
+        assert_eq!(
+            fast.shards[0].streak.load(Ordering::Relaxed),
+            0,
+            "growth starts the next streak afresh"
+        );
     }
 
     #[test]
